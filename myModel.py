@@ -144,7 +144,7 @@ def export_onnx(model: nn.Module, save_path: Path) -> Path:
     model.eval()  # dropout and batch statistics must not be baked into the graph
     example = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces its retirement
         torch.onnx.export(
             model,
             example,

@@ -1,0 +1,162 @@
+"""The dataset contract of SPEC.md: shapes, values, path joining, glob filtering and every check."""
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from myDataset import ImageDecodeError, MOAFDataset, SOAFDataset
+
+COLUMNS = ["image_path", "sobel_sharpness", "defocus_label", "magnification", "NA", "defocus_dof_label"]
+
+
+def csv_rows(root: Path, split: str, pattern: str) -> pd.DataFrame:
+    return pd.concat([pd.read_csv(f) for f in sorted((root / f".{split}").glob(pattern))], ignore_index=True)
+
+
+def write_dataset(root: Path, rows_by_csv: dict[str, list[dict]], split: str = "train") -> Path:
+    """A hand-made dataset: {csv name: rows}; every image_path gets a small RGB image."""
+    (root / f".{split}").mkdir(parents=True, exist_ok=True)
+    for name, rows in rows_by_csv.items():
+        for row in rows:
+            image_file = root / str(row["image_path"])
+            if not image_file.exists() and str(row["image_path"]).endswith(".png"):
+                image_file.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (224, 224), (100, 150, 200)).save(image_file)
+        pd.DataFrame(rows).to_csv(root / f".{split}" / name, index=False)
+    return root
+
+
+def row(image_path: str, defocus=1.5, magnification: float = 10, na: float = 0.3, **extra) -> dict:
+    """One CSV row; `defocus` may be a deliberately bad value."""
+    return {"image_path": image_path, "sobel_sharpness": 3.0, "defocus_label": defocus,
+            "magnification": magnification, "NA": na, "defocus_dof_label": 0.25, **extra}
+
+
+def test_soaf_items_match_the_csv(demo_root):
+    dataset = SOAFDataset(demo_root, "train")
+    expected = csv_rows(demo_root, "train", "10x_0.3*.csv")
+    assert len(dataset) == len(expected) == 16
+    image, label = dataset[3]
+    assert image.shape == (3, 224, 224) and image.dtype == torch.float32
+    assert 0.0 <= image.min() and image.max() <= 1.0
+    assert label.shape == () and label.dtype == torch.float32
+    assert label.item() == pytest.approx(expected["defocus_label"][3], abs=1e-4)
+
+
+def test_moaf_items_match_the_csv(demo_root):
+    dataset = MOAFDataset(demo_root, "val")
+    expected = csv_rows(demo_root, "val", "*.csv")
+    assert len(dataset) == len(expected) == 16
+    for index in (0, len(dataset) - 1):
+        image, params, target = dataset[index]
+        assert image.shape == (3, 224, 224)
+        assert params.shape == (2,) and params.dtype == torch.float32
+        assert target.shape == (1,) and target.dtype == torch.float32
+        assert params.tolist() == pytest.approx([expected["magnification"][index], expected["NA"][index]])
+        assert target.item() == pytest.approx(expected["defocus_dof_label"][index], abs=1e-5)
+    assert {(m, round(na, 4)) for m, na in dataset.params.tolist()} == {(10.0, 0.3), (20.0, 0.7)}
+
+
+def test_glob_selects_objectives(demo_root):
+    assert set(SOAFDataset(demo_root, "test", glob_pattern="20x_0.7*.csv").frame["magnification"]) == {20.0}
+    assert set(MOAFDataset(demo_root, "test", glob_pattern="10x*.csv").frame["magnification"]) == {10.0}
+    assert len(MOAFDataset(demo_root, "test")) == 16
+
+
+def test_paths_are_relative_to_root_with_several_csvs_and_extra_columns(tmp_path):
+    root = write_dataset(tmp_path, {
+        "10x_0.3_a.csv": [row("deep/nested/folder/a.png", 2.0, comment="x")],
+        "10x_0.3_b.csv": [row("other/b.png", -4.0, comment="y")],
+    })
+    dataset = SOAFDataset(root, "train")
+    assert [p for p in dataset.image_paths] == [root / "deep/nested/folder/a.png", root / "other/b.png"]
+    assert dataset.labels.tolist() == [2.0, -4.0]
+    assert dataset[1][0].shape == (3, 224, 224)
+
+
+def test_transform_is_applied_and_default_is_to_tensor(demo_root):
+    resized = SOAFDataset(demo_root, "val", transform=transforms.Compose([transforms.Resize(32), transforms.ToTensor()]))
+    assert resized[0][0].shape == (3, 32, 32)
+    assert isinstance(SOAFDataset(demo_root, "val").transform, transforms.ToTensor)
+
+
+def test_each_class_requires_only_its_columns(tmp_path):
+    moaf_only = [{"image_path": "a.png", "magnification": 10, "NA": 0.3, "defocus_dof_label": 0.5}]
+    root = write_dataset(tmp_path, {"10x_0.3_a.csv": moaf_only})
+    assert len(MOAFDataset(root, "train")) == 1
+    with pytest.raises(ValueError, match=r"10x_0.3_a.csv.*missing required column.*defocus_label"):
+        SOAFDataset(root, "train")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(dataset_type="training"), ValueError, "dataset_type must be one of"),
+    (dict(root_dir="as a string"), TypeError, "pathlib.Path"),
+    (dict(glob_pattern="10x_0.3*"), ValueError, "must contain '.csv'"),
+    (dict(glob_pattern="40x*.csv"), FileNotFoundError, r"no CSV file .* matches '40x\*.csv'"),
+])
+def test_argument_checks(demo_root, kwargs, error, message):
+    arguments = dict(root_dir=demo_root, dataset_type="train") | kwargs
+    for dataset_class in (SOAFDataset, MOAFDataset):
+        with pytest.raises(error, match=message):
+            dataset_class(**arguments)
+
+
+def test_missing_split_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"\.val does not exist"):
+        MOAFDataset(tmp_path, "val")
+
+
+def test_bad_values_name_file_and_line(tmp_path):
+    root = write_dataset(tmp_path, {"10x_0.3_a.csv": [
+        row("a.png"), row("b.png", defocus="far"), row("c.png"), row("d.png", defocus=float("nan"))]})
+    with pytest.raises(ValueError) as caught:
+        SOAFDataset(root, "train")
+    message = str(caught.value)
+    assert "10x_0.3_a.csv" in message and "2 bad value(s)" in message
+    assert "line 3: defocus_label = 'far'" in message
+    assert "line 5: defocus_label" in message
+
+
+def test_missing_images_are_reported_together(tmp_path):
+    root = write_dataset(tmp_path, {"10x_0.3_a.csv": [row(f"img/{i}.png") for i in range(9)]})
+    for i in (1, 2, 3, 4, 5, 6, 7):
+        (root / f"img/{i}.png").unlink()
+    with pytest.raises(FileNotFoundError) as caught:
+        MOAFDataset(root, "train")
+    message = str(caught.value)
+    assert "7 of 9 image file(s)" in message
+    assert "10x_0.3_a.csv line 3" in message and "img/1.png" in message
+    assert "... and 2 more" in message
+
+
+def test_undecodable_image_names_its_path(tmp_path):
+    root = write_dataset(tmp_path, {"10x_0.3_a.csv": [row("broken.png")]})
+    (root / "broken.png").write_bytes(b"not a png at all")
+    dataset = SOAFDataset(root, "train")
+    with pytest.raises(ImageDecodeError, match="broken.png"):
+        dataset[0]
+
+
+def test_non_rgb_images_become_rgb(tmp_path):
+    root = write_dataset(tmp_path, {"10x_0.3_a.csv": [row("grey.png"), row("rgba.png")]})
+    Image.new("L", (224, 224), 128).save(root / "grey.png")
+    Image.new("RGBA", (224, 224), (10, 20, 30, 40)).save(root / "rgba.png")
+    dataset = SOAFDataset(root, "train")
+    assert dataset[0][0].shape == dataset[1][0].shape == (3, 224, 224)
+
+
+def test_unreadable_csv_is_named(tmp_path):
+    (tmp_path / ".train").mkdir()
+    (tmp_path / ".train" / "10x_0.3_a.csv").write_text("")
+    with pytest.raises(ValueError, match="10x_0.3_a.csv: not a readable CSV"):
+        SOAFDataset(tmp_path, "train")
+
+
+def test_datasets_work_in_a_dataloader_with_workers(demo_root):
+    loader = torch.utils.data.DataLoader(MOAFDataset(demo_root, "test"), batch_size=5, num_workers=2)
+    images, params, targets = next(iter(loader))
+    assert images.shape == (5, 3, 224, 224) and params.shape == (5, 2) and targets.shape == (5, 1)

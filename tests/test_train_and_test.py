@@ -1,0 +1,170 @@
+"""myTrain.py and myTest.py: checkpoint rules, end-to-end runs, resume and interruption, bad input."""
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+
+from conftest import ROOT, run_script
+from myTrain import NonFiniteLossError, find_best_checkpoint, is_regular_checkpoint_epoch, train_epoch
+
+FAST = ("--no-pretrained", "--num_workers", "0", "--batch_size", "8", "--lr", "1e-4")
+
+
+@pytest.mark.parametrize("epoch, saved", [
+    (0, True), (5, False), (10, True), (199, False), (200, True), (205, True), (207, False), (399, False),
+    (400, False), (402, True), (599, False), (600, True), (601, True), (799, True)])
+def test_regular_checkpoint_tiers(epoch, saved):
+    assert is_regular_checkpoint_epoch(epoch) is saved
+
+
+def test_regular_checkpoint_counts_per_tier():
+    saved = [e for e in range(800) if is_regular_checkpoint_epoch(e)]
+    assert sum(e < 200 for e in saved) == 20
+    assert sum(200 <= e < 400 for e in saved) == 40
+    assert sum(600 <= e for e in saved) == 200
+
+
+def test_newest_best_checkpoint_is_found(tmp_path):
+    assert find_best_checkpoint(tmp_path) is None
+    for name in ("ckpt_best_0009.pt", "ckpt_best_0100.pt", "ckpt_0200.pt", "ckpt_best_0011.pt.tmp"):
+        (tmp_path / name).touch()
+    assert find_best_checkpoint(tmp_path).name == "ckpt_best_0100.pt"
+
+
+def scalar_steps(log_dir, tag="Loss/train") -> list[int]:
+    accumulator = EventAccumulator(str(log_dir))
+    accumulator.Reload()
+    return [event.step for event in accumulator.Scalars(tag)]
+
+
+def test_train_then_test_end_to_end(demo_root, tmp_path):
+    trained = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", "2", *FAST, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert "Epoch 2/2" in trained.stdout
+    checkpoints = sorted(p.name for p in (tmp_path / ".ckpts").iterdir())
+    assert "ckpt_0000.pt" in checkpoints and "ckpt_0001.pt" not in checkpoints
+    assert len([c for c in checkpoints if c.startswith("ckpt_best_")]) == 1
+    for tag in ("Loss/train", "Loss/val", "Learning Rate"):
+        assert scalar_steps(tmp_path / "runs" / "soaf", tag) == [0, 1]
+
+    tested = run_script("myTest.py", "--root_dir", demo_root, "--num_workers", "0", "--batch_size", "5",
+                        cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr
+    best = find_best_checkpoint(tmp_path / ".ckpts")
+    result_file = tmp_path / ".result" / f"{best.stem}_test.csv"
+    assert tested.stdout.strip().endswith(f"Results: {result_file.relative_to(tmp_path)}")
+    assert (tmp_path / ".onnx" / f"{best.stem}.onnx").is_file()
+    results = pd.read_csv(result_file)
+    assert list(results.columns[:5]) == ["image_path", "label", "pt_pred", "onnx_pred", "onnx_time_cost"]
+    expected = pd.concat([pd.read_csv(f) for f in sorted((demo_root / ".test").glob("10x_0.3*.csv"))])
+    assert results["image_path"].tolist() == expected["image_path"].tolist()
+    assert results["label"].to_numpy() == pytest.approx(expected["defocus_label"].to_numpy(), abs=1e-4)
+    assert (results["pt_pred"] - results["onnx_pred"]).abs().max() < 1e-3
+    assert (results["onnx_time_cost"] > 0).all()
+
+
+def test_glob_selects_the_objective_and_test_reuses_it(demo_root, tmp_path):
+    trained = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", "1", "--glob", "20x_0.7*.csv",
+                         *FAST, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    tested = run_script("myTest.py", "--root_dir", demo_root, "--num_workers", "0", cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr
+    results = pd.read_csv(next((tmp_path / ".result").glob("*.csv")))
+    assert results["image_path"].str.startswith("images/20x_0.7/").all()
+
+
+def test_resume_continues_counter_optimizer_and_curves(demo_root, tmp_path):
+    first = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", "2", *FAST, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    best = find_best_checkpoint(tmp_path / ".ckpts")
+    resumed_epoch = torch.load(best, weights_only=True)["epoch"] + 1
+
+    second = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", "4", *FAST, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert f"continuing at epoch {resumed_epoch}" in second.stdout
+    assert f"Epoch {resumed_epoch + 1}/4" in second.stdout and "Epoch 4/4" in second.stdout
+    assert f"Epoch {resumed_epoch}/4" not in second.stdout
+    assert scalar_steps(tmp_path / "runs" / "soaf") == [0, 1, 2, 3]  # no step twice
+
+    newest = find_best_checkpoint(tmp_path / ".ckpts")
+    state = torch.load(newest, weights_only=True)
+    batches_per_epoch = 2  # 16 training images, batch 8
+    adam_steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert adam_steps == {(state["epoch"] + 1) * batches_per_epoch}  # the optimizer kept counting
+
+    done = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", str(state["epoch"] + 1), *FAST,
+                      cwd=tmp_path)
+    assert done.returncode == 0 and "Nothing to do" in done.stdout
+
+
+def test_ctrl_c_keeps_checkpoints_and_rerun_resumes(demo_root, tmp_path):
+    command = [sys.executable, str(ROOT / "myTrain.py"), "--root_dir", str(demo_root), "--epochs", "50", *FAST]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={"PYTHONUNBUFFERED": "1", **dict(__import__("os").environ)})
+    lines = []
+    for line in process.stdout:  # wait until two epochs are done, then interrupt in the third
+        lines.append(line)
+        if line.startswith("Epoch 2/50"):
+            break
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "rerun the same command to resume" in stderr and "Traceback" not in stderr
+    assert not list((tmp_path / ".ckpts").glob("*.tmp"))
+    best = find_best_checkpoint(tmp_path / ".ckpts")
+    assert torch.load(best, weights_only=True)["epoch"] in (0, 1)
+    assert scalar_steps(tmp_path / "runs" / "soaf")[:2] == [0, 1]  # the writer was closed properly
+
+    rerun = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", "3", *FAST, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "Resumed from" in rerun.stdout
+
+
+def test_existing_checkpoints_are_never_overwritten_by_a_fresh_start(demo_root, tmp_path):
+    (tmp_path / ".ckpts").mkdir()
+    (tmp_path / ".ckpts" / "ckpt_0000.pt").write_bytes(b"precious")
+    for extra in ((), ("--no-resume",)):
+        result = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", "1", *FAST, *extra, cwd=tmp_path)
+        assert result.returncode != 0
+        assert "would overwrite them" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / ".ckpts" / "ckpt_0000.pt").read_bytes() == b"precious"
+
+
+def test_bad_input_gives_a_message_not_a_traceback(demo_root, tmp_path):
+    missing = run_script("myTrain.py", "--root_dir", tmp_path / "nowhere", "--epochs", "1", *FAST, cwd=tmp_path)
+    assert missing.returncode != 0 and "error: split folder" in missing.stderr
+    bad_glob = run_script("myTrain.py", "--root_dir", demo_root, "--glob", "40x*.csv", *FAST, cwd=tmp_path)
+    assert bad_glob.returncode != 0 and "matches '40x*.csv'" in bad_glob.stderr
+
+    (tmp_path / "broken.pt").write_bytes(b"half a checkpoint")
+    broken = run_script("myTest.py", "--root_dir", demo_root, "--ckpt", "broken.pt", cwd=tmp_path)
+    assert broken.returncode != 0 and "cannot read checkpoint broken.pt" in broken.stderr
+    no_ckpt = run_script("myTest.py", "--root_dir", demo_root, cwd=tmp_path)
+    assert no_ckpt.returncode != 0 and "train first" in no_ckpt.stderr
+    for result in (missing, bad_glob, broken, no_ckpt):
+        assert "Traceback" not in result.stderr
+
+
+class ExplodingModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, images):
+        return self.scale * images.mean(dim=(1, 2, 3)).view(-1, 1) * float("inf")
+
+
+def test_non_finite_loss_stops_training():
+    model = ExplodingModel()
+    loader = [(torch.rand(4, 3, 8, 8), torch.zeros(4))]
+    optimizer = torch.optim.Adam(model.parameters())
+    with pytest.raises(NonFiniteLossError, match="batch 0"):
+        train_epoch(model, loader, nn.L1Loss(), optimizer, torch.device("cpu"))
+    assert model.scale.item() == 1.0  # no step was taken with the poisoned loss
