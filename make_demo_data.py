@@ -200,7 +200,8 @@ def main(args: argparse.Namespace) -> None:
     if any(n < 1 for n in (args.train, args.val, args.test)):
         raise SystemExit("error: --train, --val and --test must be at least 1")
     if (args.root_dir / ".train").exists():
-        raise SystemExit(f"error: {args.root_dir} already holds a dataset; choose another folder or delete it")
+        print(f"{args.root_dir} already holds a dataset; leaving it as it is (delete it to write a new one)")
+        return
     make_demo_dataset(args.root_dir, args.train, args.val, args.test, args.seed)
     for magnification, na in OBJECTIVES:
         print(f"{magnification:g}x/{na:g}: depth of field {depth_of_field_um(magnification, na):.2f} um, "

@@ -43,15 +43,15 @@ def get_common_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root_dir", type=Path, required=True,
                         help="dataset root holding .train/ .val/ .test/ and the images")
     parser.add_argument("--glob", default=None,
-                        help="CSV files to use in each split, e.g. '20x_0.7*.csv' "
-                             "(default: the dataset's own, '10x_0.3*.csv')")
+                        help="CSV files to use in each split, e.g. '20x_0.7*.csv' (default: "
+                             "myTrain.py the dataset's own '10x_0.3*.csv', myTest.py the checkpoint's)")
     parser.add_argument("--batch_size", type=int, default=32, help="images per batch (default: %(default)s)")
     parser.add_argument("--num_workers", type=int, default=8,
                         help="image-loading processes, capped at the CPU count (default: %(default)s)")
     parser.add_argument("--ckpt_dir", type=Path, default=Path(".ckpts"),
                         help="checkpoint folder (default: %(default)s)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device (default: %(default)s)")
+                        help="torch device (default: cuda if available, else cpu)")
     return parser
 
 
