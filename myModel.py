@@ -1,10 +1,12 @@
 """Autofocus networks: a timm feature extractor with a small regression head.
 
     python myModel.py                      # summary, test output shape, ONNX file in .onnx/
+    python myModel.py --task moaf          # the multi-objective model, two ONNX inputs
     python myModel.py --model_name resnet18 --onnx_path resnet18.onnx
 
-    from myModel import SOAFModel
-    model = SOAFModel("mobilenetv4_conv_small", pretrained=False)   # (N,3,224,224) -> (N,1)
+    from myModel import SOAFModel, MOAFModel
+    model = SOAFModel("mobilenetv4_conv_small", pretrained=False)   # (N,3,224,224) -> (N,1) um
+    model = MOAFModel("mobilenetv4_conv_small", pretrained=False)   # (N,3,224,224), (N,2) -> (N,1) DOF
 """
 import argparse
 import os
@@ -105,12 +107,34 @@ def regression_head(in_features: int) -> nn.Sequential:
     )
 
 
-class SOAFModel(nn.Module):
-    """Single-objective autofocus: RGB image (N,3,224,224) -> defocus distance (N,1).
+class AutofocusModel(nn.Module):
+    """What SOAF and MOAF share: a timm feature extractor and global average pooling.
 
     `pretrained_file` loads the backbone's ImageNet weights from a local timm weights
     file instead of the model hub (for machines without internet).
     """
+
+    input_names: tuple[str, ...] = ("input",)
+
+    def __init__(self, model_name: str, pretrained: bool, pretrained_file: str | None):
+        super().__init__()
+        self.feature_extractor = create_feature_extractor(model_name, pretrained, pretrained_file)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        # pooling keeps the channel count, so the head's width is the last stage's channels
+        self.feature_dim = self.feature_extractor.feature_info.channels()[-1]
+
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.feature_extractor(images)[-1]  # (N, C, H/32, W/32)
+        return torch.flatten(self.global_pool(features), 1)  # (N, C)
+
+    def example_inputs(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """Inputs of the right shapes for tracing, on the model's device."""
+        device = next(self.parameters()).device
+        return (torch.randn(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, device=device),)
+
+
+class SOAFModel(AutofocusModel):
+    """Single-objective autofocus: RGB image (N,3,224,224) -> defocus distance (N,1)."""
 
     def __init__(
         self,
@@ -118,42 +142,82 @@ class SOAFModel(nn.Module):
         pretrained: bool = True,
         pretrained_file: str | None = None,
     ):
-        super().__init__()
-        self.feature_extractor = create_feature_extractor(model_name, pretrained, pretrained_file)
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        # pooling keeps the channel count, so the head's width is the last stage's channels
-        feature_dim = self.feature_extractor.feature_info.channels()[-1]
-        self.fc = regression_head(feature_dim)
+        super().__init__(model_name, pretrained, pretrained_file)
+        self.fc = regression_head(self.feature_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.feature_extractor(x)[-1]  # (N, C, H/32, W/32)
-        pooled = torch.flatten(self.global_pool(features), 1)  # (N, C)
-        return self.fc(pooled)  # (N, 1)
+        return self.fc(self.pooled_features(x))  # (N, 1)
 
 
-def export_onnx(model: nn.Module, save_path: Path) -> Path:
-    """Write `model` to ONNX with input `input`, output `output` and a dynamic batch axis.
+def normalise_objective(params: torch.Tensor) -> torch.Tensor:
+    """Raw (magnification, NA) of shape (N,2) -> two numbers of order one.
+
+    Magnification spans 4x-100x and acts multiplicatively (pixel size in the specimen), so
+    it enters as log10; NA spans 0.1-1.4. Fixed constants, not statistics of one dataset,
+    so that an objective never seen in training still lands in a sensible range.
+    """
+    magnification, na = params.unbind(dim=-1)
+    return torch.stack([(torch.log10(magnification) - 1.3) / 0.5, (na - 0.7) / 0.4], dim=-1)
+
+
+class MOAFModel(AutofocusModel):
+    """Multi-objective autofocus: image (N,3,224,224) and raw (magnification, NA) (N,2)
+    -> defocus in depth-of-field units (N,1).
+
+    The objective conditions the image features FiLM-style: a small network turns the
+    normalised (magnification, NA) into a per-channel scale and shift of the pooled
+    features, which then go through the same 256-128-1 head as SOAF. The image features
+    measure blur in pixels; turning that into depth-of-field units is a multiplication by a
+    factor that depends on the objective, which a per-channel scale expresses directly
+    (concatenating the two numbers to 960 features would leave the head to learn a product).
+    """
+
+    input_names = ("input", "params")
+
+    def __init__(
+        self,
+        model_name: str = "mobilenetv4_conv_small",
+        pretrained: bool = True,
+        pretrained_file: str | None = None,
+    ):
+        super().__init__(model_name, pretrained, pretrained_file)
+        self.film = nn.Sequential(nn.Linear(2, 64), nn.ReLU(inplace=True), nn.Linear(64, 2 * self.feature_dim))
+        nn.init.zeros_(self.film[-1].weight)  # start as the identity: scale 1, shift 0
+        nn.init.zeros_(self.film[-1].bias)
+        self.fc = regression_head(self.feature_dim)
+
+    def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        features = self.pooled_features(x)  # (N, C)
+        scale, shift = self.film(normalise_objective(params)).chunk(2, dim=1)  # (N, C) each
+        return self.fc(features * (1 + scale) + shift)  # (N, 1)
+
+    def example_inputs(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        (images,) = super().example_inputs(batch_size)
+        params = torch.tensor([[10.0, 0.3]], device=images.device).repeat(batch_size, 1)
+        return images, params
+
+
+def export_onnx(model: AutofocusModel, save_path: Path) -> Path:
+    """Write `model` to ONNX with inputs `model.input_names`, output `output`, dynamic batch axes.
 
     The legacy TorchScript exporter is used: it keeps the batch axis dynamic even
     though it traces with a batch of 1, and exports these CNNs in well under a second.
     """
     save_path = Path(save_path)
     save_path.parent.mkdir(parents=True, exist_ok=True)
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # dropout and batch statistics must not be baked into the graph
-    example = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces its retirement
         torch.onnx.export(
             model,
-            example,
+            model.example_inputs(1),
             str(save_path),
             dynamo=False,
             opset_version=ONNX_OPSET,
-            input_names=["input"],
+            input_names=list(model.input_names),
             output_names=["output"],
-            dynamic_axes={"input": {0: "batch_size"}, "output": {0: "batch_size"}},
+            dynamic_axes={name: {0: "batch_size"} for name in (*model.input_names, "output")},
         )
     model.train(was_training)
     return save_path
@@ -161,14 +225,16 @@ def export_onnx(model: nn.Module, save_path: Path) -> Path:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Show the autofocus model and export it to ONNX.")
+    parser.add_argument("--task", choices=["soaf", "moaf"], default="soaf",
+                        help="soaf: image -> um; moaf: image and (magnification, NA) -> DOF (default: %(default)s)")
     parser.add_argument("--model_name", default="mobilenetv4_conv_small",
                         help="timm backbone name (default: %(default)s)")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=False,
                         help="load ImageNet weights; the graph is the same either way (default: %(default)s)")
     parser.add_argument("--pretrained_file", default=None,
                         help="local timm weights file to load instead of the hub (default: %(default)s)")
-    parser.add_argument("--onnx_path", type=Path, default=Path(".onnx/soaf_model.onnx"),
-                        help="where the ONNX file goes (default: %(default)s)")
+    parser.add_argument("--onnx_path", type=Path, default=None,
+                        help="where the ONNX file goes (default: .onnx/<task>_model.onnx)")
     return parser
 
 
@@ -176,13 +242,16 @@ def main(args: argparse.Namespace) -> None:
     from torchinfo import summary
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = SOAFModel(args.model_name, args.pretrained, args.pretrained_file).to(device).eval()
-    summary(model, input_size=(1, 3, IMAGE_SIZE, IMAGE_SIZE), device=device)
+    model_class = MOAFModel if args.task == "moaf" else SOAFModel
+    model = model_class(args.model_name, args.pretrained, args.pretrained_file).to(device).eval()
+    example = model.example_inputs(1)
+    summary(model, input_data=list(example), device=device)
 
     with torch.no_grad():
-        output = model(torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device))
+        output = model(*example)
     print(f"\ntest output shape: {tuple(output.shape)} (expected (1, 1))")
-    print(f"ONNX model written to {export_onnx(model, args.onnx_path)}")
+    onnx_path = args.onnx_path or Path(".onnx") / f"{args.task}_model.onnx"
+    print(f"ONNX model written to {export_onnx(model, onnx_path)}")
 
 
 if __name__ == "__main__":

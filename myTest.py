@@ -4,11 +4,14 @@
     python myTest.py --root_dir DATA --ckpt .ckpts/ckpt_0100.pt     # any checkpoint
     python myTest.py --root_dir demo_data --num_workers 2            # CPU smoke run
 
-Writes .onnx/<checkpoint>.onnx and .result/<checkpoint>_test.csv with one row per image:
-image_path, label, pt_pred, onnx_pred, onnx_time_cost (milliseconds of one batch-1 run).
-The network, backbone name and CSV glob come from the checkpoint; nothing is downloaded.
+Writes .onnx/<checkpoint>.onnx, and in .result/ the table <checkpoint>_test.csv with one
+row per image (image_path, label, pt_pred, onnx_pred, onnx_time_cost in milliseconds of one
+batch-1 run, then magnification, NA and dof_um where the CSV has them) and the errors per
+objective in <checkpoint>_metrics.json. The task, backbone and CSV glob come from the
+checkpoint; nothing is downloaded.
 """
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -17,13 +20,12 @@ import onnxruntime as ort
 import pandas as pd
 import torch
 
-from myDataset import SOAFDataset
-from myModel import SOAFModel, export_onnx
-from myTrain import CheckpointError, build_loader, find_best_checkpoint, get_common_parser, load_checkpoint, run
+from myModel import export_onnx
+from myTrain import TASKS, CheckpointError, build_loader, find_best_checkpoint, get_common_parser, load_checkpoint, run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Test a SOAF autofocus network with PyTorch and ONNX Runtime.",
+    parser = argparse.ArgumentParser(description="Test a SOAF or MOAF autofocus network with PyTorch and ONNX Runtime.",
                                      parents=[get_common_parser()])
     parser.add_argument("--fe_str", default=None,
                         help="timm feature extractor name (default: the one the checkpoint was trained with)")
@@ -89,17 +91,90 @@ def predict_onnx(session: ort.InferenceSession, dataset, warmup: int) -> tuple[n
     return predictions, times_ms
 
 
-def print_summary(results: pd.DataFrame, providers: list[str]) -> None:
-    """Number of images, MAE of both models, their largest disagreement and ONNX latency."""
-    pt_error = (results["pt_pred"] - results["label"]).abs()
-    onnx_error = (results["onnx_pred"] - results["label"]).abs()
+def depth_of_field_um(frame: pd.DataFrame) -> pd.Series | None:
+    """Each row's depth of field in um from the CSV's own defocus_label / defocus_dof_label.
+
+    In-focus rows (label 0) give no ratio; they take the median of their objective.
+    """
+    if not {"defocus_label", "defocus_dof_label"} <= set(frame.columns):
+        return None
+    ratio = (frame["defocus_label"] / frame["defocus_dof_label"]).where(frame["defocus_dof_label"].abs() > 1e-9)
+    keys = [c for c in ("magnification", "NA") if c in frame.columns]
+    if keys:
+        ratio = ratio.fillna(ratio.groupby([frame[k] for k in keys]).transform("median"))
+    return ratio.abs()
+
+
+def error_metrics(results: pd.DataFrame, unit: str) -> dict:
+    """MAE in the task's unit, in um and in DOF, share within one DOF, and sign accuracy.
+
+    Sign accuracy counts images more than one DOF from focus (closer, the sign hardly
+    matters for a focus loop), or every image off focus when the DOF is unknown.
+    """
+    error = results["pt_pred"] - results["label"]
+    metrics = {"images": len(results), "mae": error.abs().mean(),
+               "onnx_mae": (results["onnx_pred"] - results["label"]).abs().mean()}
+    if "dof_um" in results:
+        to_um = results["dof_um"] if unit == "DOF" else 1.0
+        to_dof = 1.0 if unit == "DOF" else 1.0 / results["dof_um"]
+        metrics["mae_um"] = (error * to_um).abs().mean()
+        metrics["mae_dof"] = (error * to_dof).abs().mean()
+        metrics["within_1_dof"] = ((error * to_dof).abs() <= 1).mean()
+        judged = (results["label"] * to_dof).abs() > 1
+    else:
+        judged = results["label"] != 0
+    same_sign = np.sign(results["pt_pred"]) == np.sign(results["label"])
+    metrics["sign_accuracy"] = same_sign[judged].mean() if judged.any() else float("nan")
+    return {name: float(value) if name != "images" else value for name, value in metrics.items()}
+
+
+def per_objective_metrics(results: pd.DataFrame, unit: str) -> pd.DataFrame:
+    """One row of error_metrics per (magnification, NA) present, and one for all images."""
+    rows = []
+    if {"magnification", "NA"} <= set(results.columns):
+        for (magnification, na), group in results.groupby(["magnification", "NA"]):
+            rows.append({"objective": f"{magnification:g}x/{na:g}", **error_metrics(group, unit)})
+    rows.append({"objective": "all", **error_metrics(results, unit)})
+    return pd.DataFrame(rows).set_index("objective")
+
+
+def print_summary(results: pd.DataFrame, metrics: pd.DataFrame, unit: str, providers: list[str]) -> None:
+    """Per-objective errors, the largest PyTorch/ONNX disagreement and the ONNX latency."""
     latency = results["onnx_time_cost"]
-    print(f"images:                      {len(results)}")
-    print(f"MAE PyTorch:                 {pt_error.mean():.4f}")
-    print(f"MAE ONNX:                    {onnx_error.mean():.4f}")
-    print(f"max |pt_pred - onnx_pred|:   {(results['pt_pred'] - results['onnx_pred']).abs().max():.2e}")
-    print(f"ONNX latency (batch 1):      median {latency.median():.2f} ms, "
+    print(f"Errors of the PyTorch model (mae and onnx_mae in {unit}; within_1_dof and sign_accuracy are shares):")
+    print(metrics.to_string(float_format=lambda value: f"{value:.4f}"))
+    print(f"max |pt_pred - onnx_pred|: {(results['pt_pred'] - results['onnx_pred']).abs().max():.2e} {unit}")
+    print(f"ONNX latency (batch 1): median {latency.median():.2f} ms, "
           f"p95 {latency.quantile(0.95):.2f} ms on {', '.join(providers)}")
+
+
+def result_table(test_set, task: str, pt_pred, onnx_pred, onnx_time_cost) -> pd.DataFrame:
+    """One row per test image: the columns the user asked for, then objective and DOF where known."""
+    frame = test_set.frame
+    results = pd.DataFrame({
+        "image_path": frame["image_path"],
+        "label": test_set.targets.view(-1).numpy() if task == "moaf" else test_set.labels.numpy(),
+        "pt_pred": pt_pred,
+        "onnx_pred": onnx_pred,
+        "onnx_time_cost": onnx_time_cost,
+    })
+    for column in ("magnification", "NA"):
+        if column in frame.columns:
+            results[column] = frame[column]
+    dof_um = depth_of_field_um(frame)
+    if dof_um is not None:
+        results["dof_um"] = dof_um
+    return results
+
+
+def load_model(checkpoint: dict, ckpt_path: Path, task: str, fe_str: str, device: torch.device):
+    """The checkpoint's network, built without downloading anything."""
+    model = TASKS[task].model(fe_str, pretrained=False)  # every weight comes from the checkpoint
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"{ckpt_path} does not fit task {task} with backbone {fe_str}: {error}") from error
+    return model.to(device)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -107,36 +182,36 @@ def main(args: argparse.Namespace) -> None:
     ckpt_path = checkpoint_to_test(args)
     checkpoint = load_checkpoint(ckpt_path)
     trained_args = checkpoint.get("args", {})
+    task = args.task or trained_args.get("task", "soaf")
     fe_str = args.fe_str or trained_args.get("fe_str", "mobilenetv4_conv_small")
     glob = args.glob or trained_args.get("glob")
-    print(f"Testing {ckpt_path} (epoch {checkpoint['epoch']}, backbone {fe_str}) on {device}")
+    unit = TASKS[task].unit
+    print(f"Testing {ckpt_path} (task {task}, epoch {checkpoint['epoch']}, backbone {fe_str}) on {device}")
 
-    test_set = SOAFDataset(args.root_dir, "test", **({} if glob is None else {"glob_pattern": glob}))
+    dataset_class = TASKS[task].dataset
+    test_set = dataset_class(args.root_dir, "test", **({} if glob is None else {"glob_pattern": glob}))
     loader = build_loader(test_set, args.batch_size, args.num_workers, device, shuffle=False)
-    model = SOAFModel(fe_str, pretrained=False)  # every weight comes from the checkpoint
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        raise CheckpointError(f"{ckpt_path} does not fit backbone {fe_str}: {error}") from error
-    model.to(device)
+    model = load_model(checkpoint, ckpt_path, task, fe_str, device)
 
     pt_pred = predict_pytorch(model, loader, device)
     onnx_path = export_onnx(model, args.onnx_dir / f"{ckpt_path.stem}.onnx")
     session = onnx_session(onnx_path, device)
     onnx_pred, onnx_time_cost = predict_onnx(session, test_set, args.warmup)
 
-    results = pd.DataFrame({
-        "image_path": test_set.frame["image_path"],
-        "label": test_set.labels.numpy(),
-        "pt_pred": pt_pred,
-        "onnx_pred": onnx_pred,
-        "onnx_time_cost": onnx_time_cost,
-    })
+    results = result_table(test_set, task, pt_pred, onnx_pred, onnx_time_cost)
+    metrics = per_objective_metrics(results, unit)
     args.result_dir.mkdir(parents=True, exist_ok=True)
     result_path = args.result_dir / f"{ckpt_path.stem}_test.csv"
+    metrics_path = args.result_dir / f"{ckpt_path.stem}_metrics.json"
     results.to_csv(result_path, index=False)
+    summary = {"checkpoint": str(ckpt_path), "task": task, "unit": unit,
+               "onnx_latency_ms": {"median": float(results["onnx_time_cost"].median()),
+                                   "p95": float(results["onnx_time_cost"].quantile(0.95))},
+               "objectives": json.loads(metrics.to_json(orient="index"))}
+    metrics_path.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"ONNX model: {onnx_path}")
-    print_summary(results, session.get_providers())
+    print_summary(results, metrics, unit, session.get_providers())
+    print(f"Metrics: {metrics_path}")
     print(f"Results: {result_path}")
 
 

@@ -1,7 +1,11 @@
-"""Train a single-objective autofocus network (image -> defocus distance in micrometres).
+"""Train an autofocus network.
 
-    python myTrain.py --root_dir DATA                              # 10x/0.3 CSVs, 800 epochs, ImageNet start
-    python myTrain.py --root_dir DATA --glob "20x_0.7*.csv"        # another objective
+SOAF: image -> defocus distance in micrometres, one objective at a time.
+MOAF: image + (magnification, NA) -> defocus in depth-of-field units, every objective at once.
+
+    python myTrain.py --root_dir DATA                              # SOAF on 10x/0.3 CSVs, 800 epochs
+    python myTrain.py --root_dir DATA --glob "20x_0.7*.csv"        # SOAF on another objective
+    python myTrain.py --root_dir DATA --task moaf                  # MOAF on all CSVs
     python myTrain.py --root_dir demo_data --epochs 3 --no-pretrained --num_workers 2   # CPU smoke run
     tensorboard --logdir runs                                      # curves: Loss/train, Loss/val, Learning Rate
 
@@ -15,6 +19,7 @@ import random
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,10 +28,25 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from torchvision import transforms
 
-from myDataset import DatasetError, SOAFDataset
-from myModel import ModelCreationError, SOAFModel
+from myDataset import DatasetError, MOAFDataset, SOAFDataset
+from myModel import ModelCreationError, MOAFModel, SOAFModel
 
 BEST_CHECKPOINT = re.compile(r"ckpt_best_(\d+)\.pt")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What differs between the two tasks; the training loop is the same."""
+
+    dataset: type
+    model: type
+    unit: str  # of the target, the predictions and the L1 loss
+
+
+TASKS = {
+    "soaf": Task(SOAFDataset, SOAFModel, unit="um"),
+    "moaf": Task(MOAFDataset, MOAFModel, unit="DOF"),
+}
 
 
 class CheckpointError(RuntimeError):
@@ -42,9 +62,12 @@ def get_common_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--root_dir", type=Path, required=True,
                         help="dataset root holding .train/ .val/ .test/ and the images")
+    parser.add_argument("--task", choices=sorted(TASKS), default=None,
+                        help="soaf: one objective, target defocus_label (um); moaf: all objectives, "
+                             "target defocus_dof_label (default: myTrain.py soaf, myTest.py the checkpoint's)")
     parser.add_argument("--glob", default=None,
-                        help="CSV files to use in each split, e.g. '20x_0.7*.csv' (default: "
-                             "myTrain.py the dataset's own '10x_0.3*.csv', myTest.py the checkpoint's)")
+                        help="CSV files to use in each split, e.g. '20x_0.7*.csv' (default: myTrain.py "
+                             "'10x_0.3*.csv' for soaf and '*.csv' for moaf, myTest.py the checkpoint's)")
     parser.add_argument("--batch_size", type=int, default=32, help="images per batch (default: %(default)s)")
     parser.add_argument("--num_workers", type=int, default=8,
                         help="image-loading processes, capped at the CPU count (default: %(default)s)")
@@ -56,7 +79,7 @@ def get_common_parser() -> argparse.ArgumentParser:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train a SOAF autofocus network.",
+    parser = argparse.ArgumentParser(description="Train a SOAF or MOAF autofocus network.",
                                      parents=[get_common_parser()])
     parser.add_argument("--epochs", type=int, default=800, help="total epochs to train (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-5, help="Adam learning rate (default: %(default)s)")
@@ -66,8 +89,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="start from ImageNet weights (default: %(default)s)")
     parser.add_argument("--pretrained_file", default=None,
                         help="local timm weights file, for machines without internet (default: %(default)s)")
-    parser.add_argument("--log_dir", type=Path, default=Path("runs/soaf"),
-                        help="TensorBoard folder; keep it across resumes (default: %(default)s)")
+    parser.add_argument("--log_dir", type=Path, default=None,
+                        help="TensorBoard folder; keep it across resumes (default: runs/<task>)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="continue from the newest ckpt_best_*.pt in --ckpt_dir (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -168,9 +191,10 @@ def build_datasets(args):
         transforms.RandomVerticalFlip(),
         transforms.ToTensor(),
     ])
+    dataset_class = TASKS[args.task].dataset
     glob = {} if args.glob is None else {"glob_pattern": args.glob}
-    train_set = SOAFDataset(args.root_dir, "train", transform=train_transform, **glob)
-    val_set = SOAFDataset(args.root_dir, "val", transform=transforms.ToTensor(), **glob)
+    train_set = dataset_class(args.root_dir, "train", transform=train_transform, **glob)
+    val_set = dataset_class(args.root_dir, "val", transform=transforms.ToTensor(), **glob)
     return train_set, val_set
 
 
@@ -187,10 +211,11 @@ def check_nothing_is_overwritten(args, resume_from: Path | None) -> None:
 
 def restore_training_state(checkpoint: dict, path: Path, model, optimizer, args) -> tuple[int, float]:
     """Load weights, optimizer and random state; return (first epoch to train, best val loss)."""
-    trained_with = checkpoint["args"].get("fe_str")
-    if trained_with != args.fe_str:
-        raise CheckpointError(f"{path} was trained with --fe_str {trained_with}, not {args.fe_str}; "
-                              "pass the same --fe_str or another --ckpt_dir")
+    for name in ("task", "fe_str"):
+        trained_with = checkpoint["args"].get(name, "soaf" if name == "task" else None)
+        if trained_with != getattr(args, name):
+            raise CheckpointError(f"{path} was trained with --{name} {trained_with}, not {getattr(args, name)}; "
+                                  f"pass the same --{name} or another --ckpt_dir")
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     torch.set_rng_state(checkpoint["torch_rng_state"])
@@ -201,6 +226,8 @@ def restore_training_state(checkpoint: dict, path: Path, model, optimizer, args)
 
 
 def main(args: argparse.Namespace) -> None:
+    args.task = args.task or "soaf"
+    args.log_dir = args.log_dir or Path("runs") / args.task
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -209,15 +236,15 @@ def main(args: argparse.Namespace) -> None:
     train_set, val_set = build_datasets(args)
     train_loader = build_loader(train_set, args.batch_size, args.num_workers, device, shuffle=True)
     val_loader = build_loader(val_set, args.batch_size, args.num_workers, device, shuffle=False)
-    print(f"Data: {len(train_set)} training and {len(val_set)} validation images from {args.root_dir}")
+    print(f"Task {args.task}: {len(train_set)} training and {len(val_set)} validation images from {args.root_dir}")
 
     resume_from = find_best_checkpoint(args.ckpt_dir) if args.resume else None
     check_nothing_is_overwritten(args, resume_from)
     checkpoint = load_checkpoint(resume_from) if resume_from else None
     # a resumed run gets its weights from the checkpoint, so it needs no download
-    model = SOAFModel(args.fe_str, pretrained=args.pretrained and checkpoint is None,
-                      pretrained_file=args.pretrained_file if checkpoint is None else None).to(device)
-    criterion = nn.L1Loss()  # mean absolute error, in micrometres
+    model = TASKS[args.task].model(args.fe_str, pretrained=args.pretrained and checkpoint is None,
+                                   pretrained_file=args.pretrained_file if checkpoint is None else None).to(device)
+    criterion = nn.L1Loss()  # mean absolute error, in the target's unit (um for soaf, DOF for moaf)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
     start_epoch, best_loss = 0, math.inf

@@ -8,7 +8,7 @@ from torch import nn
 
 import myModel
 from conftest import run_script
-from myModel import ModelCreationError, SOAFModel, export_onnx
+from myModel import ModelCreationError, MOAFModel, SOAFModel, export_onnx, normalise_objective
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +89,58 @@ def test_missing_weights_file_is_named(tmp_path):
         SOAFModel(pretrained=True, pretrained_file=str(tmp_path / "nowhere.pth"))
 
 
-def test_model_script_prints_summary_shape_and_writes_onnx(tmp_path):
-    result = run_script("myModel.py", "--onnx_path", tmp_path / "graph.onnx", cwd=tmp_path)
+@pytest.mark.parametrize("task", ["soaf", "moaf"])
+def test_model_script_prints_summary_shape_and_writes_onnx(tmp_path, task):
+    result = run_script("myModel.py", "--task", task, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "Total params" in result.stdout
+    assert f"{task.upper()}Model" in result.stdout and "Total params" in result.stdout
     assert "test output shape: (1, 1)" in result.stdout
-    assert (tmp_path / "graph.onnx").stat().st_size > 100_000
+    assert (tmp_path / ".onnx" / f"{task}_model.onnx").stat().st_size > 100_000
+
+
+@pytest.fixture(scope="module")
+def moaf_model() -> MOAFModel:
+    torch.manual_seed(0)
+    return MOAFModel(pretrained=False).eval()
+
+
+def test_moaf_shapes_and_shared_backbone(moaf_model):
+    params = torch.tensor([[10.0, 0.3], [20.0, 0.7], [40.0, 0.95]])
+    with torch.no_grad():
+        assert moaf_model(torch.randn(3, 3, 224, 224), params).shape == (3, 1)
+    soaf = SOAFModel(pretrained=False)
+    assert type(moaf_model.feature_extractor) is type(soaf.feature_extractor)
+    assert moaf_model.fc[0].in_features == soaf.fc[0].in_features == 960
+
+
+def test_objective_parameters_are_normalised_inside_the_model():
+    objectives = torch.tensor([[4.0, 0.1], [10.0, 0.3], [20.0, 0.7], [60.0, 1.4], [100.0, 1.4]])
+    normalised = normalise_objective(objectives)
+    assert normalised.abs().max() < 2.0  # raw values span 0.1 to 100
+    assert normalised[:, 0].diff().gt(0).all()  # the order of magnifications is kept
+    assert normalised[1:3].abs().max() < 1.0  # common objectives sit near the centre
+
+
+def test_moaf_output_depends_on_the_objective():
+    torch.manual_seed(2)
+    moaf_model = MOAFModel(pretrained=False).eval()
+    for layer in moaf_model.film:  # training moves FiLM away from its identity start
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, std=0.5)
+    image = torch.randn(1, 3, 224, 224).repeat(2, 1, 1, 1)
+    with torch.no_grad():
+        output = moaf_model(image, torch.tensor([[10.0, 0.3], [20.0, 0.7]]))
+    assert output[0] != output[1]
+
+
+def test_moaf_onnx_has_two_named_inputs_and_a_dynamic_batch(moaf_model, tmp_path):
+    path = export_onnx(moaf_model, tmp_path / "moaf.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input", "params"]
+    images = torch.randn(4, 3, 224, 224)
+    params = torch.tensor([[10.0, 0.3], [20.0, 0.7], [40.0, 0.95], [100.0, 1.4]])
+    (onnx_output,) = session.run(None, {"input": images.numpy(), "params": params.numpy()})
+    with torch.no_grad():
+        torch_output = moaf_model(images, params).numpy()
+    assert onnx_output.shape == (4, 1)
+    np.testing.assert_allclose(onnx_output, torch_output, atol=1e-4, rtol=1e-4)

@@ -1,4 +1,5 @@
 """myTrain.py and myTest.py: checkpoint rules, end-to-end runs, resume and interruption, bad input."""
+import json
 import signal
 import subprocess
 import sys
@@ -11,9 +12,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from conftest import ROOT, run_script
+from make_demo_data import make_demo_dataset
+from myTest import depth_of_field_um, error_metrics
 from myTrain import NonFiniteLossError, find_best_checkpoint, is_regular_checkpoint_epoch, train_epoch
 
 FAST = ("--no-pretrained", "--num_workers", "0", "--batch_size", "8", "--lr", "1e-4")
+MOAF_RECIPE = ("--epochs", "10", "--lr", "1e-3", "--batch_size", "16")  # as in README
 
 
 @pytest.mark.parametrize("epoch, saved", [
@@ -168,3 +172,84 @@ def test_non_finite_loss_stops_training():
     with pytest.raises(NonFiniteLossError, match="batch 0"):
         train_epoch(model, loader, nn.L1Loss(), optimizer, torch.device("cpu"))
     assert model.scale.item() == 1.0  # no step was taken with the poisoned loss
+
+
+def test_moaf_train_then_test(demo_root, tmp_path):
+    trained = run_script("myTrain.py", "--root_dir", demo_root, "--task", "moaf", "--epochs", "1", *FAST,
+                         cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert "Task moaf: 32 training and 16 validation images" in trained.stdout
+    assert scalar_steps(tmp_path / "runs" / "moaf") == [0]
+
+    tested = run_script("myTest.py", "--root_dir", demo_root, "--num_workers", "0", cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr
+    assert "task moaf" in tested.stdout
+    stem = find_best_checkpoint(tmp_path / ".ckpts").stem
+    results = pd.read_csv(tmp_path / ".result" / f"{stem}_test.csv")
+    expected = pd.concat([pd.read_csv(f) for f in sorted((demo_root / ".test").glob("*.csv"))])
+    assert list(results.columns) == ["image_path", "label", "pt_pred", "onnx_pred", "onnx_time_cost",
+                                     "magnification", "NA", "dof_um"]
+    assert results["label"].to_numpy() == pytest.approx(expected["defocus_dof_label"].to_numpy(), abs=1e-5)
+    assert set(results["magnification"]) == {10.0, 20.0}
+    assert (results["pt_pred"] - results["onnx_pred"]).abs().max() < 1e-3
+
+    metrics = json.loads((tmp_path / ".result" / f"{stem}_metrics.json").read_text())
+    assert metrics["task"] == "moaf" and set(metrics["objectives"]) == {"10x/0.3", "20x/0.7", "all"}
+    for objective, (magnification, na) in {"10x/0.3": (10, 0.3), "20x/0.7": (20, 0.7)}.items():
+        group = results[(results["magnification"] == magnification) & (results["NA"] == na)]
+        error_dof = (group["pt_pred"] - group["label"]).abs()
+        assert metrics["objectives"][objective]["mae"] == pytest.approx(error_dof.mean(), rel=1e-5)
+        assert metrics["objectives"][objective]["mae_um"] == pytest.approx(
+            (error_dof * group["dof_um"]).mean(), rel=1e-5)
+        assert objective in tested.stdout
+
+
+def test_soaf_checkpoint_does_not_resume_as_moaf(demo_root, tmp_path):
+    assert run_script("myTrain.py", "--root_dir", demo_root, "--epochs", "1", *FAST, cwd=tmp_path).returncode == 0
+    moaf = run_script("myTrain.py", "--root_dir", demo_root, "--task", "moaf", "--epochs", "2", *FAST, cwd=tmp_path)
+    assert moaf.returncode != 0 and "trained with --task soaf, not moaf" in moaf.stderr
+
+
+def test_error_metrics_by_hand():
+    # two 10x/0.3 images with a DOF of 8 um, in DOF units as MOAF predicts them
+    results = pd.DataFrame({"label": [2.0, -0.5], "pt_pred": [1.5, 0.5], "onnx_pred": [1.5, 0.5],
+                            "dof_um": [8.0, 8.0]})
+    metrics = error_metrics(results, unit="DOF")
+    assert metrics["mae"] == pytest.approx(0.75)  # (0.5 + 1.0) / 2
+    assert metrics["mae_um"] == pytest.approx(6.0)  # (4 + 8) / 2
+    assert metrics["within_1_dof"] == pytest.approx(1.0)  # 0.5 and 1.0 DOF off
+    assert metrics["sign_accuracy"] == pytest.approx(1.0)  # only |label| > 1 DOF is judged
+    # the same in micrometres, as SOAF predicts them
+    in_um = results.assign(label=results["label"] * 8, pt_pred=[-12.0, 4.0], onnx_pred=[-12.0, 4.0])
+    metrics = error_metrics(in_um, unit="um")
+    assert metrics["mae_um"] == pytest.approx((28 + 8) / 2)
+    assert metrics["mae_dof"] == pytest.approx((3.5 + 1) / 2)
+    assert metrics["within_1_dof"] == pytest.approx(0.5)
+    assert metrics["sign_accuracy"] == pytest.approx(0.0)
+
+
+def test_depth_of_field_comes_from_the_csv_ratio():
+    frame = pd.DataFrame({"defocus_label": [16.0, 0.0, -3.2], "defocus_dof_label": [2.0, 0.0, -2.0],
+                          "magnification": [10.0, 10.0, 20.0], "NA": [0.3, 0.3, 0.7]})
+    assert depth_of_field_um(frame).tolist() == pytest.approx([8.0, 8.0, 1.6])
+    assert depth_of_field_um(frame.drop(columns="defocus_dof_label")) is None
+
+
+@pytest.fixture(scope="module")
+def learning_root(tmp_path_factory):
+    """The demo data at its default size per objective: 96 training and 32 validation images."""
+    return make_demo_dataset(tmp_path_factory.mktemp("learning"), n_train=96, n_val=32, n_test=4, seed=0)
+
+
+def test_moaf_beats_the_mean_predictor_on_demo_data(learning_root, tmp_path):
+    """A real learning check: the README's MOAF recipe, from scratch, against predicting the training mean."""
+    trained = run_script("myTrain.py", "--root_dir", learning_root, "--task", "moaf", *MOAF_RECIPE,
+                         "--no-pretrained", "--num_workers", "0", cwd=tmp_path, timeout=900)
+    assert trained.returncode == 0, trained.stderr
+    best = torch.load(find_best_checkpoint(tmp_path / ".ckpts"), weights_only=True)
+
+    def dof_labels(split):
+        return pd.concat([pd.read_csv(f) for f in (learning_root / f".{split}").glob("*.csv")])["defocus_dof_label"]
+
+    mean_predictor_mae = (dof_labels("val") - dof_labels("train").mean()).abs().mean()
+    assert best["best_loss"] < 0.8 * mean_predictor_mae, trained.stdout
