@@ -150,6 +150,7 @@ class AutofocusDataset(Dataset):
     """What the SOAF and MOAF datasets share: reading the split and loading images."""
 
     required_columns: tuple[str, ...] = ("image_path",)
+    target_column: str  # what the network predicts
 
     def __init__(self, root_dir: Path, dataset_type: str, transform=None, glob_pattern: str = "*.csv"):
         super().__init__()
@@ -174,6 +175,7 @@ class MOAFDataset(AutofocusDataset):
     """
 
     required_columns = ("image_path", "magnification", "NA", "defocus_dof_label")
+    target_column = "defocus_dof_label"
 
     def __init__(self, root_dir: Path, dataset_type: str, transform=None, glob_pattern: str = "*.csv"):
         super().__init__(root_dir, dataset_type, transform, glob_pattern)
@@ -188,6 +190,7 @@ class SOAFDataset(AutofocusDataset):
     """Single-objective autofocus: (image, defocus distance in micrometres as a scalar tensor)."""
 
     required_columns = ("image_path", "defocus_label")
+    target_column = "defocus_label"
 
     def __init__(
         self, root_dir: Path, dataset_type: str, transform=None, glob_pattern: str = "10x_0.3*.csv"

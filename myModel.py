@@ -110,18 +110,28 @@ def regression_head(in_features: int) -> nn.Sequential:
 class AutofocusModel(nn.Module):
     """What SOAF and MOAF share: a timm feature extractor and global average pooling.
 
-    `pretrained_file` loads the backbone's ImageNet weights from a local timm weights
-    file instead of the model hub (for machines without internet).
+    `model_name` is any timm model; `pretrained_file` loads the backbone's ImageNet weights
+    from a local timm weights file instead of the model hub (for machines without internet).
+    Subclasses add their head in `build_head` and define `forward`.
     """
 
     input_names: tuple[str, ...] = ("input",)
 
-    def __init__(self, model_name: str, pretrained: bool, pretrained_file: str | None):
+    def __init__(
+        self,
+        model_name: str = "mobilenetv4_conv_small",
+        pretrained: bool = True,
+        pretrained_file: str | None = None,
+    ):
         super().__init__()
         self.feature_extractor = create_feature_extractor(model_name, pretrained, pretrained_file)
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         # pooling keeps the channel count, so the head's width is the last stage's channels
         self.feature_dim = self.feature_extractor.feature_info.channels()[-1]
+        self.build_head()
+
+    def build_head(self) -> None:
+        raise NotImplementedError
 
     def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
         features = self.feature_extractor(images)[-1]  # (N, C, H/32, W/32)
@@ -134,15 +144,12 @@ class AutofocusModel(nn.Module):
 
 
 class SOAFModel(AutofocusModel):
-    """Single-objective autofocus: RGB image (N,3,224,224) -> defocus distance (N,1)."""
+    """Single-objective autofocus: RGB image (N,3,224,224) -> defocus distance (N,1).
 
-    def __init__(
-        self,
-        model_name: str = "mobilenetv4_conv_small",
-        pretrained: bool = True,
-        pretrained_file: str | None = None,
-    ):
-        super().__init__(model_name, pretrained, pretrained_file)
+    SOAFModel(model_name="mobilenetv4_conv_small", pretrained=True, pretrained_file=None)
+    """
+
+    def build_head(self) -> None:
         self.fc = regression_head(self.feature_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -174,13 +181,7 @@ class MOAFModel(AutofocusModel):
 
     input_names = ("input", "params")
 
-    def __init__(
-        self,
-        model_name: str = "mobilenetv4_conv_small",
-        pretrained: bool = True,
-        pretrained_file: str | None = None,
-    ):
-        super().__init__(model_name, pretrained, pretrained_file)
+    def build_head(self) -> None:
         self.film = nn.Sequential(nn.Linear(2, 64), nn.ReLU(inplace=True), nn.Linear(64, 2 * self.feature_dim))
         nn.init.zeros_(self.film[-1].weight)  # start as the identity: scale 1, shift 0
         nn.init.zeros_(self.film[-1].bias)

@@ -105,15 +105,19 @@ def depth_of_field_um(frame: pd.DataFrame) -> pd.Series | None:
     return ratio.abs()
 
 
-def error_metrics(results: pd.DataFrame, unit: str) -> dict:
+def error_metrics(results: pd.DataFrame, unit: str, train_label_mean: float | None = None) -> dict:
     """MAE in the task's unit, in um and in DOF, share within one DOF, and sign accuracy.
 
     Sign accuracy counts images more than one DOF from focus (closer, the sign hardly
     matters for a focus loop), or every image off focus when the DOF is unknown.
+    `mean_predictor_mae` is the MAE of always predicting the training labels' mean: the
+    bar a network has to clear.
     """
     error = results["pt_pred"] - results["label"]
     metrics = {"images": len(results), "mae": error.abs().mean(),
                "onnx_mae": (results["onnx_pred"] - results["label"]).abs().mean()}
+    if train_label_mean is not None:
+        metrics["mean_predictor_mae"] = (results["label"] - train_label_mean).abs().mean()
     if "dof_um" in results:
         to_um = results["dof_um"] if unit == "DOF" else 1.0
         to_dof = 1.0 if unit == "DOF" else 1.0 / results["dof_um"]
@@ -128,13 +132,13 @@ def error_metrics(results: pd.DataFrame, unit: str) -> dict:
     return {name: float(value) if name != "images" else value for name, value in metrics.items()}
 
 
-def per_objective_metrics(results: pd.DataFrame, unit: str) -> pd.DataFrame:
+def per_objective_metrics(results: pd.DataFrame, unit: str, train_label_mean: float | None) -> pd.DataFrame:
     """One row of error_metrics per (magnification, NA) present, and one for all images."""
     rows = []
     if {"magnification", "NA"} <= set(results.columns):
         for (magnification, na), group in results.groupby(["magnification", "NA"]):
-            rows.append({"objective": f"{magnification:g}x/{na:g}", **error_metrics(group, unit)})
-    rows.append({"objective": "all", **error_metrics(results, unit)})
+            rows.append({"objective": f"{magnification:g}x/{na:g}", **error_metrics(group, unit, train_label_mean)})
+    rows.append({"objective": "all", **error_metrics(results, unit, train_label_mean)})
     return pd.DataFrame(rows).set_index("objective")
 
 
@@ -148,12 +152,12 @@ def print_summary(results: pd.DataFrame, metrics: pd.DataFrame, unit: str, provi
           f"p95 {latency.quantile(0.95):.2f} ms on {', '.join(providers)}")
 
 
-def result_table(test_set, task: str, pt_pred, onnx_pred, onnx_time_cost) -> pd.DataFrame:
+def result_table(test_set, pt_pred, onnx_pred, onnx_time_cost) -> pd.DataFrame:
     """One row per test image: the columns the user asked for, then objective and DOF where known."""
     frame = test_set.frame
     results = pd.DataFrame({
         "image_path": frame["image_path"],
-        "label": test_set.targets.view(-1).numpy() if task == "moaf" else test_set.labels.numpy(),
+        "label": frame[test_set.target_column],
         "pt_pred": pt_pred,
         "onnx_pred": onnx_pred,
         "onnx_time_cost": onnx_time_cost,
@@ -198,8 +202,8 @@ def main(args: argparse.Namespace) -> None:
     session = onnx_session(onnx_path, device)
     onnx_pred, onnx_time_cost = predict_onnx(session, test_set, args.warmup)
 
-    results = result_table(test_set, task, pt_pred, onnx_pred, onnx_time_cost)
-    metrics = per_objective_metrics(results, unit)
+    results = result_table(test_set, pt_pred, onnx_pred, onnx_time_cost)
+    metrics = per_objective_metrics(results, unit, checkpoint.get("train_label_mean"))
     args.result_dir.mkdir(parents=True, exist_ok=True)
     result_path = args.result_dir / f"{ckpt_path.stem}_test.csv"
     metrics_path = args.result_dir / f"{ckpt_path.stem}_metrics.json"

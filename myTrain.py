@@ -94,6 +94,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="continue from the newest ckpt_best_*.pt in --ckpt_dir (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--bn_recalibration_batches", type=int, default=20,
+                        help="training batches used to recompute BatchNorm statistics before each "
+                             "validation; 0 keeps the running averages (default: %(default)s)")
     return parser
 
 
@@ -173,6 +176,32 @@ def train_epoch(model, loader, criterion, optimizer, device) -> float:
 
 
 @torch.no_grad()
+def recalibrate_batchnorm(model, loader, device, max_batches: int) -> None:
+    """Recompute BatchNorm statistics as a plain average over training batches at the current weights.
+
+    The running averages trail the weights by many steps; while the weights still change
+    fast (training from scratch), evaluating with them gives validation losses that jump
+    far above the training loss. Recomputed statistics make validation, the saved
+    checkpoints and the ONNX export use statistics that fit the weights.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if max_batches <= 0 or not norms:
+        return
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # None: cumulative average over the batches seen
+    model.train()
+    for batch_index, batch in enumerate(loader):
+        if batch_index == max_batches:
+            break
+        *inputs, _target = (tensor.to(device, non_blocking=True) for tensor in batch)
+        model(*inputs)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+
+
+@torch.no_grad()
 def validation_epoch(model, loader, criterion, device) -> float:
     """One pass over the validation set; returns the mean loss per image."""
     model.eval()
@@ -237,6 +266,7 @@ def main(args: argparse.Namespace) -> None:
     train_loader = build_loader(train_set, args.batch_size, args.num_workers, device, shuffle=True)
     val_loader = build_loader(val_set, args.batch_size, args.num_workers, device, shuffle=False)
     print(f"Task {args.task}: {len(train_set)} training and {len(val_set)} validation images from {args.root_dir}")
+    train_label_mean = float(train_set.frame[train_set.target_column].mean())  # the baseline to beat
 
     resume_from = find_best_checkpoint(args.ckpt_dir) if args.resume else None
     check_nothing_is_overwritten(args, resume_from)
@@ -262,6 +292,7 @@ def main(args: argparse.Namespace) -> None:
         for epoch in range(start_epoch, args.epochs):
             start_time = time.time()
             train_loss = train_epoch(model, train_loader, criterion, optimizer, device)
+            recalibrate_batchnorm(model, train_loader, device, args.bn_recalibration_batches)
             val_loss = validation_epoch(model, val_loader, criterion, device)
             current_lr = optimizer.param_groups[0]["lr"]
 
@@ -279,6 +310,7 @@ def main(args: argparse.Namespace) -> None:
                 "train_loss": train_loss,
                 "val_loss": val_loss,
                 "best_loss": best_loss,
+                "train_label_mean": train_label_mean,
                 "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                 "torch_rng_state": torch.get_rng_state(),
                 "cuda_rng_states": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],

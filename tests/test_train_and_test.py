@@ -14,7 +14,8 @@ from torch import nn
 from conftest import ROOT, run_script
 from make_demo_data import make_demo_dataset
 from myTest import depth_of_field_um, error_metrics
-from myTrain import NonFiniteLossError, find_best_checkpoint, is_regular_checkpoint_epoch, train_epoch
+from myTrain import (NonFiniteLossError, find_best_checkpoint, is_regular_checkpoint_epoch, recalibrate_batchnorm,
+                     train_epoch)
 
 FAST = ("--no-pretrained", "--num_workers", "0", "--batch_size", "8", "--lr", "1e-4")
 MOAF_RECIPE = ("--epochs", "10", "--lr", "1e-3", "--batch_size", "16")  # as in README
@@ -202,6 +203,9 @@ def test_moaf_train_then_test(demo_root, tmp_path):
         assert metrics["objectives"][objective]["mae_um"] == pytest.approx(
             (error_dof * group["dof_um"]).mean(), rel=1e-5)
         assert objective in tested.stdout
+    train_mean = pd.concat([pd.read_csv(f) for f in (demo_root / ".train").glob("*.csv")])["defocus_dof_label"].mean()
+    assert metrics["objectives"]["all"]["mean_predictor_mae"] == pytest.approx(
+        (results["label"] - train_mean).abs().mean(), rel=1e-5)
 
 
 def test_soaf_checkpoint_does_not_resume_as_moaf(demo_root, tmp_path):
@@ -253,3 +257,18 @@ def test_moaf_beats_the_mean_predictor_on_demo_data(learning_root, tmp_path):
 
     mean_predictor_mae = (dof_labels("val") - dof_labels("train").mean()).abs().mean()
     assert best["best_loss"] < 0.8 * mean_predictor_mae, trained.stdout
+
+
+def test_batchnorm_recalibration_uses_current_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    model[1].running_mean.fill_(-100.0)  # stale, as after fast-changing weights
+    batches = [(torch.randn(8, 3) + 5.0, torch.zeros(8)) for _ in range(4)]
+    recalibrate_batchnorm(model, batches, torch.device("cpu"), max_batches=3)
+    with torch.no_grad():
+        expected = torch.stack([model[0](x).mean(0) for x, _ in batches[:3]]).mean(0)
+    torch.testing.assert_close(model[1].running_mean, expected)
+    assert model[1].momentum == 0.1  # restored for training
+    before = model[1].running_mean.clone()
+    recalibrate_batchnorm(model, batches, torch.device("cpu"), max_batches=0)
+    torch.testing.assert_close(model[1].running_mean, before)
