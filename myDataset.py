@@ -14,8 +14,11 @@ Every CSV has the columns
     soaf = SOAFDataset(Path("demo_data"), "train")                  # (image, defocus_um)
     moaf = MOAFDataset(Path("demo_data"), "val", glob_pattern="*.csv")  # (image, (M, NA), defocus_dof)
 """
+import csv
+import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
@@ -39,15 +42,29 @@ class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
 
 
 class ImageDecodeError(DatasetError, OSError):
-    """An image file exists but cannot be read as an image."""
+    """An image file exists but cannot be read as an image, or has the wrong size."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any PIL mode; 16- and 32-bit greyscale are scaled down, not clipped to white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # microscope cameras write 12-16 bit greyscale; 65535 maps to 255 for every image alike,
+        # so that brightness keeps its meaning between images
+        grey = np.asarray(image, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        grey = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if grey.max(initial=0.0) <= 1.0 else 1.0  # floats in [0, 1] or in 8-bit units
+        return Image.fromarray(np.clip(grey * scale + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
 
 
 def load_rgb_image(path: Path) -> Image.Image:
     """Open an image file as 8-bit RGB; the error names the file if it cannot be decoded."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+            return to_rgb(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageDecodeError(f"cannot decode image {path}: {error}") from error
 
 
@@ -63,49 +80,8 @@ def summarize_problems(problems: list[str]) -> str:
     return "\n  ".join(listed + ([f"... and {more} more"] if more else []))
 
 
-def read_csv_file(csv_file: Path, required_columns: tuple[str, ...]) -> pd.DataFrame:
-    """Read one dataset CSV, check its columns and values, and note where each row came from."""
-    try:
-        frame = pd.read_csv(csv_file, dtype={"image_path": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise DatasetValueError(f"{csv_file}: not a readable CSV file ({error})") from error
-
-    missing = [column for column in required_columns if column not in frame.columns]
-    if missing:
-        raise DatasetValueError(
-            f"{csv_file}: missing required column(s) {missing}; "
-            f"found columns {list(frame.columns)}"
-        )
-
-    problems = []
-    blank_paths = frame["image_path"].isna() | (frame["image_path"].str.strip() == "")
-    problems += [f"line {csv_line(i)}: image_path is empty" for i in frame.index[blank_paths]]
-    for column in required_columns:
-        if column == "image_path":
-            continue
-        numbers = pd.to_numeric(frame[column], errors="coerce")
-        bad = numbers.isna() | ~numbers.abs().lt(float("inf"))
-        problems += [
-            f"line {csv_line(i)}: {column} = {frame.at[i, column]!r} is not a finite number"
-            for i in frame.index[bad]
-        ]
-        frame[column] = numbers.astype("float64")
-    if problems:
-        raise DatasetValueError(f"{csv_file}: {len(problems)} bad value(s):\n  {summarize_problems(problems)}")
-
-    frame["csv_file"] = str(csv_file)
-    frame["csv_line"] = [csv_line(i) for i in range(len(frame))]
-    return frame
-
-
-def read_split(
-    root_dir: Path, dataset_type: str, glob_pattern: str, required_columns: tuple[str, ...]
-) -> pd.DataFrame:
-    """Read every CSV of one split that matches `glob_pattern` into one checked table.
-
-    The table keeps `image_path` as written in the CSV and adds `abs_image_path`
-    (root_dir / image_path), `csv_file` and `csv_line` for error messages.
-    """
+def check_arguments(root_dir, dataset_type: str, glob_pattern: str) -> None:
+    """The argument checks the user asked for, with the valid choices in the message."""
     if dataset_type not in SPLITS:
         raise DatasetValueError(f"dataset_type must be one of {list(SPLITS)}, got {dataset_type!r}")
     if not isinstance(root_dir, Path):
@@ -113,19 +89,95 @@ def read_split(
     if ".csv" not in glob_pattern:
         raise DatasetValueError(f"glob_pattern must contain '.csv', got {glob_pattern!r}")
 
+
+def split_csv_files(root_dir: Path, dataset_type: str, glob_pattern: str) -> list[Path]:
+    """The CSV files of one split that match the glob, sorted; an error if there are none."""
     split_dir = root_dir / f".{dataset_type}"
     if not split_dir.is_dir():
-        raise DatasetFileNotFoundError(f"split folder {split_dir} does not exist")
+        hint = "" if root_dir.is_dir() else f" (root_dir {root_dir} itself does not exist)"
+        raise DatasetFileNotFoundError(f"split folder {split_dir} does not exist{hint}")
     csv_files = sorted(path for path in split_dir.glob(glob_pattern) if path.is_file())
     if not csv_files:
         present = sorted(path.name for path in split_dir.glob("*.csv"))
         raise DatasetFileNotFoundError(
             f"no CSV file in {split_dir} matches {glob_pattern!r}; CSV files there: {present or 'none'}"
         )
+    return csv_files
 
+
+def read_csv_file(csv_file: Path, required_columns: tuple[str, ...]) -> pd.DataFrame:
+    """Read one dataset CSV and check its header; note where each row came from."""
+    try:
+        with open(csv_file, newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), [])  # pandas would rename a repeated name silently
+        frame = pd.read_csv(csv_file, dtype={"image_path": str}, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error) as error:
+        raise DatasetValueError(f"{csv_file}: not a readable CSV file ({error})") from error
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise DatasetValueError(f"{csv_file}: column(s) {duplicated} appear more than once in the header")
+    missing = [column for column in required_columns if column not in frame.columns]
+    if missing:
+        raise DatasetValueError(
+            f"{csv_file}: missing required column(s) {missing}; found columns {list(frame.columns)}"
+        )
+    frame["csv_file"] = str(csv_file)
+    frame["csv_line"] = [csv_line(i) for i in range(len(frame))]
+    return frame
+
+
+def shown(cell) -> str:
+    """A CSV cell as an error message quotes it: text in quotes, numbers as they read."""
+    return repr(cell) if isinstance(cell, str) else str(cell)
+
+
+def path_leaves_root(image_path: str) -> bool:
+    """Whether a CSV path is absolute or climbs out of the root with '..' (judged on the text)."""
+    return os.path.isabs(image_path) or os.path.normpath(image_path).split(os.sep)[0] == ".."
+
+
+def value_problems(frame: pd.DataFrame, required_columns: tuple[str, ...], allow_outside_root: bool) -> list[str]:
+    """Bad cells of one CSV's table as 'file line N: ...'; turns numeric columns into floats."""
+    where = frame["csv_file"] + " line " + frame["csv_line"].astype(str)
+    problems = []
+    paths = frame["image_path"]
+    blank = paths.isna() | (paths.fillna("").str.strip() == "")
+    problems += [f"{where[i]}: image_path is empty" for i in frame.index[blank]]
+    if not allow_outside_root:
+        outside = ~blank & paths.fillna("").map(path_leaves_root)
+        problems += [f"{where[i]}: image_path {paths[i]!r} points outside root_dir (absolute or '..'); "
+                     "pass allow_outside_root=True (--allow_outside_root) if that is meant"
+                     for i in frame.index[outside]]
+    for column in required_columns:
+        if column == "image_path":
+            continue
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        bad = ~numbers.abs().lt(float("inf"))  # NaN and +-inf both fail
+        problems += [f"{where[i]}: {column} = {shown(frame.at[i, column])} is not a finite number"
+                     for i in frame.index[bad]]
+        frame[column] = numbers.astype("float64")
+    return problems
+
+
+def read_split(
+    root_dir: Path, dataset_type: str, glob_pattern: str, required_columns: tuple[str, ...],
+    allow_outside_root: bool = False,
+) -> pd.DataFrame:
+    """Read every CSV of one split that matches `glob_pattern` into one checked table.
+
+    The table keeps `image_path` as written in the CSV and adds `abs_image_path`
+    (root_dir / image_path), `csv_file` and `csv_line` for error messages.
+    """
+    check_arguments(root_dir, dataset_type, glob_pattern)
+    split_dir = root_dir / f".{dataset_type}"
+    csv_files = split_csv_files(root_dir, dataset_type, glob_pattern)
     frame = pd.concat([read_csv_file(f, required_columns) for f in csv_files], ignore_index=True)
     if frame.empty:
         raise DatasetValueError(f"the CSV files matching {glob_pattern!r} in {split_dir} hold no rows")
+
+    problems = value_problems(frame, required_columns, allow_outside_root)
+    if problems:
+        raise DatasetValueError(f"{len(problems)} bad value(s) in {split_dir}:\n  {summarize_problems(problems)}")
 
     frame["abs_image_path"] = [root_dir / p for p in frame["image_path"]]
     missing = [
@@ -152,9 +204,11 @@ class AutofocusDataset(Dataset):
     required_columns: tuple[str, ...] = ("image_path",)
     target_column: str  # what the network predicts
 
-    def __init__(self, root_dir: Path, dataset_type: str, transform=None, glob_pattern: str = "*.csv"):
+    def __init__(self, root_dir: Path, dataset_type: str, transform=None, glob_pattern: str = "*.csv",
+                 *, allow_outside_root: bool = False, image_size: tuple[int, int] | None = None):
         super().__init__()
-        self.frame = read_split(root_dir, dataset_type, glob_pattern, self.required_columns)
+        self.frame = read_split(root_dir, dataset_type, glob_pattern, self.required_columns, allow_outside_root)
+        self.image_size = image_size
         self.root_dir = root_dir
         self.dataset_dir = root_dir / f".{dataset_type}"
         self.image_paths = self.frame["abs_image_path"].tolist()
@@ -164,21 +218,32 @@ class AutofocusDataset(Dataset):
         return len(self.image_paths)
 
     def load_image(self, idx: int):
-        """The transformed image of row `idx`."""
-        return self.transform(load_rgb_image(self.image_paths[idx]))
+        """The transformed image of row `idx`; with `image_size` set, other sizes are refused."""
+        image = load_rgb_image(self.image_paths[idx])
+        if self.image_size is not None and image.size != tuple(self.image_size):
+            raise ImageDecodeError(
+                f"image {self.image_paths[idx]} is {image.size[0]}x{image.size[1]}, not "
+                f"{self.image_size[0]}x{self.image_size[1]}: crop or tile it to that size (resizing "
+                "would change the blur, and with it what the label means)")
+        return self.transform(image)
 
 
 class MOAFDataset(AutofocusDataset):
     """Multi-objective autofocus: (image, (magnification, NA), defocus in depth-of-field units).
 
     `params` is a float32 tensor of shape (2,), `target` a float32 tensor of shape (1,).
+    Image paths that are absolute or climb out of root_dir with '..' are refused unless
+    `allow_outside_root=True`; `image_size=(224, 224)` refuses images of any other size
+    when they are read. Both keywords work the same for SOAFDataset.
     """
 
     required_columns = ("image_path", "magnification", "NA", "defocus_dof_label")
     target_column = "defocus_dof_label"
 
-    def __init__(self, root_dir: Path, dataset_type: str, transform=None, glob_pattern: str = "*.csv"):
-        super().__init__(root_dir, dataset_type, transform, glob_pattern)
+    def __init__(self, root_dir: Path, dataset_type: str, transform=None, glob_pattern: str = "*.csv",
+                 *, allow_outside_root: bool = False, image_size: tuple[int, int] | None = None):
+        super().__init__(root_dir, dataset_type, transform, glob_pattern,
+                         allow_outside_root=allow_outside_root, image_size=image_size)
         self.params = float_tensor(self.frame, ["magnification", "NA"])  # (N, 2)
         self.targets = float_tensor(self.frame, ["defocus_dof_label"])  # (N, 1)
 
@@ -192,11 +257,65 @@ class SOAFDataset(AutofocusDataset):
     required_columns = ("image_path", "defocus_label")
     target_column = "defocus_label"
 
-    def __init__(
-        self, root_dir: Path, dataset_type: str, transform=None, glob_pattern: str = "10x_0.3*.csv"
-    ):
-        super().__init__(root_dir, dataset_type, transform, glob_pattern)
+    def __init__(self, root_dir: Path, dataset_type: str, transform=None, glob_pattern: str = "10x_0.3*.csv",
+                 *, allow_outside_root: bool = False, image_size: tuple[int, int] | None = None):
+        super().__init__(root_dir, dataset_type, transform, glob_pattern,
+                         allow_outside_root=allow_outside_root, image_size=image_size)
         self.labels = float_tensor(self.frame, ["defocus_label"]).squeeze(1)  # (N,)
 
     def __getitem__(self, idx: int):
         return self.load_image(idx), self.labels[idx]
+
+
+def image_problem(path: Path) -> str | None:
+    """What is wrong with one image file for the network, or None: missing, undecodable, not 224x224."""
+    if not path.is_file():
+        return "file does not exist"
+    try:
+        with Image.open(path) as image:
+            image.load()
+            size, mode = image.size, image.mode
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        return f"cannot decode ({error})"
+    if size != (224, 224):
+        return f"size {size[0]}x{size[1]} in mode {mode}, the network expects 224x224"
+    return None
+
+
+def check_split(root_dir: Path, dataset_type: str, glob_pattern: str, dataset_class,
+                allow_outside_root: bool = False) -> tuple[list[str], list[str]]:
+    """Check one split completely, decoding every image: (summary lines, problems as 'file line N: ...')."""
+    try:
+        check_arguments(root_dir, dataset_type, glob_pattern)
+        csv_files = split_csv_files(root_dir, dataset_type, glob_pattern)
+    except DatasetError as error:
+        return [], [str(error)]
+    frames, problems = [], []
+    for csv_file in csv_files:
+        try:
+            frames.append(read_csv_file(csv_file, dataset_class.required_columns))
+        except DatasetError as error:
+            problems.append(str(error))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if frame.empty:
+        return [], problems + [f"{root_dir / f'.{dataset_type}'}: no usable rows"]
+    problems += value_problems(frame, dataset_class.required_columns, allow_outside_root)
+    for row in frame.itertuples():
+        if isinstance(row.image_path, str) and row.image_path.strip():
+            problem = image_problem(root_dir / row.image_path)
+            if problem:
+                problems.append(f"{row.csv_file} line {row.csv_line}: {row.image_path}: {problem}")
+    return split_summary(frame, dataset_type, dataset_class.target_column), problems
+
+
+def split_summary(frame: pd.DataFrame, dataset_type: str, target_column: str) -> list[str]:
+    """Rows and label range per objective of one split."""
+    keys = [c for c in ("magnification", "NA") if c in frame.columns]
+    groups = frame.groupby(keys, dropna=False) if keys else [(("all",), frame)]
+    lines = []
+    for key, group in groups:
+        objective = "x/".join(f"{k:g}" if isinstance(k, float) else str(k) for k in key)
+        target = pd.to_numeric(group[target_column], errors="coerce")
+        lines.append(f"{dataset_type:5s} {objective:>10s}: {len(group):6d} rows, "
+                     f"{target_column} from {target.min():.3f} to {target.max():.3f}")
+    return lines

@@ -9,6 +9,7 @@
     model = MOAFModel("mobilenetv4_conv_small", pretrained=False)   # (N,3,224,224), (N,2) -> (N,1) DOF
 """
 import argparse
+import difflib
 import os
 import socket
 import warnings
@@ -67,8 +68,8 @@ def weights_unavailable_message(model_name: str) -> str:
 def create_feature_extractor(model_name: str, pretrained: bool, pretrained_file: str | None = None):
     """A timm backbone returning only its last feature map (out_indices=(-1,): every stage is used)."""
     if not timm.is_model(model_name):
-        similar = timm.list_models(f"*{model_name.split('_')[0].split('.')[0]}*")[:10]
-        hint = f"similar names: {similar}" if similar else "timm.list_models() lists them all"
+        similar = difflib.get_close_matches(model_name.split(".")[0], timm.list_models(), n=5, cutoff=0.6)
+        hint = f"close names: {similar}" if similar else "timm.list_models() lists them all"
         raise ModelCreationError(f"unknown timm model {model_name!r}; {hint}")
     overlay = {}
     if pretrained_file is not None:

@@ -19,9 +19,11 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import torch
+from torchvision import transforms
 
 from myModel import export_onnx
-from myTrain import TASKS, CheckpointError, build_loader, find_best_checkpoint, get_common_parser, load_checkpoint, run
+from myTrain import (TASKS, CheckpointError, build_dataset, build_loader, find_best_checkpoint, get_common_parser,
+                     load_checkpoint, run)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -192,8 +194,7 @@ def main(args: argparse.Namespace) -> None:
     unit = TASKS[task].unit
     print(f"Testing {ckpt_path} (task {task}, epoch {checkpoint['epoch']}, backbone {fe_str}) on {device}")
 
-    dataset_class = TASKS[task].dataset
-    test_set = dataset_class(args.root_dir, "test", **({} if glob is None else {"glob_pattern": glob}))
+    test_set = build_dataset(args, "test", transforms.ToTensor(), task, glob)
     loader = build_loader(test_set, args.batch_size, args.num_workers, device, shuffle=False)
     model = load_model(checkpoint, ckpt_path, task, fe_str, device)
 

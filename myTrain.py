@@ -13,6 +13,7 @@ Stop with Ctrl-C at any moment; running the same command again resumes from the 
 best checkpoint in --ckpt_dir (pass --no-resume and a fresh --ckpt_dir to start over).
 """
 import argparse
+import inspect
 import math
 import os
 import random
@@ -22,16 +23,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from torchvision import transforms
 
-from myDataset import DatasetError, MOAFDataset, SOAFDataset
+from myDataset import SPLITS, DatasetError, MOAFDataset, SOAFDataset, check_split
 from myModel import ModelCreationError, MOAFModel, SOAFModel
 
 BEST_CHECKPOINT = re.compile(r"ckpt_best_(\d+)\.pt")
+ANY_CHECKPOINT = re.compile(r"ckpt_(?:best_)?(\d+)\.pt")
+IMAGE_SIZE = (224, 224)  # what the networks are trained on; other sizes are refused, not resized
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,19 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stops before anything is saved."""
 
 
+def positive(kind, allow_zero: bool = False):
+    """An argparse type: a number of `kind` above zero (or at least zero)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if not (value >= 0 if allow_zero else value > 0) or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if allow_zero else 'above 0'}, got {text}")
+        return value
+    return parse
+
+
 def get_common_parser() -> argparse.ArgumentParser:
     """Arguments shared by myTrain.py and myTest.py."""
     parser = argparse.ArgumentParser(add_help=False)
@@ -68,21 +85,23 @@ def get_common_parser() -> argparse.ArgumentParser:
     parser.add_argument("--glob", default=None,
                         help="CSV files to use in each split, e.g. '20x_0.7*.csv' (default: myTrain.py "
                              "'10x_0.3*.csv' for soaf and '*.csv' for moaf, myTest.py the checkpoint's)")
-    parser.add_argument("--batch_size", type=int, default=32, help="images per batch (default: %(default)s)")
-    parser.add_argument("--num_workers", type=int, default=8,
+    parser.add_argument("--batch_size", type=positive(int), default=32, help="images per batch (default: %(default)s)")
+    parser.add_argument("--num_workers", type=positive(int, allow_zero=True), default=8,
                         help="image-loading processes, capped at the CPU count (default: %(default)s)")
     parser.add_argument("--ckpt_dir", type=Path, default=Path(".ckpts"),
                         help="checkpoint folder (default: %(default)s)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--allow_outside_root", action="store_true",
+                        help="accept image paths that are absolute or leave root_dir with '..' (default: refuse)")
     return parser
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train a SOAF or MOAF autofocus network.",
                                      parents=[get_common_parser()])
-    parser.add_argument("--epochs", type=int, default=800, help="total epochs to train (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-5, help="Adam learning rate (default: %(default)s)")
+    parser.add_argument("--epochs", type=positive(int), default=800, help="total epochs to train (default: %(default)s)")
+    parser.add_argument("--lr", type=positive(float), default=1e-5, help="Adam learning rate (default: %(default)s)")
     parser.add_argument("--fe_str", default="mobilenetv4_conv_small",
                         help="timm feature extractor name (default: %(default)s)")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
@@ -92,9 +111,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log_dir", type=Path, default=None,
                         help="TensorBoard folder; keep it across resumes (default: runs/<task>)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                        help="continue from the newest ckpt_best_*.pt in --ckpt_dir (default: %(default)s)")
+                        help="continue from a checkpoint in --ckpt_dir if there is one (default: %(default)s)")
+    parser.add_argument("--resume_from", choices=["best", "latest"], default="best",
+                        help="best: the newest ckpt_best_*.pt; latest: the newest checkpoint of either kind, "
+                             "so that no epoch after the last best is lost (default: %(default)s)")
+    parser.add_argument("--check", action="store_true",
+                        help="only check the dataset (every CSV row and image) and exit")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--bn_recalibration_batches", type=int, default=20,
+    parser.add_argument("--bn_recalibration_batches", type=positive(int, allow_zero=True), default=20,
                         help="training batches used to recompute BatchNorm statistics before each "
                              "validation; 0 keeps the running averages (default: %(default)s)")
     return parser
@@ -111,17 +135,30 @@ def is_regular_checkpoint_epoch(epoch: int) -> bool:
     return True
 
 
+def checkpoints_newest_first(ckpt_dir: Path, best_only: bool) -> list[Path]:
+    """ckpt_best_<epoch>.pt (and with best_only=False also ckpt_<epoch>.pt), highest epoch first.
+
+    At equal epochs the best file comes first; both hold the same state.
+    """
+    pattern = BEST_CHECKPOINT if best_only else ANY_CHECKPOINT
+    found = [(int(m.group(1)), p.name.startswith("ckpt_best_"), p) for p in ckpt_dir.glob("ckpt_*.pt")
+             if (m := pattern.fullmatch(p.name))]
+    return [path for _, _, path in sorted(found, reverse=True)]
+
+
 def find_best_checkpoint(ckpt_dir: Path) -> Path | None:
     """The ckpt_best_<epoch>.pt with the highest epoch in ckpt_dir, or None."""
-    found = [(int(m.group(1)), p) for p in ckpt_dir.glob("ckpt_best_*.pt")
-             if (m := BEST_CHECKPOINT.fullmatch(p.name))]
-    return max(found)[1] if found else None
+    best = checkpoints_newest_first(ckpt_dir, best_only=True)
+    return best[0] if best else None
 
 
 def save_atomically(state: dict, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    """Write to a temporary file, flush it to disk, then rename: no half-written checkpoint ever has a final name."""
     temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
+    with open(temporary, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(temporary, path)
 
 
@@ -136,6 +173,14 @@ def load_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
+def seed_worker(worker_id: int) -> None:
+    """Seed NumPy and random in a DataLoader worker from its torch seed, which the loader derives
+    from the main process's torch RNG: workers differ from each other and repeat between runs."""
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
 def build_loader(dataset, batch_size: int, num_workers: int, device: torch.device, shuffle: bool) -> DataLoader:
     """A DataLoader whose CUDA-only and worker-only options are set only where they apply."""
     num_workers = min(num_workers, os.cpu_count() or 1)
@@ -146,7 +191,29 @@ def build_loader(dataset, batch_size: int, num_workers: int, device: torch.devic
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=num_workers > 0,
+        worker_init_fn=seed_worker,
     )
+
+
+def rng_states() -> dict:
+    """Every random-number state a resumed run needs, as tensors and plain values (weights_only)."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),
+    }
+
+
+def restore_rng_states(states: dict) -> None:
+    """Undo rng_states(); the states are set on the CPU whatever device the checkpoint was mapped to."""
+    torch.set_rng_state(states["torch"].cpu())
+    if torch.cuda.is_available() and states["cuda"]:
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
+    random.setstate(states["python"])
+    name, keys, position, has_gauss, cached_gaussian = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
 
 
 def forward_batch(model: nn.Module, batch, criterion, device: torch.device) -> tuple[torch.Tensor, int]:
@@ -156,7 +223,7 @@ def forward_batch(model: nn.Module, batch, criterion, device: torch.device) -> t
     return criterion(prediction, target.view(-1, 1)), target.shape[0]
 
 
-def train_epoch(model, loader, criterion, optimizer, device) -> float:
+def train_epoch(model, loader, criterion, optimizer, device, epoch: int | None = None) -> float:
     """One pass over the training set; returns the mean loss per image."""
     model.train()
     total_loss, seen = 0.0, 0
@@ -165,8 +232,8 @@ def train_epoch(model, loader, criterion, optimizer, device) -> float:
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(
-                f"training loss is {loss_value} at batch {batch_index}; nothing was saved for this "
-                "epoch (a lower --lr usually helps)")
+                f"training loss is {loss_value} at epoch {epoch}, batch {batch_index}; nothing was saved "
+                "for this epoch, the checkpoints before it are intact (a lower --lr usually helps)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -220,11 +287,44 @@ def build_datasets(args):
         transforms.RandomVerticalFlip(),
         transforms.ToTensor(),
     ])
-    dataset_class = TASKS[args.task].dataset
-    glob = {} if args.glob is None else {"glob_pattern": args.glob}
-    train_set = dataset_class(args.root_dir, "train", transform=train_transform, **glob)
-    val_set = dataset_class(args.root_dir, "val", transform=transforms.ToTensor(), **glob)
+    train_set = build_dataset(args, "train", train_transform)
+    val_set = build_dataset(args, "val", transforms.ToTensor())
     return train_set, val_set
+
+
+def build_dataset(args, split: str, transform, task: str | None = None, glob: str | None = None):
+    """One split of the task's dataset with the script's image-size and path rules."""
+    task, glob = task or args.task, glob or args.glob
+    return TASKS[task].dataset(args.root_dir, split, transform, **({} if glob is None else {"glob_pattern": glob}),
+                               allow_outside_root=args.allow_outside_root, image_size=IMAGE_SIZE)
+
+
+def check_dataset(args) -> None:
+    """--check: read every CSV row and decode every image of all splits, print a summary and the problems."""
+    dataset_class = TASKS[args.task].dataset
+    glob = args.glob or inspect.signature(dataset_class).parameters["glob_pattern"].default
+    print(f"Checking {args.root_dir} for task {args.task}, CSV files matching {glob!r}")
+    problems = []
+    for split in SPLITS:
+        summary, split_problems = check_split(args.root_dir, split, glob, dataset_class, args.allow_outside_root)
+        print("\n".join(summary))
+        problems += split_problems
+    if problems:
+        print(f"\n{len(problems)} problem(s):", *problems, sep="\n  ", file=sys.stderr)
+        raise SystemExit(1)
+    print("No problems found.")
+
+
+def checkpoint_to_resume(args) -> tuple[Path | None, dict | None]:
+    """The newest readable checkpoint to resume from (by --resume_from); unreadable ones are skipped with a warning."""
+    if not args.resume:
+        return None, None
+    for path in checkpoints_newest_first(args.ckpt_dir, best_only=args.resume_from == "best"):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as error:
+            print(f"warning: {error}; trying the next newest checkpoint", file=sys.stderr)
+    return None, None
 
 
 def check_nothing_is_overwritten(args, resume_from: Path | None) -> None:
@@ -232,7 +332,7 @@ def check_nothing_is_overwritten(args, resume_from: Path | None) -> None:
     existing = sorted(args.ckpt_dir.glob("ckpt_*.pt"))
     if resume_from is None and existing:
         reason = ("--no-resume was given" if not args.resume
-                  else "none of them is a ckpt_best_*.pt to resume from")
+                  else f"none of them can be resumed from with --resume_from {args.resume_from}")
         raise CheckpointError(
             f"{args.ckpt_dir} already holds {len(existing)} checkpoint(s) and {reason}; starting over "
             "would overwrite them. Use another --ckpt_dir (and --log_dir), or move them away.")
@@ -247,19 +347,27 @@ def restore_training_state(checkpoint: dict, path: Path, model, optimizer, args)
                                   f"pass the same --{name} or another --ckpt_dir")
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
-    torch.set_rng_state(checkpoint["torch_rng_state"])
-    if torch.cuda.is_available() and checkpoint.get("cuda_rng_states"):
-        torch.cuda.set_rng_state_all(checkpoint["cuda_rng_states"])
-    random.setstate(checkpoint["python_rng_state"])
+    restore_rng_states(checkpoint["rng_states"])
     return checkpoint["epoch"] + 1, checkpoint["best_loss"]
+
+
+def remove_unfinished_writes(ckpt_dir: Path) -> None:
+    """Delete temporary files left by a checkpoint write that a crash interrupted."""
+    for leftover in ckpt_dir.glob("ckpt_*.pt.tmp"):
+        print(f"Removing {leftover}, an unfinished checkpoint write")
+        leftover.unlink()
 
 
 def main(args: argparse.Namespace) -> None:
     args.task = args.task or "soaf"
     args.log_dir = args.log_dir or Path("runs") / args.task
+    if args.check:
+        check_dataset(args)
+        return
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
+    np.random.seed(args.seed)
     print(f"Using device: {device}")
 
     train_set, val_set = build_datasets(args)
@@ -268,9 +376,8 @@ def main(args: argparse.Namespace) -> None:
     print(f"Task {args.task}: {len(train_set)} training and {len(val_set)} validation images from {args.root_dir}")
     train_label_mean = float(train_set.frame[train_set.target_column].mean())  # the baseline to beat
 
-    resume_from = find_best_checkpoint(args.ckpt_dir) if args.resume else None
+    resume_from, checkpoint = checkpoint_to_resume(args)
     check_nothing_is_overwritten(args, resume_from)
-    checkpoint = load_checkpoint(resume_from) if resume_from else None
     # a resumed run gets its weights from the checkpoint, so it needs no download
     model = TASKS[args.task].model(args.fe_str, pretrained=args.pretrained and checkpoint is None,
                                    pretrained_file=args.pretrained_file if checkpoint is None else None).to(device)
@@ -285,13 +392,14 @@ def main(args: argparse.Namespace) -> None:
         print(f"Nothing to do: {start_epoch} epochs are already trained; raise --epochs to train more.")
         return
     args.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    remove_unfinished_writes(args.ckpt_dir)
 
     # purge_step drops logged points at or after start_epoch, so epochs trained again after
     # resuming from an earlier best replace their old points instead of doubling them
     with SummaryWriter(log_dir=str(args.log_dir), purge_step=start_epoch) as writer:
         for epoch in range(start_epoch, args.epochs):
             start_time = time.time()
-            train_loss = train_epoch(model, train_loader, criterion, optimizer, device)
+            train_loss = train_epoch(model, train_loader, criterion, optimizer, device, epoch)
             recalibrate_batchnorm(model, train_loader, device, args.bn_recalibration_batches)
             val_loss = validation_epoch(model, val_loader, criterion, device)
             current_lr = optimizer.param_groups[0]["lr"]
@@ -312,9 +420,7 @@ def main(args: argparse.Namespace) -> None:
                 "best_loss": best_loss,
                 "train_label_mean": train_label_mean,
                 "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "torch_rng_state": torch.get_rng_state(),
-                "cuda_rng_states": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "python_rng_state": random.getstate(),
+                "rng_states": rng_states(),
             }
             saved = []
             # the two saving rules are independent: an epoch can be both regular and best

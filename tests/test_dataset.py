@@ -2,13 +2,16 @@
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from torchvision import transforms
 
-from myDataset import ImageDecodeError, MOAFDataset, SOAFDataset
+from myDataset import DatasetError, ImageDecodeError, MOAFDataset, SOAFDataset
 
 COLUMNS = ["image_path", "sobel_sharpness", "defocus_label", "magnification", "NA", "defocus_dof_label"]
 
@@ -160,3 +163,84 @@ def test_datasets_work_in_a_dataloader_with_workers(demo_root):
     loader = torch.utils.data.DataLoader(MOAFDataset(demo_root, "test"), batch_size=5, num_workers=2)
     images, params, targets = next(iter(loader))
     assert images.shape == (5, 3, 224, 224) and params.shape == (5, 2) and targets.shape == (5, 1)
+
+
+def test_sixteen_bit_and_palette_images_become_8_bit_rgb(tmp_path):
+    root = write_dataset(tmp_path, {"10x_0.3_a.csv": [row("i16.png"), row("palette.png"), row("la.png")]})
+    ramp = np.array([[0, 32768, 65535]], dtype=np.uint16).repeat(224, axis=0).repeat(75, axis=1)[:, :224]
+    Image.fromarray(ramp).save(root / "i16.png")
+    assert Image.open(root / "i16.png").mode.startswith("I")
+    Image.new("RGB", (224, 224), (200, 10, 10)).convert("P").save(root / "palette.png")
+    Image.new("LA", (224, 224), (90, 10)).save(root / "la.png")
+    dataset = SOAFDataset(root, "train")
+    sixteen = (dataset[0][0] * 255).round()
+    assert sixteen[:, 0, 0].tolist() == [0, 0, 0]
+    assert sixteen[:, 0, 100].tolist() == [128, 128, 128]  # mid-grey, not clipped to white
+    assert sixteen[:, 0, 223].tolist() == [255, 255, 255]
+    assert (dataset[1][0][:, 0, 0] * 255).round().tolist() == pytest.approx([200, 10, 10], abs=20)
+    assert (dataset[2][0] * 255).round()[:, 0, 0].tolist() == [90, 90, 90]
+
+
+def test_images_of_another_size_are_refused_when_a_size_is_required(tmp_path):
+    root = write_dataset(tmp_path, {"10x_0.3_a.csv": [row("small.png")]})
+    Image.new("RGB", (100, 80)).save(root / "small.png")
+    assert SOAFDataset(root, "train")[0][0].shape == (3, 80, 100)  # without image_size: used as it is
+    with pytest.raises(ImageDecodeError, match=r"small.png is 100x80, not 224x224"):
+        SOAFDataset(root, "train", image_size=(224, 224))[0]
+
+
+def test_duplicate_header_is_refused(tmp_path):
+    (tmp_path / ".train").mkdir()
+    (tmp_path / ".train" / "10x_0.3_a.csv").write_text(
+        "image_path,defocus_label,defocus_label\na.png,1,2\n")
+    with pytest.raises(ValueError, match=r"10x_0.3_a.csv: column\(s\) \['defocus_label'\] appear more than once"):
+        SOAFDataset(tmp_path, "train")
+
+
+@pytest.mark.parametrize("image_path", ["../outside.png", "/etc/outside.png", "img/../../outside.png"])
+def test_paths_leaving_the_root_need_permission(tmp_path, image_path):
+    root = tmp_path / "root"
+    write_dataset(root, {"10x_0.3_a.csv": [row("inside.png"), row(image_path)]})
+    with pytest.raises(ValueError, match=r"10x_0.3_a.csv line 3: image_path .* points outside root_dir"):
+        SOAFDataset(root, "train")
+    if not image_path.startswith("/"):
+        Image.new("RGB", (224, 224)).save(tmp_path / "outside.png")
+        assert len(SOAFDataset(root, "train", allow_outside_root=True)) == 2
+
+
+def test_infinite_values_and_empty_paths_are_refused(tmp_path):
+    root = write_dataset(tmp_path, {"10x_0.3_a.csv": [row("a.png"), row("a.png", defocus=float("inf")),
+                                                      row("")]})
+    with pytest.raises(ValueError) as caught:
+        SOAFDataset(root, "train")
+    assert "line 3: defocus_label = inf" in str(caught.value) and "line 4: image_path is empty" in str(caught.value)
+
+
+def test_header_only_csv_is_an_empty_split(tmp_path):
+    (tmp_path / ".val").mkdir()
+    (tmp_path / ".val" / "10x_0.3_a.csv").write_text(",".join(COLUMNS) + "\n")
+    with pytest.raises(ValueError, match="hold no rows"):
+        SOAFDataset(tmp_path, "val")
+
+
+CELLS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6),
+                  st.text(max_size=8), st.sampled_from(["", "nan", "inf", "1e3", "img.png", "../x.png", "/x.png"]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header=st.lists(st.sampled_from(COLUMNS + ["extra", ""]), min_size=0, max_size=8),
+       rows=st.lists(st.lists(CELLS, min_size=0, max_size=9), max_size=5), raw_tail=st.text(max_size=20))
+def test_any_csv_content_loads_or_gives_a_documented_error(tmp_path_factory, header, rows, raw_tail):
+    root = tmp_path_factory.mktemp("hyp")
+    (root / ".train").mkdir()
+    Image.new("RGB", (224, 224)).save(root / "img.png")
+    lines = [",".join(header)] + [",".join(str(cell).replace("\n", " ") for cell in r) for r in rows]
+    (root / ".train" / "10x_0.3_a.csv").write_text("\n".join(lines) + raw_tail)
+    for dataset_class in (SOAFDataset, MOAFDataset):
+        try:
+            dataset = dataset_class(root, "train")
+        except DatasetError as error:
+            assert isinstance(error, (ValueError, FileNotFoundError)) and str(error)
+            continue
+        assert len(dataset) > 0 and (dataset.image_paths[0] == root / "img.png")
+        assert torch.isfinite(dataset[0][-1]).all()

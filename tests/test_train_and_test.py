@@ -1,5 +1,8 @@
 """myTrain.py and myTest.py: checkpoint rules, end-to-end runs, resume and interruption, bad input."""
 import json
+import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,12 +12,13 @@ import pandas as pd
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from PIL import Image
 from torch import nn
 
 from conftest import ROOT, run_script
 from make_demo_data import make_demo_dataset
 from myTest import depth_of_field_um, error_metrics
-from myTrain import (NonFiniteLossError, find_best_checkpoint, is_regular_checkpoint_epoch, recalibrate_batchnorm,
+from myTrain import (NonFiniteLossError, get_args_parser, find_best_checkpoint, is_regular_checkpoint_epoch, recalibrate_batchnorm,
                      train_epoch)
 
 FAST = ("--no-pretrained", "--num_workers", "0", "--batch_size", "8", "--lr", "1e-4")
@@ -170,8 +174,8 @@ def test_non_finite_loss_stops_training():
     model = ExplodingModel()
     loader = [(torch.rand(4, 3, 8, 8), torch.zeros(4))]
     optimizer = torch.optim.Adam(model.parameters())
-    with pytest.raises(NonFiniteLossError, match="batch 0"):
-        train_epoch(model, loader, nn.L1Loss(), optimizer, torch.device("cpu"))
+    with pytest.raises(NonFiniteLossError, match="epoch 3, batch 0"):
+        train_epoch(model, loader, nn.L1Loss(), optimizer, torch.device("cpu"), epoch=3)
     assert model.scale.item() == 1.0  # no step was taken with the poisoned loss
 
 
@@ -272,3 +276,107 @@ def test_batchnorm_recalibration_uses_current_statistics():
     before = model[1].running_mean.clone()
     recalibrate_batchnorm(model, batches, torch.device("cpu"), max_batches=0)
     torch.testing.assert_close(model[1].running_mean, before)
+
+
+def test_check_reports_a_clean_dataset(demo_root, tmp_path):
+    result = run_script("myTrain.py", "--root_dir", demo_root, "--task", "moaf", "--check", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"train +10x/0.3: +16 rows", result.stdout) and re.search(r"test +20x/0.7: +8 rows", result.stdout)
+    assert "No problems found." in result.stdout
+    assert not (tmp_path / ".ckpts").exists()  # nothing was trained
+
+
+def test_check_lists_every_problem_with_file_and_line(demo_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    train_csv = sorted((root / ".train").glob("10x_0.3*.csv"))[0]
+    lines = train_csv.read_text().splitlines()
+    first_image = root / lines[1].split(",")[0]
+    first_image.write_bytes(b"broken")
+    Image.new("RGB", (64, 64)).save(root / lines[2].split(",")[0])
+    lines[3] = lines[3].replace(",10,", ",ten,")
+    lines[4] = "missing/file.png," + lines[4].split(",", 1)[1]
+    train_csv.write_text("\n".join(lines) + "\n")
+    (root / ".val" / "10x_0.3_extra.csv").write_text("image_path,NA\n")
+
+    result = run_script("myTrain.py", "--root_dir", root, "--task", "moaf", "--check", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "5 problem(s)" in result.stderr
+    assert f"{train_csv} line 2: {lines[1].split(',')[0]}: cannot decode" in result.stderr
+    assert f"{train_csv} line 3:" in result.stderr and "size 64x64" in result.stderr
+    assert f"{train_csv} line 4: magnification = 'ten' is not a finite number" in result.stderr
+    assert f"{train_csv} line 5: missing/file.png: file does not exist" in result.stderr
+    assert "10x_0.3_extra.csv: missing required column(s)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_resume_skips_an_unreadable_checkpoint(demo_root, tmp_path):
+    first = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", "2", *FAST, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    best = find_best_checkpoint(tmp_path / ".ckpts")
+    best.write_bytes(best.read_bytes()[:1000])  # truncated, as by a full disk
+    refused = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", "3", *FAST, cwd=tmp_path)
+    assert refused.returncode != 0 and f"cannot read checkpoint {best.relative_to(tmp_path)}" in refused.stderr
+    assert "would overwrite them" in refused.stderr
+
+    latest = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", "3", "--resume_from", "latest", *FAST,
+                        cwd=tmp_path)
+    assert latest.returncode == 0, latest.stderr
+    assert "trying the next newest checkpoint" in latest.stderr
+    if best.name != "ckpt_best_0000.pt":  # ckpt_0000.pt is the next newest
+        assert "Resumed from .ckpts/ckpt_0000.pt: continuing at epoch 1" in latest.stdout
+
+
+def test_sigkill_leaves_only_complete_checkpoints_and_rerun_resumes(demo_root, tmp_path):
+    command = [sys.executable, str(ROOT / "myTrain.py"), "--root_dir", str(demo_root), "--epochs", "50", *FAST]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:
+        if line.startswith("Epoch 2/50"):
+            break
+    time.sleep(0.7)
+    process.kill()
+    process.wait(timeout=30)
+    for checkpoint in (tmp_path / ".ckpts").glob("ckpt_*.pt"):
+        torch.load(checkpoint, weights_only=True)  # every file under a final name is complete
+    assert scalar_steps(tmp_path / "runs" / "soaf")[:2] == [0, 1]
+
+    rerun = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", "3", "--resume_from", "latest", *FAST,
+                       cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "Resumed from" in rerun.stdout and "Epoch 3/3" in rerun.stdout
+    assert not list((tmp_path / ".ckpts").glob("*.tmp"))
+
+
+def test_interrupted_and_resumed_equals_straight_training(demo_root, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    straight.mkdir(), split.mkdir()
+    both = ("--root_dir", demo_root, "--resume_from", "latest", *FAST)
+    assert run_script("myTrain.py", "--epochs", "2", *both, cwd=straight).returncode == 0
+    assert run_script("myTrain.py", "--epochs", "1", *both, cwd=split).returncode == 0
+    resumed = run_script("myTrain.py", "--epochs", "2", *both, cwd=split)
+    assert "continuing at epoch 1" in resumed.stdout, resumed.stderr
+    for tag in ("Loss/train", "Loss/val"):
+        runs = [EventAccumulator(str(folder / "runs" / "soaf")) for folder in (straight, split)]
+        for run in runs:
+            run.Reload()
+        assert [e.value for e in runs[0].Scalars(tag)] == [e.value for e in runs[1].Scalars(tag)]
+    for name in ("ckpt_0000.pt", "ckpt_best_0001.pt"):
+        if (straight / ".ckpts" / name).exists():
+            weights = [torch.load(folder / ".ckpts" / name, weights_only=True)["model"] for folder in (straight, split)]
+            for key in weights[0]:
+                torch.testing.assert_close(weights[0][key], weights[1][key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (("--epochs", "0"), "--epochs: must be above 0"),
+    (("--lr=-1e-3",), "--lr: must be above 0"),
+    (("--lr", "nan"), "--lr: must be above 0"),
+    (("--batch_size", "many"), "--batch_size: 'many' is not a whole number"),
+    (("--num_workers", "-2"), "--num_workers: must be 0 or more"),
+    (("--task", "both"), "--task: invalid choice: 'both'"),
+])
+def test_bad_arguments_are_refused(arguments, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        get_args_parser().parse_args(["--root_dir", "data", *arguments])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
