@@ -21,9 +21,10 @@ import pandas as pd
 import torch
 from torchvision import transforms
 
+from checkpoints import CheckpointError, find_best_checkpoint, load_checkpoint
 from myModel import export_onnx
-from myTrain import (TASKS, CheckpointError, build_dataset, build_loader, find_best_checkpoint, get_common_parser,
-                     load_checkpoint, run)
+from myTrain import TASKS, build_dataset, build_loader, get_common_parser, progress, run
+from report import depth_of_field_um, per_objective_metrics, plot_report
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -60,7 +61,7 @@ def predict_pytorch(model, loader, device: torch.device) -> np.ndarray:
     """Batched predictions for the whole loader, shape (N,)."""
     model.eval()
     predictions = []
-    for *inputs, _target in loader:
+    for *inputs, _target in progress(loader, "PyTorch"):
         predictions.append(model(*(tensor.to(device) for tensor in inputs)).float().cpu())
     return torch.cat(predictions).view(-1).numpy()
 
@@ -80,7 +81,7 @@ def predict_onnx(session: ort.InferenceSession, dataset, warmup: int) -> tuple[n
     input_names = [node.name for node in session.get_inputs()]
     predictions = np.empty(len(dataset), dtype=np.float32)
     times_ms = np.empty(len(dataset), dtype=np.float64)
-    for index in range(len(dataset)):
+    for index in progress(range(len(dataset)), "ONNX Runtime"):
         *inputs, _target = dataset[index]  # decoding happens here, outside the timed part
         feeds = {name: tensor.numpy()[None] for name, tensor in zip(input_names, inputs)}
         if index == 0:
@@ -93,62 +94,12 @@ def predict_onnx(session: ort.InferenceSession, dataset, warmup: int) -> tuple[n
     return predictions, times_ms
 
 
-def depth_of_field_um(frame: pd.DataFrame) -> pd.Series | None:
-    """Each row's depth of field in um from the CSV's own defocus_label / defocus_dof_label.
-
-    In-focus rows (label 0) give no ratio; they take the median of their objective.
-    """
-    if not {"defocus_label", "defocus_dof_label"} <= set(frame.columns):
-        return None
-    ratio = (frame["defocus_label"] / frame["defocus_dof_label"]).where(frame["defocus_dof_label"].abs() > 1e-9)
-    keys = [c for c in ("magnification", "NA") if c in frame.columns]
-    if keys:
-        ratio = ratio.fillna(ratio.groupby([frame[k] for k in keys]).transform("median"))
-    return ratio.abs()
-
-
-def error_metrics(results: pd.DataFrame, unit: str, train_label_mean: float | None = None) -> dict:
-    """MAE in the task's unit, in um and in DOF, share within one DOF, and sign accuracy.
-
-    Sign accuracy counts images more than one DOF from focus (closer, the sign hardly
-    matters for a focus loop), or every image off focus when the DOF is unknown.
-    `mean_predictor_mae` is the MAE of always predicting the training labels' mean: the
-    bar a network has to clear.
-    """
-    error = results["pt_pred"] - results["label"]
-    metrics = {"images": len(results), "mae": error.abs().mean(),
-               "onnx_mae": (results["onnx_pred"] - results["label"]).abs().mean()}
-    if train_label_mean is not None:
-        metrics["mean_predictor_mae"] = (results["label"] - train_label_mean).abs().mean()
-    if "dof_um" in results:
-        to_um = results["dof_um"] if unit == "DOF" else 1.0
-        to_dof = 1.0 if unit == "DOF" else 1.0 / results["dof_um"]
-        metrics["mae_um"] = (error * to_um).abs().mean()
-        metrics["mae_dof"] = (error * to_dof).abs().mean()
-        metrics["within_1_dof"] = ((error * to_dof).abs() <= 1).mean()
-        judged = (results["label"] * to_dof).abs() > 1
-    else:
-        judged = results["label"] != 0
-    same_sign = np.sign(results["pt_pred"]) == np.sign(results["label"])
-    metrics["sign_accuracy"] = same_sign[judged].mean() if judged.any() else float("nan")
-    return {name: float(value) if name != "images" else value for name, value in metrics.items()}
-
-
-def per_objective_metrics(results: pd.DataFrame, unit: str, train_label_mean: float | None) -> pd.DataFrame:
-    """One row of error_metrics per (magnification, NA) present, and one for all images."""
-    rows = []
-    if {"magnification", "NA"} <= set(results.columns):
-        for (magnification, na), group in results.groupby(["magnification", "NA"]):
-            rows.append({"objective": f"{magnification:g}x/{na:g}", **error_metrics(group, unit, train_label_mean)})
-    rows.append({"objective": "all", **error_metrics(results, unit, train_label_mean)})
-    return pd.DataFrame(rows).set_index("objective")
-
-
 def print_summary(results: pd.DataFrame, metrics: pd.DataFrame, unit: str, providers: list[str]) -> None:
-    """Per-objective errors, the largest PyTorch/ONNX disagreement and the ONNX latency."""
+    """The metrics table (one column per objective), the largest PyTorch/ONNX disagreement and the latency."""
+    print(f"Errors of the PyTorch model (mae, onnx_mae, rmse, median_ae, mean_predictor_mae in {unit}; "
+          "within_1_dof and sign_accuracy are shares):")
+    print(metrics.T.to_string(float_format=lambda value: f"{value:.4f}"))
     latency = results["onnx_time_cost"]
-    print(f"Errors of the PyTorch model (mae and onnx_mae in {unit}; within_1_dof and sign_accuracy are shares):")
-    print(metrics.to_string(float_format=lambda value: f"{value:.4f}"))
     print(f"max |pt_pred - onnx_pred|: {(results['pt_pred'] - results['onnx_pred']).abs().max():.2e} {unit}")
     print(f"ONNX latency (batch 1): median {latency.median():.2f} ms, "
           f"p95 {latency.quantile(0.95):.2f} ms on {', '.join(providers)}")
@@ -214,9 +165,11 @@ def main(args: argparse.Namespace) -> None:
                                    "p95": float(results["onnx_time_cost"].quantile(0.95))},
                "objectives": json.loads(metrics.to_json(orient="index"))}
     metrics_path.write_text(json.dumps(summary, indent=2) + "\n")
+    plots = plot_report(results, unit, args.result_dir / ckpt_path.stem)
     print(f"ONNX model: {onnx_path}")
     print_summary(results, metrics, unit, session.get_providers())
     print(f"Metrics: {metrics_path}")
+    print(f"Plots: {', '.join(str(path) for path in plots)}")
     print(f"Results: {result_path}")
 
 

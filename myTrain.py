@@ -14,10 +14,12 @@ best checkpoint in --ckpt_dir (pass --no-resume and a fresh --ckpt_dir to start 
 """
 import argparse
 import inspect
+import json
 import math
 import os
+import platform
 import random
-import re
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -25,16 +27,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from torchvision import transforms
+from tqdm import tqdm
 
+from checkpoints import (CheckpointError, checkpoints_newest_first, load_checkpoint, remove_unfinished_writes,
+                         restore_rng_states, rng_states, save_atomically)
 from myDataset import SPLITS, DatasetError, MOAFDataset, SOAFDataset, check_split
 from myModel import ModelCreationError, MOAFModel, SOAFModel
 
-BEST_CHECKPOINT = re.compile(r"ckpt_best_(\d+)\.pt")
-ANY_CHECKPOINT = re.compile(r"ckpt_(?:best_)?(\d+)\.pt")
 IMAGE_SIZE = (224, 224)  # what the networks are trained on; other sizes are refused, not resized
 
 
@@ -51,10 +55,6 @@ TASKS = {
     "soaf": Task(SOAFDataset, SOAFModel, unit="um"),
     "moaf": Task(MOAFDataset, MOAFModel, unit="DOF"),
 }
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read, or does not fit the requested run."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -118,6 +118,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check", action="store_true",
                         help="only check the dataset (every CSV row and image) and exit")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--scheduler", choices=["none", "cosine", "plateau"], default="none",
+                        help="learning-rate schedule per epoch: none keeps --lr; cosine decays it to 0 at "
+                             "--epochs after --warmup_epochs of linear warm-up; plateau halves it when the "
+                             "validation loss has not improved for 10 epochs (default: %(default)s)")
+    parser.add_argument("--warmup_epochs", type=positive(int, allow_zero=True), default=0,
+                        help="epochs of linear warm-up before the cosine decay (default: %(default)s)")
+    parser.add_argument("--patience", type=positive(int, allow_zero=True), default=0,
+                        help="stop when the validation loss has not improved for this many epochs; "
+                             "0 never stops early (default: %(default)s)")
+    parser.add_argument("--log_images_every", type=positive(int, allow_zero=True), default=0,
+                        help="every N epochs, show validation images with true and predicted defocus "
+                             "in TensorBoard; 0: never (default: %(default)s)")
     parser.add_argument("--bn_recalibration_batches", type=positive(int, allow_zero=True), default=20,
                         help="training batches used to recompute BatchNorm statistics before each "
                              "validation; 0 keeps the running averages (default: %(default)s)")
@@ -133,44 +145,6 @@ def is_regular_checkpoint_epoch(epoch: int) -> bool:
     if epoch < 600:
         return epoch % 3 == 0
     return True
-
-
-def checkpoints_newest_first(ckpt_dir: Path, best_only: bool) -> list[Path]:
-    """ckpt_best_<epoch>.pt (and with best_only=False also ckpt_<epoch>.pt), highest epoch first.
-
-    At equal epochs the best file comes first; both hold the same state.
-    """
-    pattern = BEST_CHECKPOINT if best_only else ANY_CHECKPOINT
-    found = [(int(m.group(1)), p.name.startswith("ckpt_best_"), p) for p in ckpt_dir.glob("ckpt_*.pt")
-             if (m := pattern.fullmatch(p.name))]
-    return [path for _, _, path in sorted(found, reverse=True)]
-
-
-def find_best_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The ckpt_best_<epoch>.pt with the highest epoch in ckpt_dir, or None."""
-    best = checkpoints_newest_first(ckpt_dir, best_only=True)
-    return best[0] if best else None
-
-
-def save_atomically(state: dict, path: Path) -> None:
-    """Write to a temporary file, flush it to disk, then rename: no half-written checkpoint ever has a final name."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint onto the CPU; only tensors and plain values are accepted (weights_only)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-        raise CheckpointError(f"{path} is not a checkpoint written by myTrain.py")
-    return checkpoint
 
 
 def seed_worker(worker_id: int) -> None:
@@ -195,27 +169,6 @@ def build_loader(dataset, batch_size: int, num_workers: int, device: torch.devic
     )
 
 
-def rng_states() -> dict:
-    """Every random-number state a resumed run needs, as tensors and plain values (weights_only)."""
-    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),
-    }
-
-
-def restore_rng_states(states: dict) -> None:
-    """Undo rng_states(); the states are set on the CPU whatever device the checkpoint was mapped to."""
-    torch.set_rng_state(states["torch"].cpu())
-    if torch.cuda.is_available() and states["cuda"]:
-        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
-    random.setstate(states["python"])
-    name, keys, position, has_gauss, cached_gaussian = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
-
-
 def forward_batch(model: nn.Module, batch, criterion, device: torch.device) -> tuple[torch.Tensor, int]:
     """Loss of one batch (inputs..., target) and its size; works for any number of model inputs."""
     *inputs, target = (tensor.to(device, non_blocking=True) for tensor in batch)
@@ -223,11 +176,21 @@ def forward_batch(model: nn.Module, batch, criterion, device: torch.device) -> t
     return criterion(prediction, target.view(-1, 1)), target.shape[0]
 
 
+def progress(loader, description: str) -> tqdm:
+    """A batch progress bar that clears when done; silent when the output is no terminal (logs, CI)."""
+    return tqdm(loader, desc=description, leave=False, disable=None, unit="batch", dynamic_ncols=True)
+
+
+def show_running_loss(bar: tqdm, total_loss: float, seen: int, start_time: float) -> None:
+    bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start_time):.1f}")
+
+
 def train_epoch(model, loader, criterion, optimizer, device, epoch: int | None = None) -> float:
     """One pass over the training set; returns the mean loss per image."""
     model.train()
-    total_loss, seen = 0.0, 0
-    for batch_index, batch in enumerate(loader):
+    total_loss, seen, start_time = 0.0, 0, time.perf_counter()
+    bar = progress(loader, f"train {epoch}")
+    for batch_index, batch in enumerate(bar):
         loss, batch_size = forward_batch(model, batch, criterion, device)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
@@ -239,6 +202,7 @@ def train_epoch(model, loader, criterion, optimizer, device, epoch: int | None =
         optimizer.step()
         total_loss += loss_value * batch_size
         seen += batch_size
+        show_running_loss(bar, total_loss, seen, start_time)
     return total_loss / seen
 
 
@@ -272,11 +236,13 @@ def recalibrate_batchnorm(model, loader, device, max_batches: int) -> None:
 def validation_epoch(model, loader, criterion, device) -> float:
     """One pass over the validation set; returns the mean loss per image."""
     model.eval()
-    total_loss, seen = 0.0, 0
-    for batch in loader:
+    total_loss, seen, start_time = 0.0, 0, time.perf_counter()
+    bar = progress(loader, "validate")
+    for batch in bar:
         loss, batch_size = forward_batch(model, batch, criterion, device)
         total_loss += loss.item() * batch_size
         seen += batch_size
+        show_running_loss(bar, total_loss, seen, start_time)
     return total_loss / seen
 
 
@@ -315,6 +281,62 @@ def check_dataset(args) -> None:
     print("No problems found.")
 
 
+def build_scheduler(optimizer, args):
+    """The --scheduler, stepped once per epoch, or None."""
+    if args.scheduler == "cosine":
+        def factor(epoch: int) -> float:
+            if epoch < args.warmup_epochs:
+                return (epoch + 1) / (args.warmup_epochs + 1)
+            decay_epochs = max(1, args.epochs - args.warmup_epochs)
+            return 0.5 * (1 + math.cos(math.pi * (epoch - args.warmup_epochs) / decay_epochs))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if args.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=10)
+    return None
+
+
+def run_config(args) -> dict:
+    """Everything needed to repeat a run: the arguments, library versions and the code's git commit."""
+    import onnxruntime
+    import timm
+    import torchvision
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "torchvision": torchvision.__version__, "timm": timm.__version__,
+                     "onnxruntime": onnxruntime.__version__, "numpy": np.__version__},
+        "git_commit": commit,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+@torch.no_grad()
+def validation_image_grid(model, dataset, device, unit: str, count: int = 8) -> Figure:
+    """`count` validation images spread over the split, titled with their true and predicted defocus."""
+    model.eval()
+    samples = [dataset[int(index)] for index in np.linspace(0, len(dataset) - 1, min(count, len(dataset)))]
+    inputs = [torch.stack(parts).to(device) for parts in zip(*(sample[:-1] for sample in samples))]
+    predictions = model(*inputs).view(-1).cpu()
+    figure = Figure(figsize=(2.2 * len(samples), 2.9))
+    for axis, sample, prediction in zip(figure.subplots(1, len(samples), squeeze=False)[0], samples, predictions):
+        axis.imshow(sample[0].permute(1, 2, 0).clamp(0, 1).numpy())
+        axis.set_title(f"true {sample[-1].item():+.2f}\npred {prediction.item():+.2f} {unit}", fontsize=9)
+        axis.axis("off")
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.8, wspace=0.05)
+    return figure
+
+
+def out_of_patience(epoch: int, best_epoch: int, patience: int) -> bool:
+    """Early stop: `patience` epochs have passed since the best one (patience 0: never)."""
+    return patience > 0 and epoch - best_epoch >= patience
+
+
 def checkpoint_to_resume(args) -> tuple[Path | None, dict | None]:
     """The newest readable checkpoint to resume from (by --resume_from); unreadable ones are skipped with a warning."""
     if not args.resume:
@@ -338,8 +360,8 @@ def check_nothing_is_overwritten(args, resume_from: Path | None) -> None:
             "would overwrite them. Use another --ckpt_dir (and --log_dir), or move them away.")
 
 
-def restore_training_state(checkpoint: dict, path: Path, model, optimizer, args) -> tuple[int, float]:
-    """Load weights, optimizer and random state; return (first epoch to train, best val loss)."""
+def restore_training_state(checkpoint: dict, path: Path, model, optimizer, scheduler, args) -> tuple[int, float]:
+    """Load weights, optimizer, schedule and random state; return (first epoch to train, best val loss)."""
     for name in ("task", "fe_str"):
         trained_with = checkpoint["args"].get(name, "soaf" if name == "task" else None)
         if trained_with != getattr(args, name):
@@ -347,15 +369,10 @@ def restore_training_state(checkpoint: dict, path: Path, model, optimizer, args)
                                   f"pass the same --{name} or another --ckpt_dir")
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
+    if scheduler is not None and checkpoint.get("scheduler"):
+        scheduler.load_state_dict(checkpoint["scheduler"])
     restore_rng_states(checkpoint["rng_states"])
     return checkpoint["epoch"] + 1, checkpoint["best_loss"]
-
-
-def remove_unfinished_writes(ckpt_dir: Path) -> None:
-    """Delete temporary files left by a checkpoint write that a crash interrupted."""
-    for leftover in ckpt_dir.glob("ckpt_*.pt.tmp"):
-        print(f"Removing {leftover}, an unfinished checkpoint write")
-        leftover.unlink()
 
 
 def main(args: argparse.Namespace) -> None:
@@ -383,20 +400,25 @@ def main(args: argparse.Namespace) -> None:
                                    pretrained_file=args.pretrained_file if checkpoint is None else None).to(device)
     criterion = nn.L1Loss()  # mean absolute error, in the target's unit (um for soaf, DOF for moaf)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    scheduler = build_scheduler(optimizer, args)
 
-    start_epoch, best_loss = 0, math.inf
+    start_epoch, best_loss, best_epoch = 0, math.inf, -1
     if checkpoint is not None:
-        start_epoch, best_loss = restore_training_state(checkpoint, resume_from, model, optimizer, args)
+        start_epoch, best_loss = restore_training_state(checkpoint, resume_from, model, optimizer, scheduler, args)
+        best_epoch = checkpoint.get("best_epoch", start_epoch - 1)
         print(f"Resumed from {resume_from}: continuing at epoch {start_epoch}, best val loss {best_loss:.4f}")
     if start_epoch >= args.epochs:
         print(f"Nothing to do: {start_epoch} epochs are already trained; raise --epochs to train more.")
         return
     args.ckpt_dir.mkdir(parents=True, exist_ok=True)
     remove_unfinished_writes(args.ckpt_dir)
+    config = run_config(args)
+    (args.ckpt_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     # purge_step drops logged points at or after start_epoch, so epochs trained again after
     # resuming from an earlier best replace their old points instead of doubling them
     with SummaryWriter(log_dir=str(args.log_dir), purge_step=start_epoch) as writer:
+        writer.add_text("config", f"```\n{json.dumps(config, indent=2)}\n```", start_epoch)
         for epoch in range(start_epoch, args.epochs):
             start_time = time.time()
             train_loss = train_epoch(model, train_loader, criterion, optimizer, device, epoch)
@@ -407,10 +429,18 @@ def main(args: argparse.Namespace) -> None:
             writer.add_scalar("Loss/train", train_loss, epoch)
             writer.add_scalar("Loss/val", val_loss, epoch)
             writer.add_scalar("Learning Rate", current_lr, epoch)
+            if args.log_images_every and epoch % args.log_images_every == 0:
+                writer.add_figure("Validation images", validation_image_grid(
+                    model, val_set, device, TASKS[args.task].unit), epoch, close=False)
             writer.flush()
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(val_loss)
+            elif scheduler is not None:
+                scheduler.step()
 
             is_best = val_loss < best_loss
             best_loss = min(best_loss, val_loss)
+            best_epoch = epoch if is_best else best_epoch
             state = {
                 "epoch": epoch,
                 "model": model.state_dict(),
@@ -418,6 +448,8 @@ def main(args: argparse.Namespace) -> None:
                 "train_loss": train_loss,
                 "val_loss": val_loss,
                 "best_loss": best_loss,
+                "best_epoch": best_epoch,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "train_label_mean": train_label_mean,
                 "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                 "rng_states": rng_states(),
@@ -439,6 +471,10 @@ def main(args: argparse.Namespace) -> None:
             print(f"Epoch {epoch + 1}/{args.epochs} | Train Loss: {train_loss:.4f} | "
                   f"Val Loss: {val_loss:.4f} | LR: {current_lr:.2e} | "
                   f"Time: {time.time() - start_time:.2f}s" + (f" | saved {', '.join(saved)}" if saved else ""))
+            if out_of_patience(epoch, best_epoch, args.patience):
+                print(f"Stopping early: the validation loss has not improved for {args.patience} epochs "
+                      f"(best {best_loss:.4f} at epoch {best_epoch + 1}).")
+                break
 
 
 def message_of(error: Exception) -> str:

@@ -1,5 +1,4 @@
 """The dataset contract of SPEC.md: shapes, values, path joining, glob filtering and every check."""
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -1,4 +1,8 @@
 """SOAFModel layout and shapes, ONNX export with a working dynamic batch, and weight loading."""
+import subprocess
+import sys
+import time
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -7,7 +11,7 @@ import torch
 from torch import nn
 
 import myModel
-from conftest import run_script
+from conftest import ROOT, run_script
 from myModel import ModelCreationError, MOAFModel, SOAFModel, export_onnx, normalise_objective
 
 
@@ -61,9 +65,11 @@ def test_export_leaves_training_mode_as_it_was(tmp_path):
     assert model.training
 
 
-def test_unknown_backbone_is_named():
+def test_unknown_backbone_is_named_with_close_names():
     with pytest.raises(ModelCreationError, match="unknown timm model 'mobilenetv9_tiny'"):
         SOAFModel("mobilenetv9_tiny", pretrained=False)
+    with pytest.raises(ModelCreationError, match=r"close names: \['mobilenetv4_conv_small'"):
+        SOAFModel("mobilenetv4_conv_smal", pretrained=False)
 
 
 def test_unreachable_hub_gives_instructions(monkeypatch):
@@ -144,3 +150,20 @@ def test_moaf_onnx_has_two_named_inputs_and_a_dynamic_batch(moaf_model, tmp_path
         torch_output = moaf_model(images, params).numpy()
     assert onnx_output.shape == (4, 1)
     np.testing.assert_allclose(onnx_output, torch_output, atol=1e-4, rtol=1e-4)
+
+
+def test_offline_failure_is_fast(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")  # a name that never resolves
+    monkeypatch.setattr(myModel, "cached_weights_file", lambda name: None)
+    start = time.perf_counter()
+    with pytest.raises(ModelCreationError, match="--no-pretrained"):
+        SOAFModel(pretrained=True)
+    assert time.perf_counter() - start < 10
+
+
+def test_importing_the_modules_prints_nothing(tmp_path):
+    result = subprocess.run([sys.executable, "-c", "import myDataset, myModel, report"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == ""

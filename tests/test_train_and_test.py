@@ -17,9 +17,10 @@ from torch import nn
 
 from conftest import ROOT, run_script
 from make_demo_data import make_demo_dataset
-from myTest import depth_of_field_um, error_metrics
-from myTrain import (NonFiniteLossError, get_args_parser, find_best_checkpoint, is_regular_checkpoint_epoch, recalibrate_batchnorm,
-                     train_epoch)
+from report import depth_of_field_um, error_metrics
+from checkpoints import find_best_checkpoint
+from myTrain import (NonFiniteLossError, get_args_parser, is_regular_checkpoint_epoch, out_of_patience,
+                     recalibrate_batchnorm, train_epoch)
 
 FAST = ("--no-pretrained", "--num_workers", "0", "--batch_size", "8", "--lr", "1e-4")
 MOAF_RECIPE = ("--epochs", "10", "--lr", "1e-3", "--batch_size", "16")  # as in README
@@ -197,6 +198,10 @@ def test_moaf_train_then_test(demo_root, tmp_path):
     assert results["label"].to_numpy() == pytest.approx(expected["defocus_dof_label"].to_numpy(), abs=1e-5)
     assert set(results["magnification"]) == {10.0, 20.0}
     assert (results["pt_pred"] - results["onnx_pred"]).abs().max() < 1e-3
+    for plot in ("pred_vs_true", "error_vs_true", "latency"):
+        with Image.open(tmp_path / ".result" / f"{stem}_{plot}.png") as picture:
+            assert picture.format == "PNG" and picture.width > 500
+    assert "\r" not in tested.stderr + trained.stderr  # no progress bars when the output is no terminal
 
     metrics = json.loads((tmp_path / ".result" / f"{stem}_metrics.json").read_text())
     assert metrics["task"] == "moaf" and set(metrics["objectives"]) == {"10x/0.3", "20x/0.7", "all"}
@@ -221,9 +226,14 @@ def test_soaf_checkpoint_does_not_resume_as_moaf(demo_root, tmp_path):
 def test_error_metrics_by_hand():
     # two 10x/0.3 images with a DOF of 8 um, in DOF units as MOAF predicts them
     results = pd.DataFrame({"label": [2.0, -0.5], "pt_pred": [1.5, 0.5], "onnx_pred": [1.5, 0.5],
-                            "dof_um": [8.0, 8.0]})
-    metrics = error_metrics(results, unit="DOF")
+                            "dof_um": [8.0, 8.0], "onnx_time_cost": [2.0, 4.0]})
+    metrics = error_metrics(results, unit="DOF", train_label_mean=1.0)
     assert metrics["mae"] == pytest.approx(0.75)  # (0.5 + 1.0) / 2
+    assert metrics["rmse"] == pytest.approx((0.625) ** 0.5)  # sqrt((0.25 + 1) / 2)
+    assert metrics["median_ae"] == pytest.approx(0.75)
+    assert metrics["r2"] == pytest.approx(1 - 1.25 / 3.125)  # labels' squared deviations: 1.5625 * 2
+    assert metrics["mean_predictor_mae"] == pytest.approx(1.25)  # (1 + 1.5) / 2
+    assert metrics["latency_median_ms"] == pytest.approx(3.0)
     assert metrics["mae_um"] == pytest.approx(6.0)  # (4 + 8) / 2
     assert metrics["within_1_dof"] == pytest.approx(1.0)  # 0.5 and 1.0 DOF off
     assert metrics["sign_accuracy"] == pytest.approx(1.0)  # only |label| > 1 DOF is judged
@@ -380,3 +390,39 @@ def test_bad_arguments_are_refused(arguments, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         get_args_parser().parse_args(["--root_dir", "data", *arguments])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_early_stop_rule():
+    assert not out_of_patience(epoch=9, best_epoch=5, patience=0)  # 0: never
+    assert not out_of_patience(epoch=7, best_epoch=5, patience=3)
+    assert out_of_patience(epoch=8, best_epoch=5, patience=3)
+
+
+def test_schedule_config_and_images_reach_tensorboard(demo_root, tmp_path):
+    result = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", "3", *FAST, "--scheduler", "cosine",
+                        "--warmup_epochs", "1", "--log_images_every", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    accumulator = EventAccumulator(str(tmp_path / "runs" / "soaf"), size_guidance={"images": 0, "tensors": 0})
+    accumulator.Reload()
+    learning_rates = [event.value for event in accumulator.Scalars("Learning Rate")]
+    assert learning_rates == pytest.approx([1e-4 * 0.5, 1e-4, 1e-4 * 0.5])  # warm-up, then half a cosine to 0 at epoch 3
+    assert [event.step for event in accumulator.Images("Validation images")] == [0, 2]
+    assert len(accumulator.Tensors("config/text_summary")) == 1
+
+    config = json.loads((tmp_path / ".ckpts" / "config.json").read_text())
+    assert config["args"]["scheduler"] == "cosine" and config["args"]["seed"] == 0
+    assert config["versions"]["torch"] == torch.__version__
+    assert "git_commit" in config
+
+
+def test_same_seed_same_first_epoch(demo_root, tmp_path):
+    losses = []
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        folder = tmp_path / name
+        folder.mkdir()
+        result = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", "1", *FAST, "--seed", seed,
+                            "--num_workers", "1", cwd=folder)
+        assert result.returncode == 0, result.stderr
+        state = torch.load(folder / ".ckpts" / "ckpt_0000.pt", weights_only=True)
+        losses.append((state["train_loss"], state["val_loss"]))
+    assert losses[0] == losses[1] and losses[0] != losses[2]

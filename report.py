@@ -1,0 +1,126 @@
+"""The test report: errors per objective and the plots that show them.
+
+myTest.py writes both next to its result CSV; the functions also work on a result CSV
+loaded in a notebook:
+
+    results = pd.read_csv(".result/ckpt_best_0009_test.csv")
+    per_objective_metrics(results, unit="DOF", train_label_mean=None)
+"""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # figures without pyplot: no display needed, none changed
+
+
+def depth_of_field_um(frame: pd.DataFrame) -> pd.Series | None:
+    """Each row's depth of field in um from the CSV's own defocus_label / defocus_dof_label.
+
+    In-focus rows (label 0) give no ratio; they take the median of their objective.
+    """
+    if not {"defocus_label", "defocus_dof_label"} <= set(frame.columns):
+        return None
+    ratio = (frame["defocus_label"] / frame["defocus_dof_label"]).where(frame["defocus_dof_label"].abs() > 1e-9)
+    keys = [c for c in ("magnification", "NA") if c in frame.columns]
+    if keys:
+        ratio = ratio.fillna(ratio.groupby([frame[k] for k in keys]).transform("median"))
+    return ratio.abs()
+
+
+def error_metrics(results: pd.DataFrame, unit: str, train_label_mean: float | None = None) -> dict:
+    """Errors of the PyTorch predictions: MAE (and ONNX's), RMSE, median absolute error and R²
+    in the task's unit; MAE in um and in DOF, the share within one DOF, sign accuracy, and
+    the batch-1 ONNX latency (median and 95th percentile, ms).
+
+    Sign accuracy counts images more than one DOF from focus (closer, the sign hardly
+    matters for a focus loop), or every image off focus when the DOF is unknown.
+    `mean_predictor_mae` is the MAE of always predicting the training labels' mean: the
+    bar a network has to clear.
+    """
+    error = results["pt_pred"] - results["label"]
+    residual = ((results["label"] - results["label"].mean()) ** 2).sum()
+    metrics = {"images": len(results), "mae": error.abs().mean(),
+               "onnx_mae": (results["onnx_pred"] - results["label"]).abs().mean(),
+               "rmse": np.sqrt((error ** 2).mean()), "median_ae": error.abs().median(),
+               "r2": 1 - (error ** 2).sum() / residual if residual > 0 else float("nan")}
+    if train_label_mean is not None:
+        metrics["mean_predictor_mae"] = (results["label"] - train_label_mean).abs().mean()
+    if "dof_um" in results:
+        to_um = results["dof_um"] if unit == "DOF" else 1.0
+        to_dof = 1.0 if unit == "DOF" else 1.0 / results["dof_um"]
+        metrics["mae_um"] = (error * to_um).abs().mean()
+        metrics["mae_dof"] = (error * to_dof).abs().mean()
+        metrics["within_1_dof"] = ((error * to_dof).abs() <= 1).mean()
+        judged = (results["label"] * to_dof).abs() > 1
+    else:
+        judged = results["label"] != 0
+    same_sign = np.sign(results["pt_pred"]) == np.sign(results["label"])
+    metrics["sign_accuracy"] = same_sign[judged].mean() if judged.any() else float("nan")
+    metrics["latency_median_ms"] = results["onnx_time_cost"].median()
+    metrics["latency_p95_ms"] = results["onnx_time_cost"].quantile(0.95)
+    return {name: float(value) if name != "images" else value for name, value in metrics.items()}
+
+
+def per_objective_metrics(results: pd.DataFrame, unit: str, train_label_mean: float | None) -> pd.DataFrame:
+    """One row of error_metrics per (magnification, NA) present, and one for all images."""
+    rows = [{"objective": name, **error_metrics(group, unit, train_label_mean)}
+            for name, group in objective_groups(results)]
+    if len(rows) > 1:
+        rows.append({"objective": "all", **error_metrics(results, unit, train_label_mean)})
+    return pd.DataFrame(rows).set_index("objective")
+
+
+def objective_groups(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """("10x/0.3", rows) for each objective present; ("all", results) when the CSV names none."""
+    if not {"magnification", "NA"} <= set(results.columns):
+        return [("all", results)]
+    return [(f"{magnification:g}x/{na:g}", group)
+            for (magnification, na), group in results.groupby(["magnification", "NA"])]
+
+
+def plot_report(results: pd.DataFrame, unit: str, stem: Path) -> list[Path]:
+    """Three PNGs next to the result CSV: predicted vs true, |error| vs true, ONNX latency; one colour per objective."""
+    groups = objective_groups(results)
+    figure_paths = []
+
+    figure = Figure(figsize=(6, 6))
+    axis = figure.subplots()
+    low, high = results["label"].min(), results["label"].max()
+    axis.plot([low, high], [low, high], color="black", linewidth=1, label="perfect prediction")
+    for name, group in groups:
+        axis.scatter(group["label"], group["pt_pred"], s=12, alpha=0.7, label=name)
+    axis.set(xlabel=f"true defocus ({unit})", ylabel=f"predicted defocus ({unit})",
+             title="Predicted vs true defocus")
+    axis.set_aspect("equal", adjustable="datalim")
+    figure_paths.append(save_figure(figure, axis, stem.with_name(stem.name + "_pred_vs_true.png")))
+
+    figure = Figure(figsize=(7, 4.5))
+    axis = figure.subplots()
+    for name, group in groups:
+        axis.scatter(group["label"], (group["pt_pred"] - group["label"]).abs(), s=12, alpha=0.7, label=name)
+    if "dof_um" in results and unit == "DOF":
+        axis.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="one depth of field")
+    axis.set(xlabel=f"true defocus ({unit})", ylabel=f"absolute error ({unit})",
+             title="Absolute error vs true defocus")
+    figure_paths.append(save_figure(figure, axis, stem.with_name(stem.name + "_error_vs_true.png")))
+
+    figure = Figure(figsize=(7, 4.5))
+    axis = figure.subplots()
+    bins = np.linspace(results["onnx_time_cost"].min(), results["onnx_time_cost"].quantile(0.99), 30)
+    for name, group in groups:
+        axis.hist(group["onnx_time_cost"].clip(upper=bins[-1]), bins=bins, alpha=0.6, label=name)
+    median = results["onnx_time_cost"].median()
+    axis.axvline(median, color="black", linewidth=1, label=f"median {median:.2f} ms")
+    axis.set(xlabel="ONNX Runtime time per image, batch 1 (ms)", ylabel="images",
+             title="Inference latency")
+    figure_paths.append(save_figure(figure, axis, stem.with_name(stem.name + "_latency.png")))
+    return figure_paths
+
+
+def save_figure(figure, axis, path: Path) -> Path:
+    """Legend, grid, tight layout, PNG at a readable resolution."""
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return path
