@@ -267,8 +267,8 @@ class SOAFDataset(AutofocusDataset):
         return self.load_image(idx), self.labels[idx]
 
 
-def image_problem(path: Path) -> str | None:
-    """What is wrong with one image file for the network, or None: missing, undecodable, not 224x224."""
+def image_problem(path: Path, image_size: tuple[int, int]) -> str | None:
+    """What is wrong with one image file for the network, or None: missing, undecodable, another size."""
     if not path.is_file():
         return "file does not exist"
     try:
@@ -277,13 +277,13 @@ def image_problem(path: Path) -> str | None:
             size, mode = image.size, image.mode
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         return f"cannot decode ({error})"
-    if size != (224, 224):
-        return f"size {size[0]}x{size[1]} in mode {mode}, the network expects 224x224"
+    if size != tuple(image_size):
+        return f"size {size[0]}x{size[1]} in mode {mode}, the network expects {image_size[0]}x{image_size[1]}"
     return None
 
 
 def check_split(root_dir: Path, dataset_type: str, glob_pattern: str, dataset_class,
-                allow_outside_root: bool = False) -> tuple[list[str], list[str]]:
+                image_size: tuple[int, int], allow_outside_root: bool = False) -> tuple[list[str], list[str]]:
     """Check one split completely, decoding every image: (summary lines, problems as 'file line N: ...')."""
     try:
         check_arguments(root_dir, dataset_type, glob_pattern)
@@ -302,7 +302,7 @@ def check_split(root_dir: Path, dataset_type: str, glob_pattern: str, dataset_cl
     problems += value_problems(frame, dataset_class.required_columns, allow_outside_root)
     for row in frame.itertuples():
         if isinstance(row.image_path, str) and row.image_path.strip():
-            problem = image_problem(root_dir / row.image_path)
+            problem = image_problem(root_dir / row.image_path, image_size)
             if problem:
                 problems.append(f"{row.csv_file} line {row.csv_line}: {row.image_path}: {problem}")
     return split_summary(frame, dataset_type, dataset_class.target_column), problems

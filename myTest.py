@@ -23,7 +23,7 @@ from torchvision import transforms
 
 from checkpoints import CheckpointError, find_best_checkpoint, load_checkpoint
 from myModel import export_onnx
-from myTrain import TASKS, build_dataset, build_loader, get_common_parser, progress, run
+from myTrain import TASKS, build_dataset, build_loader, get_common_parser, progress, run, split_batch
 from report import depth_of_field_um, per_objective_metrics, plot_report
 
 
@@ -61,8 +61,9 @@ def predict_pytorch(model, loader, device: torch.device) -> np.ndarray:
     """Batched predictions for the whole loader, shape (N,)."""
     model.eval()
     predictions = []
-    for *inputs, _target in progress(loader, "PyTorch"):
-        predictions.append(model(*(tensor.to(device) for tensor in inputs)).float().cpu())
+    for batch in progress(loader, "PyTorch"):
+        inputs, _target = split_batch(batch, device)
+        predictions.append(model(*inputs).float().cpu())
     return torch.cat(predictions).view(-1).numpy()
 
 

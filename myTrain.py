@@ -169,9 +169,15 @@ def build_loader(dataset, batch_size: int, num_workers: int, device: torch.devic
     )
 
 
-def forward_batch(model: nn.Module, batch, criterion, device: torch.device) -> tuple[torch.Tensor, int]:
-    """Loss of one batch (inputs..., target) and its size; works for any number of model inputs."""
+def split_batch(batch, device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(model inputs, target) of a batch on the device: (image,) for SOAF, (image, params) for MOAF."""
     *inputs, target = (tensor.to(device, non_blocking=True) for tensor in batch)
+    return inputs, target
+
+
+def forward_batch(model: nn.Module, batch, criterion, device: torch.device) -> tuple[torch.Tensor, int]:
+    """Loss of one batch and its size."""
+    inputs, target = split_batch(batch, device)
     prediction = model(*inputs)  # (N, 1)
     return criterion(prediction, target.view(-1, 1)), target.shape[0]
 
@@ -226,7 +232,7 @@ def recalibrate_batchnorm(model, loader, device, max_batches: int) -> None:
     for batch_index, batch in enumerate(loader):
         if batch_index == max_batches:
             break
-        *inputs, _target = (tensor.to(device, non_blocking=True) for tensor in batch)
+        inputs, _target = split_batch(batch, device)
         model(*inputs)
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
@@ -272,7 +278,8 @@ def check_dataset(args) -> None:
     print(f"Checking {args.root_dir} for task {args.task}, CSV files matching {glob!r}")
     problems = []
     for split in SPLITS:
-        summary, split_problems = check_split(args.root_dir, split, glob, dataset_class, args.allow_outside_root)
+        summary, split_problems = check_split(args.root_dir, split, glob, dataset_class, IMAGE_SIZE,
+                                              args.allow_outside_root)
         print("\n".join(summary))
         problems += split_problems
     if problems:
