@@ -13,7 +13,8 @@ What the images model, so that a network trained on them has learnt defocus:
 - Above/below-focus asymmetry as real optics have it: spherical aberration (growing with
   NA) makes the blur disc ring-like on one side of focus and centre-heavy on the other,
   and longitudinal chromatic aberration focuses red and blue at slightly different depths.
-- Shot and read noise, illumination and stain variation between slides.
+- Shot and read noise, illumination and stain variation between slides, and tissue
+  from sparse to dense, so that the amount of edge alone does not give the defocus.
 
 Each split gets its own tissue fields (no field appears in two splits); every field is
 imaged at several defocus positions, like a z-stack. Output is deterministic for a seed.
@@ -83,11 +84,14 @@ def smooth_noise(rng: np.random.Generator, size: int, scale_px: float, anisotrop
 def tissue_stain_densities(rng: np.random.Generator, pixel_um: float) -> tuple[np.ndarray, np.ndarray]:
     """Haematoxylin and eosin density maps of one tissue field, with features sized in micrometres."""
     size = IMAGE_SIZE
-    stroma = np.clip(0.4 + 0.2 * smooth_noise(rng, size, 6.0 / pixel_um)
-                     + 0.15 * smooth_noise(rng, size, 1.0 / pixel_um, anisotropy=2.5), 0, None)
+    # fields differ in how much there is to see, from sparse, pale tissue to dense, busy
+    # tissue, so that the amount of edge in an image does not tell its defocus by itself
+    density = rng.uniform(0.25, 1.5)
+    stroma = np.clip(0.4 * density + 0.2 * density * smooth_noise(rng, size, 6.0 / pixel_um)
+                     + 0.15 * density * smooth_noise(rng, size, 1.0 / pixel_um, anisotropy=2.5), 0, None)
     haematoxylin = 0.08 * np.clip(smooth_noise(rng, size, 0.6 / pixel_um), 0, None)
     area_um2 = (size * pixel_um) ** 2
-    for _ in range(rng.poisson(area_um2 / 250.0)):  # one nucleus per ~250 um^2
+    for _ in range(rng.poisson(density * area_um2 / 250.0)):  # one nucleus per ~250 um^2 at density 1
         dy, dx = wrapped_distance_grid(size, rng.uniform(0, size), rng.uniform(0, size))
         radius_um = rng.uniform(2.5, 5.0)
         elongation = rng.uniform(1.0, 1.8)

@@ -213,18 +213,42 @@ class AutofocusDataset(Dataset):
         self.dataset_dir = root_dir / f".{dataset_type}"
         self.image_paths = self.frame["abs_image_path"].tolist()
         self.transform = transform or transforms.ToTensor()
+        self.cache: np.ndarray | None = None  # decoded images, once cache_images() has run
 
     def __len__(self) -> int:
         return len(self.image_paths)
 
-    def load_image(self, idx: int):
-        """The transformed image of row `idx`; with `image_size` set, other sizes are refused."""
+    def read_image(self, idx: int) -> Image.Image:
+        """The RGB image of row `idx` from its file; with `image_size` set, other sizes are refused."""
         image = load_rgb_image(self.image_paths[idx])
         if self.image_size is not None and image.size != tuple(self.image_size):
             raise ImageDecodeError(
                 f"image {self.image_paths[idx]} is {image.size[0]}x{image.size[1]}, not "
                 f"{self.image_size[0]}x{self.image_size[1]}: crop or tile it to that size (resizing "
                 "would change the blur, and with it what the label means)")
+        return image
+
+    def cache_images(self, show_progress=lambda indices: indices) -> float:
+        """Decode every image once into one uint8 array in memory and return its size in MiB.
+
+        Later reads skip the file and the decoder. DataLoader workers started afterwards
+        share the array with the main process (fork), so it costs its size once.
+        """
+        first = np.asarray(self.read_image(0))
+        cache = np.empty((len(self), *first.shape), dtype=np.uint8)
+        for idx in show_progress(range(len(self))):
+            image = np.asarray(self.read_image(idx))
+            if image.shape != first.shape:
+                raise ImageDecodeError(
+                    f"image {self.image_paths[idx]} is {image.shape[1]}x{image.shape[0]}, unlike "
+                    f"{self.image_paths[0]} ({first.shape[1]}x{first.shape[0]}): the cache needs one size")
+            cache[idx] = image
+        self.cache = cache
+        return cache.nbytes / 2**20
+
+    def load_image(self, idx: int):
+        """The transformed image of row `idx`, from the cache when `cache_images` has filled it."""
+        image = Image.fromarray(self.cache[idx]) if self.cache is not None else self.read_image(idx)
         return self.transform(image)
 
 

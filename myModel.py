@@ -95,15 +95,15 @@ def create_feature_extractor(model_name: str, pretrained: bool, pretrained_file:
         raise ModelCreationError(f"{weights_unavailable_message(model_name)}\n({error})") from error
 
 
-def regression_head(in_features: int) -> nn.Sequential:
+def regression_head(in_features: int, dropout: float = 0.5) -> nn.Sequential:
     """The user's head: in_features -> 256 -> 128 -> 1, ReLU and Dropout(0.5) between."""
     return nn.Sequential(
         nn.Linear(in_features, 256),
         nn.ReLU(inplace=True),
-        nn.Dropout(0.5),
+        nn.Dropout(dropout),
         nn.Linear(256, 128),
         nn.ReLU(inplace=True),
-        nn.Dropout(0.5),
+        nn.Dropout(dropout),
         nn.Linear(128, 1),
     )
 
@@ -112,8 +112,15 @@ class AutofocusModel(nn.Module):
     """What SOAF and MOAF share: a timm feature extractor and global average pooling.
 
     `model_name` is any timm model; `pretrained_file` loads the backbone's ImageNet weights
-    from a local timm weights file instead of the model hub (for machines without internet).
+    from a local timm weights file instead of the model hub (for machines without internet);
+    `dropout` is the head's dropout probability.
     Subclasses add their head in `build_head` and define `forward`.
+
+    The head learns in a unit-scale space; `to_physical` maps its output to the target's
+    unit with `target_center` and `target_scale`, buffers that training sets from the
+    training labels (`set_target_scale`) and that travel in the state dict and the ONNX
+    graph. So `model(x)` gives micrometres (SOAF) or depths of field (MOAF), while a
+    head whose targets span +-40 um does not have to grow its weights to reach them.
     """
 
     input_names: tuple[str, ...] = ("input",)
@@ -123,16 +130,33 @@ class AutofocusModel(nn.Module):
         model_name: str = "mobilenetv4_conv_small",
         pretrained: bool = True,
         pretrained_file: str | None = None,
+        dropout: float = 0.5,
     ):
         super().__init__()
+        self.dropout = dropout
         self.feature_extractor = create_feature_extractor(model_name, pretrained, pretrained_file)
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         # pooling keeps the channel count, so the head's width is the last stage's channels
         self.feature_dim = self.feature_extractor.feature_info.channels()[-1]
+        self.register_buffer("target_center", torch.tensor(0.0))
+        self.register_buffer("target_scale", torch.tensor(1.0))
         self.build_head()
 
     def build_head(self) -> None:
         raise NotImplementedError
+
+    @torch.no_grad()
+    def set_target_scale(self, targets: torch.Tensor) -> None:
+        """Centre and scale of the targets for an L1 loss: their median and mean absolute deviation."""
+        targets = torch.as_tensor(targets, dtype=torch.float32).flatten()
+        center = targets.median()
+        scale = (targets - center).abs().mean()
+        self.target_center.fill_(center)
+        self.target_scale.fill_(scale if scale > 0 else 1.0)  # constant targets: nothing to scale
+
+    def to_physical(self, raw_output: torch.Tensor) -> torch.Tensor:
+        # in fp32 even under autocast: bf16 would round +-40 um to a tenth of a micrometre
+        return self.target_center + self.target_scale * raw_output.float()
 
     def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
         features = self.feature_extractor(images)[-1]  # (N, C, H/32, W/32)
@@ -151,10 +175,10 @@ class SOAFModel(AutofocusModel):
     """
 
     def build_head(self) -> None:
-        self.fc = regression_head(self.feature_dim)
+        self.fc = regression_head(self.feature_dim, self.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pooled_features(x))  # (N, 1)
+        return self.to_physical(self.fc(self.pooled_features(x)))  # (N, 1)
 
 
 def normalise_objective(params: torch.Tensor) -> torch.Tensor:
@@ -186,12 +210,12 @@ class MOAFModel(AutofocusModel):
         self.film = nn.Sequential(nn.Linear(2, 64), nn.ReLU(inplace=True), nn.Linear(64, 2 * self.feature_dim))
         nn.init.zeros_(self.film[-1].weight)  # start as the identity: scale 1, shift 0
         nn.init.zeros_(self.film[-1].bias)
-        self.fc = regression_head(self.feature_dim)
+        self.fc = regression_head(self.feature_dim, self.dropout)
 
     def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         features = self.pooled_features(x)  # (N, C)
         scale, shift = self.film(normalise_objective(params)).chunk(2, dim=1)  # (N, C) each
-        return self.fc(features * (1 + scale) + shift)  # (N, 1)
+        return self.to_physical(self.fc(features * (1 + scale) + shift))  # (N, 1)
 
     def example_inputs(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         (images,) = super().example_inputs(batch_size)
@@ -222,6 +246,34 @@ def export_onnx(model: AutofocusModel, save_path: Path) -> Path:
             dynamic_axes={name: {0: "batch_size"} for name in (*model.input_names, "output")},
         )
     model.train(was_training)
+    return save_path
+
+
+def quantize_onnx(fp32_path: Path, calibration_feeds: list[dict], save_path: Path) -> Path:
+    """Write a static int8 version of an exported model, calibrated on `calibration_feeds`
+    (dicts of input name -> numpy batch, real images of the training split).
+
+    Convolutions get per-channel int8 weights and uint8 activations (QDQ format), the
+    combination x86 CPUs with VNNI run fastest; the small head stays in fp32 so that the
+    output, a physical distance, is not rounded to one of 256 steps.
+    """
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
+                                          quantize_static)
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self):
+            self.remaining = iter(calibration_feeds)
+
+        def get_next(self):
+            return next(self.remaining, None)
+
+    save_path = Path(save_path)
+    prepared = save_path.with_name(save_path.stem + "_prepared.onnx")
+    quant_pre_process(str(fp32_path), str(prepared))  # folds constants and infers shapes first
+    quantize_static(str(prepared), str(save_path), Feeds(), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=["Conv"], per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    prepared.unlink()
     return save_path
 
 

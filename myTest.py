@@ -22,8 +22,8 @@ import torch
 from torchvision import transforms
 
 from checkpoints import CheckpointError, find_best_checkpoint, load_checkpoint
-from myModel import export_onnx
-from myTrain import TASKS, build_dataset, build_loader, get_common_parser, progress, run, split_batch
+from myModel import export_onnx, quantize_onnx
+from myTrain import TASKS, build_dataset, build_loader, get_common_parser, positive, progress, run, split_batch
 from report import depth_of_field_um, per_objective_metrics, plot_report
 
 
@@ -38,8 +38,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="where the ONNX model goes (default: %(default)s)")
     parser.add_argument("--result_dir", type=Path, default=Path(".result"),
                         help="where the result CSV goes (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=10,
+    parser.add_argument("--warmup", type=positive(int, allow_zero=True), default=10,
                         help="untimed ONNX runs before timing starts (default: %(default)s)")
+    parser.add_argument("--onnx_threads", type=positive(int, allow_zero=True), default=0,
+                        help="ONNX Runtime threads per inference; 0: one per physical core (default: %(default)s)")
+    parser.add_argument("--quantize", action="store_true",
+                        help="also test a static int8 ONNX model, calibrated on training images, "
+                             "side by side with fp32 (default: off)")
+    parser.add_argument("--calibration_images", type=positive(int), default=64,
+                        help="training images that calibrate --quantize (default: %(default)s)")
     return parser
 
 
@@ -67,14 +74,27 @@ def predict_pytorch(model, loader, device: torch.device) -> np.ndarray:
     return torch.cat(predictions).view(-1).numpy()
 
 
-def onnx_session(onnx_path: Path, device: torch.device) -> ort.InferenceSession:
-    """An ONNX Runtime session with full graph optimisation, on the GPU when testing on one."""
+def onnx_session(onnx_path: Path, device: torch.device, threads: int = 0) -> ort.InferenceSession:
+    """An ONNX Runtime session with full graph optimisation, on the fastest provider there is:
+    TensorRT, then CUDA when testing on a GPU, else the CPU with `threads` (0: one per core)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of layers: nothing to overlap
+    options.intra_op_num_threads = threads
+    available = ort.get_available_providers()
+    gpu_providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider"] if device.type == "cuda" else []
+    providers = [name for name in gpu_providers if name in available] + ["CPUExecutionProvider"]
     return ort.InferenceSession(str(onnx_path), options, providers=providers)
+
+
+def calibration_feeds(dataset, count: int, input_names: list[str]) -> list[dict]:
+    """Batch-1 ONNX inputs of `count` images spread over `dataset`, for int8 calibration."""
+    indices = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).astype(int))
+    feeds = []
+    for index in progress(indices, "calibration images"):
+        *inputs, _target = dataset[int(index)]
+        feeds.append({name: tensor.numpy()[None] for name, tensor in zip(input_names, inputs)})
+    return feeds
 
 
 def predict_onnx(session: ort.InferenceSession, dataset, warmup: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +115,15 @@ def predict_onnx(session: ort.InferenceSession, dataset, warmup: int) -> tuple[n
     return predictions, times_ms
 
 
+def quantize_int8(args, onnx_path: Path, model, task: str, glob: str | None) -> Path:
+    """The static int8 model of `onnx_path`, calibrated on --calibration_images training images."""
+    train_set = build_dataset(args, "train", transforms.ToTensor(), task, glob)
+    feeds = calibration_feeds(train_set, args.calibration_images, list(model.input_names))
+    int8_path = quantize_onnx(onnx_path, feeds, onnx_path.with_name(onnx_path.stem + "_int8.onnx"))
+    print(f"int8 ONNX model: {int8_path} (calibrated on {len(feeds)} training images)")
+    return int8_path
+
+
 def print_summary(results: pd.DataFrame, metrics: pd.DataFrame, unit: str, providers: list[str]) -> None:
     """The metrics table (one column per objective), the largest PyTorch/ONNX disagreement and the latency."""
     print(f"Errors of the PyTorch model (mae, onnx_mae, rmse, median_ae, mean_predictor_mae in {unit}; "
@@ -104,6 +133,11 @@ def print_summary(results: pd.DataFrame, metrics: pd.DataFrame, unit: str, provi
     print(f"max |pt_pred - onnx_pred|: {(results['pt_pred'] - results['onnx_pred']).abs().max():.2e} {unit}")
     print(f"ONNX latency (batch 1): median {latency.median():.2f} ms, "
           f"p95 {latency.quantile(0.95):.2f} ms on {', '.join(providers)}")
+    if "int8_pred" in results:
+        int8_latency = results["int8_time_cost"].median()
+        print(f"fp32 vs int8 ONNX: MAE {(results['onnx_pred'] - results['label']).abs().mean():.4f} vs "
+              f"{(results['int8_pred'] - results['label']).abs().mean():.4f} {unit}, median latency "
+              f"{latency.median():.2f} vs {int8_latency:.2f} ms ({latency.median() / int8_latency:.2f}x)")
 
 
 def result_table(test_set, pt_pred, onnx_pred, onnx_time_cost) -> pd.DataFrame:
@@ -152,10 +186,14 @@ def main(args: argparse.Namespace) -> None:
 
     pt_pred = predict_pytorch(model, loader, device)
     onnx_path = export_onnx(model, args.onnx_dir / f"{ckpt_path.stem}.onnx")
-    session = onnx_session(onnx_path, device)
+    session = onnx_session(onnx_path, device, args.onnx_threads)
     onnx_pred, onnx_time_cost = predict_onnx(session, test_set, args.warmup)
 
     results = result_table(test_set, pt_pred, onnx_pred, onnx_time_cost)
+    if args.quantize:
+        int8_path = quantize_int8(args, onnx_path, model, task, glob)
+        results["int8_pred"], results["int8_time_cost"] = predict_onnx(
+            onnx_session(int8_path, device, args.onnx_threads), test_set, args.warmup)
     metrics = per_objective_metrics(results, unit, checkpoint.get("train_label_mean"))
     args.result_dir.mkdir(parents=True, exist_ok=True)
     result_path = args.result_dir / f"{ckpt_path.stem}_test.csv"

@@ -13,6 +13,7 @@ Stop with Ctrl-C at any moment; running the same command again resumes from the 
 best checkpoint in --ckpt_dir (pass --no-resume and a fresh --ckpt_dir to start over).
 """
 import argparse
+import builtins
 import inspect
 import json
 import math
@@ -22,16 +23,19 @@ import random
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from matplotlib.figure import Figure
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset, default_collate
 from torch.utils.tensorboard import SummaryWriter
-from torchvision import transforms
+from torchvision.transforms import v2
 from tqdm import tqdm
 
 from checkpoints import (CheckpointError, checkpoints_newest_first, load_checkpoint, remove_unfinished_writes,
@@ -74,6 +78,14 @@ def positive(kind, allow_zero: bool = False):
     return parse
 
 
+def probability(text: str) -> float:
+    """An argparse type: a number in [0, 1)."""
+    value = positive(float, allow_zero=True)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be below 1, got {text}")
+    return value
+
+
 def get_common_parser() -> argparse.ArgumentParser:
     """Arguments shared by myTrain.py and myTest.py."""
     parser = argparse.ArgumentParser(add_help=False)
@@ -92,6 +104,9 @@ def get_common_parser() -> argparse.ArgumentParser:
                         help="checkpoint folder (default: %(default)s)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
+                        help="NHWC memory layout: faster convolutions on tensor-core GPUs and with "
+                             "oneDNN on CPUs (default: %(default)s)")
     parser.add_argument("--allow_outside_root", action="store_true",
                         help="accept image paths that are absolute or leave root_dir with '..' (default: refuse)")
     return parser
@@ -108,6 +123,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="start from ImageNet weights (default: %(default)s)")
     parser.add_argument("--pretrained_file", default=None,
                         help="local timm weights file, for machines without internet (default: %(default)s)")
+    parser.add_argument("--dropout", type=probability, default=0.5,
+                        help="dropout probability in the regression head (default: %(default)s)")
+    parser.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
+                        help="mixed precision: auto is bf16 on CUDA GPUs that support it, fp16 (with "
+                             "gradient scaling) on older ones, off on CPU (default: %(default)s)")
+    parser.add_argument("--cache_images", action="store_true",
+                        help="decode every training and validation image once and keep them in memory "
+                             "(its size is printed; 150 KiB per 224x224 RGB image) (default: off)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the training model: faster steps after a minute of "
+                             "compiling (default: off)")
     parser.add_argument("--log_dir", type=Path, default=None,
                         help="TensorBoard folder; keep it across resumes (default: runs/<task>)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -130,7 +156,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log_images_every", type=positive(int, allow_zero=True), default=0,
                         help="every N epochs, show validation images with true and predicted defocus "
                              "in TensorBoard; 0: never (default: %(default)s)")
-    parser.add_argument("--bn_recalibration_batches", type=positive(int, allow_zero=True), default=20,
+    parser.add_argument("--bn_recalibration_batches", type=positive(int, allow_zero=True), default=10,
                         help="training batches used to recompute BatchNorm statistics before each "
                              "validation; 0 keeps the running averages (default: %(default)s)")
     return parser
@@ -155,13 +181,58 @@ def seed_worker(worker_id: int) -> None:
     random.seed(worker_seed)
 
 
-def build_loader(dataset, batch_size: int, num_workers: int, device: torch.device, shuffle: bool) -> DataLoader:
-    """A DataLoader whose CUDA-only and worker-only options are set only where they apply."""
-    num_workers = min(num_workers, os.cpu_count() or 1)
+def rank_and_world_size() -> tuple[int, int]:
+    """(this process's rank, number of processes); (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: torch.device) -> torch.device:
+    """Join the process group when started by torchrun; return the device this process trains on.
+
+    Each process drives one GPU (cuda:LOCAL_RANK, NCCL) or, on CPU, one share of the
+    cores (gloo). Only rank 0 prints, logs and writes checkpoints.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.get_rank() != 0:
+        builtins.print = print_when_forced(builtins.print)
+    return device
+
+
+def print_when_forced(builtin_print):
+    """A print that stays silent unless called with force=True (for the other torchrun processes)."""
+    def rank_print(*args, force: bool = False, **kwargs) -> None:
+        if force:
+            builtin_print(*args, **kwargs)
+    return rank_print
+
+
+def build_loader(dataset, batch_size: int, num_workers: int, device: torch.device, shuffle: bool,
+                 seed: int = 0) -> DataLoader:
+    """A DataLoader whose CUDA-only and worker-only options are set only where they apply.
+
+    Under torchrun each process reads its own share of the images: the training set through
+    a DistributedSampler (call `loader.sampler.set_epoch(epoch)` for a new order every
+    epoch), other splits as every world_size-th image, so that no image is counted twice.
+    """
+    rank, world_size = rank_and_world_size()
+    num_workers = min(num_workers, max(1, (os.cpu_count() or 1) // world_size))
+    sampler = None
+    if world_size > 1 and shuffle:
+        sampler, shuffle = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed), None
+    elif world_size > 1:
+        dataset = Subset(dataset, range(rank, len(dataset), world_size))
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=num_workers > 0,
@@ -169,57 +240,107 @@ def build_loader(dataset, batch_size: int, num_workers: int, device: torch.devic
     )
 
 
-def split_batch(batch, device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """(model inputs, target) of a batch on the device: (image,) for SOAF, (image, params) for MOAF."""
-    *inputs, target = (tensor.to(device, non_blocking=True) for tensor in batch)
-    return inputs, target
+@dataclass
+class StepOptions:
+    """How each forward pass runs. The defaults are plain fp32; `step_options` picks the fast ones."""
+
+    amp_dtype: torch.dtype | None = None  # autocast to this dtype; None: fp32
+    channels_last: bool = False  # NHWC images, as the model's weights are then laid out
+    scaler: torch.amp.GradScaler | None = None  # fp16 only: keeps small gradients from vanishing
 
 
-def forward_batch(model: nn.Module, batch, criterion, device: torch.device) -> tuple[torch.Tensor, int]:
-    """Loss of one batch and its size."""
-    inputs, target = split_batch(batch, device)
-    prediction = model(*inputs)  # (N, 1)
-    return criterion(prediction, target.view(-1, 1)), target.shape[0]
+def step_options(args, device: torch.device) -> StepOptions:
+    """Resolve --amp for the device; bf16 is no faster than fp32 for training on CPUs, even with AMX."""
+    amp = args.amp
+    if amp == "auto":
+        amp = "off" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    return StepOptions(amp_dtype, args.channels_last, scaler)
+
+
+def split_batch(batch, device: torch.device, options: StepOptions = StepOptions(), augment: bool = False):
+    """(model inputs, target) of a batch on the device: (image,) for SOAF, (image, params) for MOAF.
+
+    uint8 images are scaled to [0, 1] floats here, after the copy; `augment` applies augment_batch.
+    """
+    image, *rest = (tensor.to(device, non_blocking=True) for tensor in batch)
+    if image.dtype == torch.uint8:
+        image = image.float().div_(255)
+    if augment:
+        image = augment_batch(image)
+    if options.channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    *params, target = rest
+    return [image, *params], target
+
+
+def forward_batch(model: nn.Module, batch, criterion, device: torch.device,
+                  options: StepOptions = StepOptions(), augment: bool = False) -> tuple[torch.Tensor, int]:
+    """Loss of one batch (computed in fp32, whatever the autocast dtype) and its size."""
+    inputs, target = split_batch(batch, device, options, augment)
+    with torch.autocast(device.type, dtype=options.amp_dtype, enabled=options.amp_dtype is not None):
+        prediction = model(*inputs)  # (N, 1)
+    return criterion(prediction.float(), target.view(-1, 1)), target.shape[0]
 
 
 def progress(loader, description: str) -> tqdm:
-    """A batch progress bar that clears when done; silent when the output is no terminal (logs, CI)."""
-    return tqdm(loader, desc=description, leave=False, disable=None, unit="batch", dynamic_ncols=True)
+    """A batch progress bar that clears when done; silent when the output is no terminal (logs,
+    CI) and on every torchrun process but the first."""
+    disable = None if rank_and_world_size()[0] == 0 else True
+    return tqdm(loader, desc=description, leave=False, disable=disable, unit="batch", dynamic_ncols=True)
 
 
 def show_running_loss(bar: tqdm, total_loss: float, seen: int, start_time: float) -> None:
     bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start_time):.1f}")
 
 
-def train_epoch(model, loader, criterion, optimizer, device, epoch: int | None = None) -> float:
-    """One pass over the training set; returns the mean loss per image."""
+def mean_over_processes(total: float, count: int) -> float:
+    """total / count, with both summed over all torchrun processes."""
+    if rank_and_world_size()[1] > 1:
+        sums = torch.tensor([total, count], dtype=torch.float64)
+        dist.all_reduce(sums)
+        total, count = sums.tolist()
+    return total / count
+
+
+def train_epoch(model, loader, criterion, optimizer, device, epoch: int | None = None,
+                options: StepOptions = StepOptions(), augment: bool = True) -> float:
+    """One pass over the training set, with augment_batch unless `augment` is False; returns the
+    mean loss per image."""
     model.train()
     total_loss, seen, start_time = 0.0, 0, time.perf_counter()
     bar = progress(loader, f"train {epoch}")
     for batch_index, batch in enumerate(bar):
-        loss, batch_size = forward_batch(model, batch, criterion, device)
+        loss, batch_size = forward_batch(model, batch, criterion, device, options, augment)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(
                 f"training loss is {loss_value} at epoch {epoch}, batch {batch_index}; nothing was saved "
                 "for this epoch, the checkpoints before it are intact (a lower --lr usually helps)")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if options.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            options.scaler.scale(loss).backward()
+            options.scaler.step(optimizer)
+            options.scaler.update()
         total_loss += loss_value * batch_size
         seen += batch_size
         show_running_loss(bar, total_loss, seen, start_time)
-    return total_loss / seen
+    return mean_over_processes(total_loss, seen)
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model, loader, device, max_batches: int) -> None:
+def recalibrate_batchnorm(model, loader, device, max_batches: int, options: StepOptions = StepOptions()) -> None:
     """Recompute BatchNorm statistics as a plain average over training batches at the current weights.
 
     The running averages trail the weights by many steps; while the weights still change
     fast (training from scratch), evaluating with them gives validation losses that jump
     far above the training loss. Recomputed statistics make validation, the saved
-    checkpoints and the ONNX export use statistics that fit the weights.
+    checkpoints and the ONNX export use statistics that fit the weights. Under torchrun
+    every process averages over its own batches, then the processes average their results.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if max_batches <= 0 or not norms:
@@ -232,35 +353,64 @@ def recalibrate_batchnorm(model, loader, device, max_batches: int) -> None:
     for batch_index, batch in enumerate(loader):
         if batch_index == max_batches:
             break
-        inputs, _target = split_batch(batch, device)
-        model(*inputs)
+        inputs, _target = split_batch(batch, device, options)
+        with torch.autocast(device.type, dtype=options.amp_dtype, enabled=options.amp_dtype is not None):
+            model(*inputs)
+    world_size = rank_and_world_size()[1]
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
+        if world_size > 1:
+            for statistic in (norm.running_mean, norm.running_var):
+                dist.all_reduce(statistic)
+                statistic /= world_size
 
 
 @torch.no_grad()
-def validation_epoch(model, loader, criterion, device) -> float:
+def validation_epoch(model, loader, criterion, device, options: StepOptions = StepOptions()) -> float:
     """One pass over the validation set; returns the mean loss per image."""
     model.eval()
     total_loss, seen, start_time = 0.0, 0, time.perf_counter()
     bar = progress(loader, "validate")
     for batch in bar:
-        loss, batch_size = forward_batch(model, batch, criterion, device)
+        loss, batch_size = forward_batch(model, batch, criterion, device, options)
         total_loss += loss.item() * batch_size
         seen += batch_size
         show_running_loss(bar, total_loss, seen, start_time)
-    return total_loss / seen
+    return mean_over_processes(total_loss, seen)
+
+
+def augment_batch(images: torch.Tensor) -> torch.Tensor:
+    """Augmentations that keep the defocus label true, per image, on the batch's device (cheap
+    even on the CPU, nothing for the loader processes to do).
+
+    Mirrorings and quarter turns (a flip of each axis and a transpose give all eight) and
+    brightness and contrast changes of up to 10% (lamp and stain differences between slides)
+    leave the blur as it was. Anything that blurs, sharpens or rescales the image would
+    change the defocus it shows, so none of that is used. Needs square images.
+    """
+    count, device = images.shape[0], images.device
+
+    def chosen() -> torch.Tensor:  # which images of the batch get a transformation
+        return torch.rand(count, 1, 1, 1, device=device) < 0.5
+
+    images = torch.where(chosen(), images.flip(-1), images)
+    images = torch.where(chosen(), images.flip(-2), images)
+    images = torch.where(chosen(), images.transpose(-1, -2), images)
+    gain = torch.empty(count, 1, 1, 1, device=device).uniform_(0.9, 1.1)
+    contrast = torch.empty(count, 1, 1, 1, device=device).uniform_(0.9, 1.1)
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    return (((images - mean) * contrast + mean) * gain).clamp_(0, 1)
 
 
 def build_datasets(args):
-    """Training (with flips, which do not change defocus) and validation datasets."""
-    train_transform = transforms.Compose([
-        transforms.RandomHorizontalFlip(),
-        transforms.RandomVerticalFlip(),
-        transforms.ToTensor(),
-    ])
-    train_set = build_dataset(args, "train", train_transform)
-    val_set = build_dataset(args, "val", transforms.ToTensor())
+    """Training and validation datasets of uint8 images (a quarter of the bytes of float ones to
+    collate and copy; split_batch scales them on the device), decoded into memory with --cache_images."""
+    train_set = build_dataset(args, "train", v2.PILToTensor())
+    val_set = build_dataset(args, "val", v2.PILToTensor())
+    if args.cache_images:
+        mib = sum(dataset.cache_images(lambda indices: progress(indices, f"caching {split}"))
+                  for split, dataset in (("train", train_set), ("val", val_set)))
+        print(f"Cached {len(train_set) + len(val_set)} decoded images in memory: {mib:.0f} MiB")
     return train_set, val_set
 
 
@@ -327,13 +477,15 @@ def run_config(args) -> dict:
 def validation_image_grid(model, dataset, device, unit: str, count: int = 8) -> Figure:
     """`count` validation images spread over the split, titled with their true and predicted defocus."""
     model.eval()
-    samples = [dataset[int(index)] for index in np.linspace(0, len(dataset) - 1, min(count, len(dataset)))]
-    inputs = [torch.stack(parts).to(device) for parts in zip(*(sample[:-1] for sample in samples))]
+    indices = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).astype(int)
+    inputs, targets = split_batch(default_collate([dataset[int(index)] for index in indices]), device)
     predictions = model(*inputs).view(-1).cpu()
-    figure = Figure(figsize=(2.2 * len(samples), 2.9))
-    for axis, sample, prediction in zip(figure.subplots(1, len(samples), squeeze=False)[0], samples, predictions):
-        axis.imshow(sample[0].permute(1, 2, 0).clamp(0, 1).numpy())
-        axis.set_title(f"true {sample[-1].item():+.2f}\npred {prediction.item():+.2f} {unit}", fontsize=9)
+    images = inputs[0].permute(0, 2, 3, 1).cpu().numpy()
+    figure = Figure(figsize=(2.2 * len(indices), 2.9))
+    for axis, image, target, prediction in zip(figure.subplots(1, len(indices), squeeze=False)[0], images,
+                                               targets.view(-1).cpu(), predictions):
+        axis.imshow(image)
+        axis.set_title(f"true {target.item():+.2f}\npred {prediction.item():+.2f} {unit}", fontsize=9)
         axis.axis("off")
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.8, wspace=0.05)
     return figure
@@ -388,58 +540,80 @@ def main(args: argparse.Namespace) -> None:
     if args.check:
         check_dataset(args)
         return
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    print(f"Using device: {device}")
+    device = init_distributed(torch.device(args.device))
+    rank, world_size = rank_and_world_size()
+    torch.manual_seed(args.seed + rank)  # the same weights everywhere (DDP copies rank 0's), other augmentations
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels once
+    options = step_options(args, device)
+    print(f"Using device: {device}" + (f" x {world_size} processes" if world_size > 1 else "")
+          + f", mixed precision {options.amp_dtype or 'off'}, channels_last {options.channels_last}")
 
     train_set, val_set = build_datasets(args)
-    train_loader = build_loader(train_set, args.batch_size, args.num_workers, device, shuffle=True)
+    train_loader = build_loader(train_set, args.batch_size, args.num_workers, device, shuffle=True, seed=args.seed)
     val_loader = build_loader(val_set, args.batch_size, args.num_workers, device, shuffle=False)
     print(f"Task {args.task}: {len(train_set)} training and {len(val_set)} validation images from {args.root_dir}")
-    train_label_mean = float(train_set.frame[train_set.target_column].mean())  # the baseline to beat
+    train_labels = torch.tensor(train_set.frame[train_set.target_column].to_numpy(), dtype=torch.float32)
+    train_label_mean = float(train_labels.mean())  # the baseline to beat
 
     resume_from, checkpoint = checkpoint_to_resume(args)
     check_nothing_is_overwritten(args, resume_from)
     # a resumed run gets its weights from the checkpoint, so it needs no download
     model = TASKS[args.task].model(args.fe_str, pretrained=args.pretrained and checkpoint is None,
-                                   pretrained_file=args.pretrained_file if checkpoint is None else None).to(device)
+                                   pretrained_file=args.pretrained_file if checkpoint is None else None,
+                                   dropout=args.dropout).to(device)
+    if options.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     criterion = nn.L1Loss()  # mean absolute error, in the target's unit (um for soaf, DOF for moaf)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = build_scheduler(optimizer, args)
 
     start_epoch, best_loss, best_epoch = 0, math.inf, -1
-    if checkpoint is not None:
+    if checkpoint is None:
+        model.set_target_scale(train_labels)
+        print(f"Target scale from the training labels: median {model.target_center.item():+.3f}, "
+              f"mean absolute deviation {model.target_scale.item():.3f} {TASKS[args.task].unit}")
+    else:
         start_epoch, best_loss = restore_training_state(checkpoint, resume_from, model, optimizer, scheduler, args)
         best_epoch = checkpoint.get("best_epoch", start_epoch - 1)
         print(f"Resumed from {resume_from}: continuing at epoch {start_epoch}, best val loss {best_loss:.4f}")
     if start_epoch >= args.epochs:
         print(f"Nothing to do: {start_epoch} epochs are already trained; raise --epochs to train more.")
         return
-    args.ckpt_dir.mkdir(parents=True, exist_ok=True)
-    remove_unfinished_writes(args.ckpt_dir)
+    # the training steps may run wrapped (DDP, compiled); validation, checkpoints and export use `model`
+    train_model = DistributedDataParallel(model) if world_size > 1 else model
+    if args.compile:
+        train_model = torch.compile(train_model)
     config = run_config(args)
-    (args.ckpt_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if rank == 0:
+        args.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        remove_unfinished_writes(args.ckpt_dir)
+        (args.ckpt_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     # purge_step drops logged points at or after start_epoch, so epochs trained again after
     # resuming from an earlier best replace their old points instead of doubling them
-    with SummaryWriter(log_dir=str(args.log_dir), purge_step=start_epoch) as writer:
-        writer.add_text("config", f"```\n{json.dumps(config, indent=2)}\n```", start_epoch)
+    with SummaryWriter(log_dir=str(args.log_dir), purge_step=start_epoch) if rank == 0 else nullcontext() as writer:
+        if writer:
+            writer.add_text("config", f"```\n{json.dumps(config, indent=2)}\n```", start_epoch)
         for epoch in range(start_epoch, args.epochs):
             start_time = time.time()
-            train_loss = train_epoch(model, train_loader, criterion, optimizer, device, epoch)
-            recalibrate_batchnorm(model, train_loader, device, args.bn_recalibration_batches)
-            val_loss = validation_epoch(model, val_loader, criterion, device)
+            if isinstance(train_loader.sampler, DistributedSampler):
+                train_loader.sampler.set_epoch(epoch)
+            train_loss = train_epoch(train_model, train_loader, criterion, optimizer, device, epoch, options)
+            recalibrate_batchnorm(model, train_loader, device, args.bn_recalibration_batches, options)
+            val_loss = validation_epoch(model, val_loader, criterion, device, options)
             current_lr = optimizer.param_groups[0]["lr"]
 
-            writer.add_scalar("Loss/train", train_loss, epoch)
-            writer.add_scalar("Loss/val", val_loss, epoch)
-            writer.add_scalar("Learning Rate", current_lr, epoch)
-            if args.log_images_every and epoch % args.log_images_every == 0:
-                writer.add_figure("Validation images", validation_image_grid(
-                    model, val_set, device, TASKS[args.task].unit), epoch, close=False)
-            writer.flush()
+            if writer:
+                writer.add_scalar("Loss/train", train_loss, epoch)
+                writer.add_scalar("Loss/val", val_loss, epoch)
+                writer.add_scalar("Learning Rate", current_lr, epoch)
+                if args.log_images_every and epoch % args.log_images_every == 0:
+                    writer.add_figure("Validation images", validation_image_grid(
+                        model, val_set, device, TASKS[args.task].unit), epoch, close=False)
+                writer.flush()
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(val_loss)
             elif scheduler is not None:
@@ -448,36 +622,37 @@ def main(args: argparse.Namespace) -> None:
             is_best = val_loss < best_loss
             best_loss = min(best_loss, val_loss)
             best_epoch = epoch if is_best else best_epoch
-            state = {
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "best_loss": best_loss,
-                "best_epoch": best_epoch,
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "train_label_mean": train_label_mean,
-                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "rng_states": rng_states(),
-            }
-            saved = []
-            # the two saving rules are independent: an epoch can be both regular and best
-            if is_regular_checkpoint_epoch(epoch):
-                regular_path = args.ckpt_dir / f"ckpt_{epoch:04d}.pt"
-                save_atomically(state, regular_path)
-                saved.append(regular_path.name)
-            if is_best:
-                best_path = args.ckpt_dir / f"ckpt_best_{epoch:04d}.pt"
-                save_atomically(state, best_path)
-                for old_best in args.ckpt_dir.glob("ckpt_best_*.pt"):
-                    if old_best != best_path:
-                        old_best.unlink()  # only after the new best is safely in place
-                saved.append(best_path.name)
+            saved, save_start = [], time.time()
+            if rank == 0:
+                state = {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "best_loss": best_loss,
+                    "best_epoch": best_epoch,
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "train_label_mean": train_label_mean,
+                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                    "rng_states": rng_states(),
+                }
+                # the two saving rules are independent: an epoch can be both regular and best
+                if is_regular_checkpoint_epoch(epoch):
+                    regular_path = args.ckpt_dir / f"ckpt_{epoch:04d}.pt"
+                    save_atomically(state, regular_path)
+                    saved.append(regular_path.name)
+                if is_best:
+                    best_path = args.ckpt_dir / f"ckpt_best_{epoch:04d}.pt"
+                    save_atomically(state, best_path)
+                    for old_best in args.ckpt_dir.glob("ckpt_best_*.pt"):
+                        if old_best != best_path:
+                            old_best.unlink()  # only after the new best is safely in place
+                    saved.append(best_path.name)
 
             print(f"Epoch {epoch + 1}/{args.epochs} | Train Loss: {train_loss:.4f} | "
-                  f"Val Loss: {val_loss:.4f} | LR: {current_lr:.2e} | "
-                  f"Time: {time.time() - start_time:.2f}s" + (f" | saved {', '.join(saved)}" if saved else ""))
+                  f"Val Loss: {val_loss:.4f} | LR: {current_lr:.2e} | Time: {time.time() - start_time:.2f}s"
+                  + (f" | saved {', '.join(saved)} in {time.time() - save_start:.2f}s" if saved else ""))
             if out_of_patience(epoch, best_epoch, args.patience):
                 print(f"Stopping early: the validation loss has not improved for {args.patience} epochs "
                       f"(best {best_loss:.4f} at epoch {best_epoch + 1}).")
@@ -496,6 +671,8 @@ def run(main_function, args) -> None:
     """Run a script's main; user-facing problems end with a message and exit code, not a traceback."""
     try:
         main_function(args)
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     except KeyboardInterrupt:
         print("\nInterrupted. Checkpoints written so far are complete; rerun the same command to resume.",
               file=sys.stderr)

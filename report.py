@@ -46,19 +46,30 @@ def error_metrics(results: pd.DataFrame, unit: str, train_label_mean: float | No
     if train_label_mean is not None:
         metrics["mean_predictor_mae"] = (results["label"] - train_label_mean).abs().mean()
     if "dof_um" in results:
-        to_um = results["dof_um"] if unit == "DOF" else 1.0
         to_dof = 1.0 if unit == "DOF" else 1.0 / results["dof_um"]
-        metrics["mae_um"] = (error * to_um).abs().mean()
-        metrics["mae_dof"] = (error * to_dof).abs().mean()
-        metrics["within_1_dof"] = ((error * to_dof).abs() <= 1).mean()
-        judged = (results["label"] * to_dof).abs() > 1
+        metrics.update(focus_metrics(results["label"] * to_dof, results["pt_pred"] * to_dof, results["dof_um"]))
     else:
         judged = results["label"] != 0
-    same_sign = np.sign(results["pt_pred"]) == np.sign(results["label"])
-    metrics["sign_accuracy"] = same_sign[judged].mean() if judged.any() else float("nan")
+        same_sign = np.sign(results["pt_pred"]) == np.sign(results["label"])
+        metrics["sign_accuracy"] = same_sign[judged].mean() if judged.any() else float("nan")
     metrics["latency_median_ms"] = results["onnx_time_cost"].median()
     metrics["latency_p95_ms"] = results["onnx_time_cost"].quantile(0.95)
+    if "int8_pred" in results:  # myTest.py --quantize
+        metrics["int8_mae"] = (results["int8_pred"] - results["label"]).abs().mean()
+        metrics["int8_latency_median_ms"] = results["int8_time_cost"].median()
     return {name: float(value) if name != "images" else value for name, value in metrics.items()}
+
+
+def focus_metrics(label_dof: pd.Series, pred_dof: pd.Series, dof_um: pd.Series, signed: bool = True) -> dict:
+    """What a focus loop cares about: MAE in um and in DOF, the share within one DOF, and how
+    often the direction is right for images more than one DOF from focus (closer, the
+    direction hardly matters). `signed=False` for predictions of |defocus|: no direction."""
+    error_dof = (pred_dof - label_dof).abs()
+    judged = label_dof.abs() > 1
+    same_sign = np.sign(pred_dof) == np.sign(label_dof)
+    return {"mae_um": (error_dof * dof_um).mean(), "mae_dof": error_dof.mean(),
+            "within_1_dof": (error_dof <= 1).mean(),
+            "sign_accuracy": same_sign[judged].mean() if signed and judged.any() else float("nan")}
 
 
 def per_objective_metrics(results: pd.DataFrame, unit: str, train_label_mean: float | None) -> pd.DataFrame:

@@ -1,0 +1,260 @@
+"""Training and inference speed: a plain reference loop against this project's defaults,
+measured in one run, on the same data and machine, so that the ratios mean something.
+
+    python bench.py --root_dir demo_data                       # the GPU if there is one, else the CPU
+    python bench.py --root_dir DATA --device cuda --batch_size 64 --num_workers 8 --quantize
+
+reference: the plain loop a user starts from: PIL + ToTensor, fp32, NCHW, DataLoader
+           defaults, no augmentation, no BatchNorm recalibration, torch.save, ONNX Runtime
+           with its defaults.
+project:   myTrain.py's and myTest.py's defaults: uint8 images from the loader, scaled and
+           augmented on the device, channels_last, --amp auto (bf16 or fp16 on CUDA, off on
+           CPU), pinned memory and persistent workers where they apply, BatchNorm
+           recalibration, atomic checkpoint writes, the tuned ONNX session.
+
+It prints images per second for data loading alone, the training step alone and a full
+epoch (training, recalibration, validation, checkpoint), batch-1 latency (median and 95th
+percentile) of PyTorch eager and ONNX Runtime, and the project/reference ratios.
+"""
+import argparse
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from torchvision.transforms import v2
+
+from checkpoints import save_atomically
+from myModel import export_onnx, quantize_onnx
+from myTest import calibration_feeds, onnx_session
+from myTrain import (IMAGE_SIZE, TASKS, StepOptions, build_loader, positive, recalibrate_batchnorm,
+                     step_options, train_epoch, validation_epoch)
+
+
+@dataclass
+class Setup:
+    """One side of the comparison."""
+
+    name: str
+    options: StepOptions
+    bn_recalibration_batches: int
+    augment: bool
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Benchmark the reference loop against the project's defaults.")
+    parser.add_argument("--root_dir", type=Path, default=None,
+                        help="dataset root (default: a demo dataset written to a temporary folder)")
+    parser.add_argument("--task", choices=sorted(TASKS), default="soaf", help="(default: %(default)s)")
+    parser.add_argument("--glob", default=None, help="CSV files per split (default: the task's default)")
+    parser.add_argument("--fe_str", default="mobilenetv4_conv_small", help="timm backbone (default: %(default)s)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="(default: cuda if available, else cpu)")
+    parser.add_argument("--batch_size", type=positive(int), default=32, help="(default: %(default)s)")
+    parser.add_argument("--num_workers", type=positive(int, allow_zero=True), default=min(8, os.cpu_count() or 1),
+                        help="loader processes, the same for both sides (default: %(default)s)")
+    parser.add_argument("--steps", type=positive(int), default=20,
+                        help="timed training steps, after 3 untimed ones (default: %(default)s)")
+    parser.add_argument("--latency_runs", type=positive(int), default=100,
+                        help="timed batch-1 inferences, after 10 untimed ones (default: %(default)s)")
+    parser.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
+                        help="the project side's mixed precision, as in myTrain.py (default: %(default)s)")
+    parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
+                        help="the project side's memory layout (default: %(default)s)")
+    parser.add_argument("--quantize", action="store_true", help="also time the static int8 ONNX model")
+    return parser
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def loading_rate(loader: DataLoader) -> float:
+    """Images per second of one pass over the loader, nothing else done with the batches."""
+    start, seen = time.perf_counter(), 0
+    for batch in loader:
+        seen += batch[0].shape[0]
+    return seen / (time.perf_counter() - start)
+
+
+def step_rate(model, batch, setup: Setup, device: torch.device, steps: int) -> float:
+    """Images per second of forward, backward and Adam step on one batch already on the device
+    (with what the setup does to a batch there: scaling, augmentation, layout)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    batch = [tensor.to(device) for tensor in batch]
+    train_epoch(model, [batch] * 3, nn.L1Loss(), optimizer, device, options=setup.options,
+                augment=setup.augment)  # warm-up
+    synchronize(device)
+    start = time.perf_counter()
+    train_epoch(model, [batch] * steps, nn.L1Loss(), optimizer, device, options=setup.options,
+                augment=setup.augment)
+    synchronize(device)
+    return steps * batch[0].shape[0] / (time.perf_counter() - start)
+
+
+def epoch_time(model, train_loader, val_loader, setup: Setup, device, save) -> tuple[float, float]:
+    """Seconds of one full epoch as the setup runs it, and the seconds of it spent writing the checkpoint."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    start = time.perf_counter()
+    train_epoch(model, train_loader, nn.L1Loss(), optimizer, device, options=setup.options, augment=setup.augment)
+    recalibrate_batchnorm(model, train_loader, device, setup.bn_recalibration_batches, setup.options)
+    validation_epoch(model, val_loader, nn.L1Loss(), device, setup.options)
+    synchronize(device)
+    save_start = time.perf_counter()
+    save({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+    return time.perf_counter() - start, time.perf_counter() - save_start
+
+
+def latency_ms(run, runs: int) -> tuple[float, float]:
+    """Median and 95th percentile milliseconds of `run()`, after 10 untimed calls."""
+    for _ in range(10):
+        run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times)), float(np.percentile(times, 95))
+
+
+def pytorch_latency(model, inputs, setup: Setup, device, runs: int) -> tuple[float, float]:
+    model.eval()
+    inputs = [tensor.to(device) for tensor in inputs]
+    if setup.options.channels_last:
+        inputs[0] = inputs[0].contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def run():
+        with torch.autocast(device.type, dtype=setup.options.amp_dtype, enabled=setup.options.amp_dtype is not None):
+            model(*inputs)
+        synchronize(device)
+    return latency_ms(run, runs)
+
+
+def onnx_latency(session: ort.InferenceSession, inputs, runs: int) -> tuple[float, float]:
+    feeds = {node.name: tensor.numpy() for node, tensor in zip(session.get_inputs(), inputs)}
+    return latency_ms(lambda: session.run(None, feeds), runs)
+
+
+def machine_description(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = f"{cpu}, {os.cpu_count()} logical CPUs"
+    if device.type == "cuda":
+        text += f", {torch.cuda.get_device_name(device)}"
+    return (f"{text}; torch {torch.__version__}, onnxruntime {ort.__version__}, "
+            f"device {device}")
+
+
+def demo_root() -> Path:
+    from make_demo_data import make_demo_dataset
+
+    root = Path(tempfile.mkdtemp(prefix="bench_demo_"))
+    print(f"Writing a demo dataset to {root} ...")
+    return make_demo_dataset(root, n_train=192, n_val=64, n_test=32)
+
+
+def main(args: argparse.Namespace) -> None:
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    root = args.root_dir or demo_root()
+    task = TASKS[args.task]
+    glob = {} if args.glob is None else {"glob_pattern": args.glob}
+
+    def dataset(split, transform):
+        return task.dataset(root, split, transform, **glob, image_size=IMAGE_SIZE)
+
+    reference = Setup("reference", StepOptions(), bn_recalibration_batches=0, augment=False)
+    project = Setup("project", step_options(args, device), bn_recalibration_batches=10, augment=True)
+    train_plain, val_plain = dataset("train", transforms.ToTensor()), dataset("val", transforms.ToTensor())
+    loaders = {
+        "reference": (DataLoader(train_plain, args.batch_size, shuffle=True, num_workers=args.num_workers),
+                      DataLoader(val_plain, args.batch_size, num_workers=args.num_workers)),
+        "project": (build_loader(dataset("train", v2.PILToTensor()), args.batch_size, args.num_workers,
+                                 device, shuffle=True),
+                    build_loader(dataset("val", v2.PILToTensor()), args.batch_size, args.num_workers, device,
+                                 shuffle=False)),
+    }
+    print(f"Machine: {machine_description(device)}")
+    print(f"Data: {root}, task {args.task}, {len(train_plain)} training and {len(val_plain)} validation images, "
+          f"batch {args.batch_size}, {args.num_workers} workers")
+    print(f"project options: {project.options}")
+
+    example = [tensor[:1] for tensor in next(iter(loaders["reference"][0]))[:-1]]  # float, as ONNX takes it
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        saves = {"reference": lambda state: torch.save(state, Path(folder) / "plain.pt"),
+                 "project": lambda state: save_atomically(state, Path(folder) / "atomic.pt")}
+        for setup in (reference, project):
+            torch.manual_seed(0)
+            model = task.model(args.fe_str, pretrained=False).to(device)
+            if setup.options.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            train_loader, val_loader = loaders[setup.name]
+            print(f"[{setup.name}] data loading ...", flush=True)
+            loading = loading_rate(train_loader)
+            print(f"[{setup.name}] training steps ...", flush=True)
+            steps = step_rate(model, next(iter(train_loader)), setup, device, args.steps)
+            print(f"[{setup.name}] full epoch ...", flush=True)
+            seconds, save_seconds = epoch_time(model, train_loader, val_loader, setup, device, saves[setup.name])
+            print(f"[{setup.name}] latency ...", flush=True)
+            eager = pytorch_latency(model, example, setup, device, args.latency_runs)
+            onnx_path = export_onnx(model.float(), Path(folder) / f"{setup.name}.onnx")
+            session = (ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+                       if setup is reference else onnx_session(onnx_path, device))
+            results[setup.name] = {
+                "data loading (images/s)": loading,
+                "training step (images/s)": steps,
+                "training epoch (images/s)": len(train_plain) / seconds,
+                "checkpoint write (share of the epoch)": save_seconds / seconds,
+                "PyTorch eager batch 1, median (ms)": eager[0],
+                "PyTorch eager batch 1, p95 (ms)": eager[1],
+                **dict(zip(("ONNX Runtime batch 1, median (ms)", "ONNX Runtime batch 1, p95 (ms)"),
+                           onnx_latency(session, example, args.latency_runs))),
+            }
+            if setup is project and args.quantize:
+                calibration = calibration_feeds(dataset("train", transforms.ToTensor()), 64, list(model.input_names))
+                int8 = onnx_session(quantize_onnx(onnx_path, calibration, Path(folder) / "int8.onnx"), device)
+                results["project"]["ONNX int8 batch 1, median (ms)"] = onnx_latency(int8, example, args.latency_runs)[0]
+    print_table(results)
+
+
+def print_table(results: dict) -> None:
+    """Markdown table: one row per measure, ratio project/reference (speed: higher is better)."""
+    reference, project = results["reference"], results["project"]
+    print("\n| measure | reference | project | project / reference |\n|---|---:|---:|---:|")
+    for measure, value in project.items():
+        base = reference.get(measure)
+        if base is None:
+            print(f"| {measure} | - | {value:.2f} | - |")
+            continue
+        if "images/s" in measure:
+            ratio = f"{value / base:.2f}x faster"
+        elif "(ms)" in measure:
+            ratio = f"{base / value:.2f}x faster"
+        else:
+            ratio = "-"
+        print(f"| {measure} | {base:.3g} | {value:.3g} | {ratio} |")
+    eager = reference["PyTorch eager batch 1, median (ms)"]
+    print(f"\nONNX Runtime (project) vs PyTorch eager (reference), batch-1 median: "
+          f"{eager / project['ONNX Runtime batch 1, median (ms)']:.2f}x faster")
+    if "ONNX int8 batch 1, median (ms)" in project:
+        print(f"int8 vs fp32 ONNX (project), batch-1 median: "
+              f"{project['ONNX Runtime batch 1, median (ms)'] / project['ONNX int8 batch 1, median (ms)']:.2f}x")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

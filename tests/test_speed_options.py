@@ -1,0 +1,117 @@
+"""Speed options give the same results as the plain path: mixed precision, channels_last,
+the in-memory image cache, torchrun with two processes, and int8 ONNX."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from conftest import ROOT
+from checkpoints import find_best_checkpoint, load_checkpoint
+from myDataset import SOAFDataset
+from myModel import SOAFModel
+from myTrain import StepOptions, augment_batch, build_loader, train_epoch, validation_epoch
+
+FAST = ("--no-pretrained", "--num_workers", "0", "--batch_size", "8", "--lr", "1e-4")
+
+
+def small_loader(demo_root):
+    """One batch of 8 training images."""
+    dataset = Subset(SOAFDataset(demo_root, "train"), range(8))
+    return build_loader(dataset, batch_size=8, num_workers=0, device=torch.device("cpu"), shuffle=False)
+
+
+def validate_then_train(demo_root, options: StepOptions) -> tuple[float, float]:
+    """(validation loss at initialisation, loss of one training epoch), from the same start every time."""
+    torch.manual_seed(0)
+    model = SOAFModel(pretrained=False)
+    model.set_target_scale(torch.tensor([-20.0, 0.0, 20.0]))
+    if options.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loader = small_loader(demo_root)
+    val_loss = validation_epoch(model, loader, nn.L1Loss(), torch.device("cpu"), options)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    train_loss = train_epoch(model, loader, nn.L1Loss(), optimizer, torch.device("cpu"), 0, options)
+    return val_loss, train_loss
+
+
+@pytest.fixture(scope="module")
+def fp32_losses(demo_root) -> tuple[float, float]:
+    return validate_then_train(demo_root, StepOptions())
+
+
+@pytest.mark.parametrize("options, tolerance", [
+    (StepOptions(channels_last=True), 1e-4),
+    (StepOptions(amp_dtype=torch.bfloat16), 0.05),
+    (StepOptions(amp_dtype=torch.float16, scaler=torch.amp.GradScaler("cpu")), 0.05),
+])
+def test_step_options_agree_with_fp32(demo_root, fp32_losses, options, tolerance):
+    fp32_val, fp32_train = fp32_losses
+    option_val, option_train = validate_then_train(demo_root, options)
+    assert option_val == pytest.approx(fp32_val, rel=tolerance)
+    assert option_train == pytest.approx(fp32_train, rel=tolerance)
+
+
+def test_image_cache_gives_the_same_images(demo_root, capsys):
+    plain = SOAFDataset(demo_root, "train")
+    cached = SOAFDataset(demo_root, "train")
+    megabytes = cached.cache_images()
+    assert megabytes == pytest.approx(len(cached) * 224 * 224 * 3 / 2**20)
+    for index in (0, len(plain) - 1):
+        assert torch.equal(plain[index][0], cached[index][0])
+        assert torch.equal(plain[index][1], cached[index][1])
+
+
+def dihedral_views(image: torch.Tensor) -> list[torch.Tensor]:
+    """The eight rotations and mirrorings of a square (C, H, W) image."""
+    views = []
+    for turned in (image, image.transpose(-1, -2)):
+        views += [turned, turned.flip(-1), turned.flip(-2), turned.flip(-1).flip(-2)]
+    return views
+
+
+def test_augmentation_only_turns_mirrors_and_rescales_intensity(demo_root):
+    images = torch.stack([SOAFDataset(demo_root, "train")[index][0] for index in range(8)])
+    torch.manual_seed(0)
+    augmented = augment_batch(images)
+    assert augmented.shape == images.shape and augmented.dtype == torch.float32
+    assert 0.0 <= augmented.min() and augmented.max() <= 1.0
+    turned = 0
+    for image, result in zip(images, augmented):
+        # brightness and contrast are affine in intensity: one view matches with correlation 1
+        unclipped = (result > 0) & (result < 1)  # a brighter lamp saturates the camera: clamped to 1
+        correlations = [torch.corrcoef(torch.stack([view[unclipped], result[unclipped]]))[0, 1]
+                        for view in dihedral_views(image)]
+        assert max(correlations) > 0.999
+        turned += int(torch.argmax(torch.stack(correlations))) != 0
+    assert turned >= 2  # most images are turned or mirrored (7 in 8 on average)
+
+
+def torchrun(*args, cwd):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(ROOT / "myTrain.py"), *map(str, args)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
+
+
+def test_torchrun_two_processes_train_validate_and_resume(demo_root, tmp_path):
+    trained = torchrun("--root_dir", demo_root, "--epochs", "2", *FAST, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    assert trained.stdout.count("Epoch 2/2") == 1, trained.stdout  # only rank 0 prints
+    assert "x 2 processes" in trained.stdout
+
+    # the validation loss both processes agreed on is the loss of the saved model on the whole split
+    best = load_checkpoint(find_best_checkpoint(tmp_path / ".ckpts"))
+    model = SOAFModel(pretrained=False)
+    model.load_state_dict(best["model"])
+    val_loader = build_loader(SOAFDataset(demo_root, "val"), 8, 0, torch.device("cpu"), shuffle=False)
+    assert validation_epoch(model, val_loader, nn.L1Loss(), torch.device("cpu")) == pytest.approx(
+        best["val_loss"], rel=1e-4)
+
+    resumed = torchrun("--root_dir", demo_root, "--epochs", "3", *FAST, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Resumed from" in resumed.stdout and resumed.stdout.count("Epoch 3/3") == 1
+    assert "Epoch 1/3" not in resumed.stdout
