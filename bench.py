@@ -14,7 +14,8 @@ project:   myTrain.py's and myTest.py's defaults: uint8 images from the loader, 
 
 It prints images per second for data loading alone, the training step alone and a full
 epoch (training, recalibration, validation, checkpoint), batch-1 latency (median and 95th
-percentile) of PyTorch eager and ONNX Runtime, and the project/reference ratios.
+percentile, the models taking turns call by call) of PyTorch eager and ONNX Runtime, and
+the project/reference ratios.
 """
 import argparse
 import os
@@ -114,35 +115,39 @@ def epoch_time(model, train_loader, val_loader, setup: Setup, device, save) -> t
     return time.perf_counter() - start, time.perf_counter() - save_start
 
 
-def latency_ms(run, runs: int) -> tuple[float, float]:
-    """Median and 95th percentile milliseconds of `run()`, after 10 untimed calls."""
-    for _ in range(10):
-        run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1000)
-    return float(np.median(times)), float(np.percentile(times, 95))
+def interleaved_latency_ms(runners: dict, runs: int, block: int = 20) -> dict:
+    """Median and 95th-percentile milliseconds of `runs` calls of each runner.
+
+    The runners take turns in blocks of `block` calls, so that a busy moment of a shared
+    machine slows them all alike and their ratios stay fair; each block starts with 5
+    untimed calls, because the threads of the previous runtime may still be spinning.
+    """
+    times = {name: [] for name in runners}
+    while any(len(t) < runs for t in times.values()):
+        for name, run in runners.items():
+            for call in range(5 + min(block, runs - len(times[name]))):
+                start = time.perf_counter()
+                run()
+                if call >= 5:
+                    times[name].append((time.perf_counter() - start) * 1000)
+    return {name: (float(np.median(t)), float(np.percentile(t, 95))) for name, t in times.items()}
 
 
-def pytorch_latency(model, inputs, setup: Setup, device, runs: int) -> tuple[float, float]:
-    model.eval()
+def pytorch_runner(model, inputs, device):
+    """One batch-1 inference in PyTorch eager mode, fp32 and NCHW as myTest.py runs it."""
+    model = model.eval().to(memory_format=torch.contiguous_format)
     inputs = [tensor.to(device) for tensor in inputs]
-    if setup.options.channels_last:
-        inputs[0] = inputs[0].contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def run():
-        with torch.autocast(device.type, dtype=setup.options.amp_dtype, enabled=setup.options.amp_dtype is not None):
-            model(*inputs)
+        model(*inputs)
         synchronize(device)
-    return latency_ms(run, runs)
+    return run
 
 
-def onnx_latency(session: ort.InferenceSession, inputs, runs: int) -> tuple[float, float]:
+def onnx_runner(session: ort.InferenceSession, inputs):
     feeds = {node.name: tensor.numpy() for node, tensor in zip(session.get_inputs(), inputs)}
-    return latency_ms(lambda: session.run(None, feeds), runs)
+    return lambda: session.run(None, feeds)
 
 
 def machine_description(device: torch.device) -> str:
@@ -163,7 +168,7 @@ def demo_root() -> Path:
 
     root = Path(tempfile.mkdtemp(prefix="bench_demo_"))
     print(f"Writing a demo dataset to {root} ...")
-    return make_demo_dataset(root, n_train=192, n_val=64, n_test=32)
+    return make_demo_dataset(root)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -194,7 +199,7 @@ def main(args: argparse.Namespace) -> None:
     print(f"project options: {project.options}")
 
     example = [tensor[:1] for tensor in next(iter(loaders["reference"][0]))[:-1]]  # float, as ONNX takes it
-    results = {}
+    results, runners = {}, {}
     with tempfile.TemporaryDirectory() as folder:
         saves = {"reference": lambda state: torch.save(state, Path(folder) / "plain.pt"),
                  "project": lambda state: save_atomically(state, Path(folder) / "atomic.pt")}
@@ -210,25 +215,25 @@ def main(args: argparse.Namespace) -> None:
             steps = step_rate(model, next(iter(train_loader)), setup, device, args.steps)
             print(f"[{setup.name}] full epoch ...", flush=True)
             seconds, save_seconds = epoch_time(model, train_loader, val_loader, setup, device, saves[setup.name])
-            print(f"[{setup.name}] latency ...", flush=True)
-            eager = pytorch_latency(model, example, setup, device, args.latency_runs)
-            onnx_path = export_onnx(model.float(), Path(folder) / f"{setup.name}.onnx")
+            onnx_path = export_onnx(model, Path(folder) / f"{setup.name}.onnx")
             session = (ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
                        if setup is reference else onnx_session(onnx_path, device))
+            runners[setup.name, "PyTorch eager"] = pytorch_runner(model, example, device)
+            runners[setup.name, "ONNX Runtime"] = onnx_runner(session, example)
+            if setup is project and args.quantize:
+                calibration = calibration_feeds(dataset("train", transforms.ToTensor()), 64, list(model.input_names))
+                int8 = onnx_session(quantize_onnx(onnx_path, calibration, Path(folder) / "int8.onnx"), device)
+                runners[setup.name, "ONNX int8"] = onnx_runner(int8, example)
             results[setup.name] = {
                 "data loading (images/s)": loading,
                 "training step (images/s)": steps,
                 "training epoch (images/s)": len(train_plain) / seconds,
                 "checkpoint write (share of the epoch)": save_seconds / seconds,
-                "PyTorch eager batch 1, median (ms)": eager[0],
-                "PyTorch eager batch 1, p95 (ms)": eager[1],
-                **dict(zip(("ONNX Runtime batch 1, median (ms)", "ONNX Runtime batch 1, p95 (ms)"),
-                           onnx_latency(session, example, args.latency_runs))),
             }
-            if setup is project and args.quantize:
-                calibration = calibration_feeds(dataset("train", transforms.ToTensor()), 64, list(model.input_names))
-                int8 = onnx_session(quantize_onnx(onnx_path, calibration, Path(folder) / "int8.onnx"), device)
-                results["project"]["ONNX int8 batch 1, median (ms)"] = onnx_latency(int8, example, args.latency_runs)[0]
+        print("batch-1 latency, all models taking turns ...", flush=True)
+        for (name, runtime), (median, p95) in interleaved_latency_ms(runners, args.latency_runs).items():
+            results[name][f"{runtime} batch 1, median (ms)"] = median
+            results[name][f"{runtime} batch 1, p95 (ms)"] = p95
     print_table(results)
 
 
@@ -251,7 +256,7 @@ def print_table(results: dict) -> None:
     eager = reference["PyTorch eager batch 1, median (ms)"]
     print(f"\nONNX Runtime (project) vs PyTorch eager (reference), batch-1 median: "
           f"{eager / project['ONNX Runtime batch 1, median (ms)']:.2f}x faster")
-    if "ONNX int8 batch 1, median (ms)" in project:
+    if "ONNX int8 batch 1, median (ms)" in project:  # with --quantize
         print(f"int8 vs fp32 ONNX (project), batch-1 median: "
               f"{project['ONNX Runtime batch 1, median (ms)'] / project['ONNX int8 batch 1, median (ms)']:.2f}x")
 

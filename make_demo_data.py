@@ -181,10 +181,11 @@ def write_split(root: Path, split: str, n_images: int, magnification: float, na:
     return n_images
 
 
-def make_demo_dataset(root: Path, n_train: int = 96, n_val: int = 32, n_test: int = 32, seed: int = 0) -> Path:
+def make_demo_dataset(root: Path, n_train: int = 192, n_val: int = 32, n_test: int = 32, seed: int = 0,
+                      objectives: tuple[tuple[float, float], ...] = OBJECTIVES) -> Path:
     """Write the demo dataset under `root` (images per objective per split) and return `root`."""
     rng = np.random.default_rng(seed)
-    for magnification, na in OBJECTIVES:
+    for magnification, na in objectives:
         for split, n_images in (("train", n_train), ("val", n_val), ("test", n_test)):
             write_split(root, split, n_images, magnification, na, rng)
     return root
@@ -193,7 +194,7 @@ def make_demo_dataset(root: Path, n_train: int = 96, n_val: int = 32, n_test: in
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write a synthetic autofocus dataset.")
     parser.add_argument("root_dir", type=Path, help="folder to write the dataset into")
-    parser.add_argument("--train", type=int, default=96, help="training images per objective (default: %(default)s)")
+    parser.add_argument("--train", type=int, default=192, help="training images per objective (default: %(default)s)")
     parser.add_argument("--val", type=int, default=32, help="validation images per objective (default: %(default)s)")
     parser.add_argument("--test", type=int, default=32, help="test images per objective (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")

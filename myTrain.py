@@ -6,7 +6,9 @@ MOAF: image + (magnification, NA) -> defocus in depth-of-field units, every obje
     python myTrain.py --root_dir DATA                              # SOAF on 10x/0.3 CSVs, 800 epochs
     python myTrain.py --root_dir DATA --glob "20x_0.7*.csv"        # SOAF on another objective
     python myTrain.py --root_dir DATA --task moaf                  # MOAF on all CSVs
-    python myTrain.py --root_dir demo_data --epochs 3 --no-pretrained --num_workers 2   # CPU smoke run
+    python myTrain.py --root_dir demo_data --no-pretrained --lr 1e-3 --batch_size 16 --dropout 0 \
+        --scheduler cosine --warmup_epochs 1 --epochs 30 --num_workers 2      # from scratch, on the CPU
+    torchrun --nproc_per_node=4 myTrain.py --root_dir DATA         # four GPUs
     tensorboard --logdir runs                                      # curves: Loss/train, Loss/val, Learning Rate
 
 Stop with Ctrl-C at any moment; running the same command again resumes from the newest
@@ -298,7 +300,8 @@ def show_running_loss(bar: tqdm, total_loss: float, seen: int, start_time: float
 def mean_over_processes(total: float, count: int) -> float:
     """total / count, with both summed over all torchrun processes."""
     if rank_and_world_size()[1] > 1:
-        sums = torch.tensor([total, count], dtype=torch.float64)
+        device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"  # NCCL: GPU only
+        sums = torch.tensor([total, count], dtype=torch.float64, device=device)
         dist.all_reduce(sums)
         total, count = sums.tolist()
     return total / count

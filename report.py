@@ -1,11 +1,16 @@
-"""The test report: errors per objective and the plots that show them.
+"""The test report: errors per objective and the plots that show them; learning curves.
 
-myTest.py writes both next to its result CSV; the functions also work on a result CSV
-loaded in a notebook:
+myTest.py writes the metrics and plots next to its result CSV; the functions also work on a
+result CSV loaded in a notebook:
 
     results = pd.read_csv(".result/ckpt_best_0009_test.csv")
     per_objective_metrics(results, unit="DOF", train_label_mean=None)
+
+Learning curves of one or more TensorBoard runs as a PNG, for a report or a README:
+
+    python report.py runs/soaf runs/moaf --out curves.png
 """
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +140,35 @@ def save_figure(figure, axis, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     return path
+
+
+def plot_learning_curves(log_dirs: list[Path], path: Path, mean_predictor: float | None = None) -> Path:
+    """Loss/train and Loss/val against epoch for each TensorBoard run, one colour per run, and
+    the validation loss of always predicting the training mean as a line, when given."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    figure = Figure(figsize=(7, 4.5))
+    axis = figure.subplots()
+    for colour, log_dir in enumerate(log_dirs):
+        run = EventAccumulator(str(log_dir))
+        run.Reload()
+        for tag, style in (("Loss/train", ":"), ("Loss/val", "-")):
+            if tag not in run.Tags()["scalars"]:
+                raise SystemExit(f"error: {log_dir} holds no {tag!r} scalars (is it a TensorBoard run folder?)")
+            events = run.Scalars(tag)
+            axis.plot([e.step + 1 for e in events], [e.value for e in events], style, color=f"C{colour}",
+                      label=f"{Path(log_dir).name} {tag.split('/')[1]}")
+    if mean_predictor is not None:
+        axis.axhline(mean_predictor, color="grey", linestyle="--", linewidth=1, label="predicting the training mean")
+    axis.set(xlabel="epoch", ylabel="L1 loss (the task's unit)", title="Learning curves")
+    return save_figure(figure, axis, path)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Plot the learning curves of TensorBoard runs.")
+    parser.add_argument("log_dirs", type=Path, nargs="+", help="TensorBoard run folders, e.g. runs/soaf")
+    parser.add_argument("--out", type=Path, default=Path("learning_curves.png"), help="(default: %(default)s)")
+    parser.add_argument("--mean_predictor", type=float, default=None,
+                        help="validation loss of predicting the training mean, drawn as a line (default: none)")
+    cli_args = parser.parse_args()
+    print(f"Learning curves: {plot_learning_curves(cli_args.log_dirs, cli_args.out, cli_args.mean_predictor)}")

@@ -167,3 +167,28 @@ def test_importing_the_modules_prints_nothing(tmp_path):
     result = subprocess.run([sys.executable, "-c", "import myDataset, myModel, report"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+
+
+def test_target_scale_maps_the_head_output_to_physical_units(tmp_path):
+    torch.manual_seed(0)
+    model = SOAFModel(pretrained=False).eval()
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        unit_scale = model(images)
+    model.set_target_scale(torch.tensor([-30.0, -10.0, 2.0, 10.0, 40.0]))
+    assert model.target_center.item() == 2.0  # the median
+    assert model.target_scale.item() == pytest.approx((32 + 12 + 0 + 8 + 38) / 5)  # mean |label - median|
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), 2.0 + 18.0 * unit_scale)
+    assert {"target_center", "target_scale"} <= set(model.state_dict())
+
+    session = ort.InferenceSession(str(export_onnx(model, tmp_path / "scaled.onnx")),
+                                   providers=["CPUExecutionProvider"])
+    (onnx_output,) = session.run(None, {"input": images.numpy()})
+    np.testing.assert_allclose(onnx_output, model(images).detach().numpy(), atol=1e-3)
+
+
+def test_constant_labels_leave_the_scale_at_one():
+    model = SOAFModel(pretrained=False)
+    model.set_target_scale(torch.full((4,), 3.0))
+    assert (model.target_center.item(), model.target_scale.item()) == (3.0, 1.0)

@@ -4,15 +4,18 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from conftest import ROOT
+from conftest import ROOT, run_script
 from checkpoints import find_best_checkpoint, load_checkpoint
 from myDataset import SOAFDataset
-from myModel import SOAFModel
+from myModel import SOAFModel, export_onnx, quantize_onnx
+from myTest import calibration_feeds, onnx_session
 from myTrain import StepOptions, augment_batch, build_loader, train_epoch, validation_epoch
 
 FAST = ("--no-pretrained", "--num_workers", "0", "--batch_size", "8", "--lr", "1e-4")
@@ -115,3 +118,31 @@ def test_torchrun_two_processes_train_validate_and_resume(demo_root, tmp_path):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Resumed from" in resumed.stdout and resumed.stdout.count("Epoch 3/3") == 1
     assert "Epoch 1/3" not in resumed.stdout
+
+
+def test_int8_model_is_quantised_and_close_to_fp32(demo_root, tmp_path):
+    torch.manual_seed(0)
+    model = SOAFModel(pretrained=False).eval()
+    model.set_target_scale(torch.tensor([-20.0, 0.0, 20.0]))
+    fp32_path = export_onnx(model, tmp_path / "model.onnx")
+    train = SOAFDataset(demo_root, "train")
+    int8_path = quantize_onnx(fp32_path, calibration_feeds(train, 8, ["input"]), tmp_path / "model_int8.onnx")
+    graph = onnx.load(str(int8_path)).graph
+    assert sum(node.op_type == "QuantizeLinear" for node in graph.node) >= 10
+    assert any(node.op_type == "Gemm" for node in graph.node)  # the head stays in fp32
+
+    images = np.stack([SOAFDataset(demo_root, "test")[index][0].numpy() for index in range(8)])
+    fp32, int8 = (onnx_session(path, torch.device("cpu")).run(None, {"input": images})[0]
+                  for path in (fp32_path, int8_path))
+    np.testing.assert_allclose(int8, fp32, rtol=0.05)  # a few per cent of the output, as int8 allows
+
+
+def test_bench_measures_both_setups_and_prints_ratios(demo_root, tmp_path):
+    result = run_script("bench.py", "--root_dir", demo_root, "--num_workers", "0", "--batch_size", "8",
+                        "--steps", "1", "--latency_runs", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for measure in ("data loading (images/s)", "training step (images/s)", "training epoch (images/s)",
+                    "checkpoint write (share of the epoch)", "PyTorch eager batch 1, median (ms)",
+                    "ONNX Runtime batch 1, p95 (ms)"):
+        assert f"| {measure} |" in result.stdout
+    assert "ONNX Runtime (project) vs PyTorch eager (reference), batch-1 median:" in result.stdout
