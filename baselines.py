@@ -61,7 +61,10 @@ def baseline_rows(train: pd.DataFrame, test: pd.DataFrame) -> list[dict]:
 
 def network_rows(name: str, results_csv: Path, test: pd.DataFrame) -> list[dict]:
     """Rows of a myTest.py result CSV, whose label is in um (SOAF) or DOF (MOAF)."""
-    results = pd.read_csv(results_csv, usecols=["image_path", "label", "pt_pred"])
+    try:
+        results = pd.read_csv(results_csv, usecols=["image_path", "label", "pt_pred"])
+    except (ValueError, pd.errors.ParserError) as error:
+        raise SystemExit(f"error: {results_csv} is not a result CSV of myTest.py ({error})")
     results = results.merge(test, on="image_path", validate="one_to_one")
     if results.empty:
         raise SystemExit(f"error: no image of {results_csv} is in the test split")

@@ -36,7 +36,7 @@ from torchvision.transforms import v2
 from checkpoints import save_atomically
 from myModel import export_onnx, quantize_onnx
 from myTest import calibration_feeds, onnx_session
-from myTrain import (IMAGE_SIZE, TASKS, StepOptions, build_loader, positive, recalibrate_batchnorm,
+from myTrain import (IMAGE_SIZE, TASKS, StepOptions, build_loader, positive, recalibrate_batchnorm, run,
                      step_options, train_epoch, validation_epoch)
 
 
@@ -124,10 +124,10 @@ def interleaved_latency_ms(runners: dict, runs: int, block: int = 20) -> dict:
     """
     times = {name: [] for name in runners}
     while any(len(t) < runs for t in times.values()):
-        for name, run in runners.items():
+        for name, infer in runners.items():
             for call in range(5 + min(block, runs - len(times[name]))):
                 start = time.perf_counter()
-                run()
+                infer()
                 if call >= 5:
                     times[name].append((time.perf_counter() - start) * 1000)
     return {name: (float(np.median(t)), float(np.percentile(t, 95))) for name, t in times.items()}
@@ -262,4 +262,4 @@ def print_table(results: dict) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run(main, get_args_parser().parse_args())

@@ -51,3 +51,9 @@ def test_script_prints_a_table_and_refuses_bad_arguments(demo_root, tmp_path):
     assert result.stdout.count("| mean predictor |") == 2 and result.stdout.count("| Sobel fit, unsigned |") == 2
     missing = run_script("baselines.py", "--root_dir", demo_root, "--results", "net=nowhere.csv", cwd=tmp_path)
     assert missing.returncode == 2 and "nowhere.csv does not exist" in missing.stderr
+
+
+def test_a_csv_that_is_no_result_file_is_refused_by_name(splits, tmp_path):
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(SystemExit, match="other.csv is not a result CSV of myTest.py"):
+        network_rows("net", tmp_path / "other.csv", splits[1])
