@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from myDataset import DatasetError, read_split
-from report import focus_metrics
+from report import depth_of_field_um, focus_metrics, objective_name
 
 COLUMNS = ("image_path", "sobel_sharpness", "defocus_label", "magnification", "NA", "defocus_dof_label")
 
@@ -28,9 +28,8 @@ COLUMNS = ("image_path", "sobel_sharpness", "defocus_label", "magnification", "N
 def with_objective_and_dof(frame: pd.DataFrame) -> pd.DataFrame:
     """The split's table with an `objective` name and each row's depth of field in um."""
     frame = frame.copy()
-    frame["objective"] = [f"{m:g}x/{na:g}" for m, na in zip(frame["magnification"], frame["NA"])]
-    dof_um = (frame["defocus_label"] / frame["defocus_dof_label"]).where(frame["defocus_dof_label"].abs() > 1e-9)
-    frame["dof_um"] = dof_um.fillna(dof_um.groupby(frame["objective"]).transform("median")).abs()
+    frame["objective"] = [objective_name(m, na) for m, na in zip(frame["magnification"], frame["NA"])]
+    frame["dof_um"] = depth_of_field_um(frame)
     return frame
 
 

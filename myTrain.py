@@ -261,6 +261,11 @@ def step_options(args, device: torch.device) -> StepOptions:
     return StepOptions(amp_dtype, args.channels_last, scaler)
 
 
+def autocast(device: torch.device, options: StepOptions):
+    """Mixed precision as the options say; a no-op context for fp32."""
+    return torch.autocast(device.type, dtype=options.amp_dtype, enabled=options.amp_dtype is not None)
+
+
 def split_batch(batch, device: torch.device, options: StepOptions = StepOptions(), augment: bool = False):
     """(model inputs, target) of a batch on the device: (image,) for SOAF, (image, params) for MOAF.
 
@@ -281,7 +286,7 @@ def forward_batch(model: nn.Module, batch, criterion, device: torch.device,
                   options: StepOptions = StepOptions(), augment: bool = False) -> tuple[torch.Tensor, int]:
     """Loss of one batch (computed in fp32, whatever the autocast dtype) and its size."""
     inputs, target = split_batch(batch, device, options, augment)
-    with torch.autocast(device.type, dtype=options.amp_dtype, enabled=options.amp_dtype is not None):
+    with autocast(device, options):
         prediction = model(*inputs)  # (N, 1)
     return criterion(prediction.float(), target.view(-1, 1)), target.shape[0]
 
@@ -357,7 +362,7 @@ def recalibrate_batchnorm(model, loader, device, max_batches: int, options: Step
         if batch_index == max_batches:
             break
         inputs, _target = split_batch(batch, device, options)
-        with torch.autocast(device.type, dtype=options.amp_dtype, enabled=options.amp_dtype is not None):
+        with autocast(device, options):
             model(*inputs)
     world_size = rank_and_world_size()[1]
     for norm, momentum in zip(norms, momenta):

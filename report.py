@@ -90,8 +90,12 @@ def objective_groups(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """("10x/0.3", rows) for each objective present; ("all", results) when the CSV names none."""
     if not {"magnification", "NA"} <= set(results.columns):
         return [("all", results)]
-    return [(f"{magnification:g}x/{na:g}", group)
+    return [(objective_name(magnification, na), group)
             for (magnification, na), group in results.groupby(["magnification", "NA"])]
+
+
+def objective_name(magnification: float, na: float) -> str:
+    return f"{magnification:g}x/{na:g}"
 
 
 def plot_report(results: pd.DataFrame, unit: str, stem: Path) -> list[Path]:
