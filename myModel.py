@@ -96,7 +96,7 @@ def create_feature_extractor(model_name: str, pretrained: bool, pretrained_file:
 
 
 def regression_head(in_features: int, dropout: float = 0.5) -> nn.Sequential:
-    """The user's head: in_features -> 256 -> 128 -> 1, ReLU and Dropout(0.5) between."""
+    """The user's head: in_features -> 256 -> 128 -> 1, ReLU and Dropout (0.5 by default) between."""
     return nn.Sequential(
         nn.Linear(in_features, 256),
         nn.ReLU(inplace=True),
@@ -155,7 +155,7 @@ class AutofocusModel(nn.Module):
         self.target_scale.fill_(scale if scale > 0 else 1.0)  # constant targets: nothing to scale
 
     def to_physical(self, raw_output: torch.Tensor) -> torch.Tensor:
-        # in fp32 even under autocast: bf16 would round +-40 um to a tenth of a micrometre
+        # in fp32 even under autocast: bf16 would round +-40 um to a quarter of a micrometre
         return self.target_center + self.target_scale * raw_output.float()
 
     def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
