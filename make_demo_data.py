@@ -1,42 +1,78 @@
 """Write a small synthetic autofocus dataset in the layout myDataset.py reads.
 
-    python make_demo_data.py demo_data                        # 10x/0.3 and 20x/0.7, seconds
-    python make_demo_data.py demo_data --train 400 --seed 1   # more training images
+    python make_demo_data.py demo_data                                   # 10x/0.3 and 20x/0.7, seconds
+    python make_demo_data.py demo_data --train 400 --seed 1              # more training images
+    python make_demo_data.py weak_cue --chromatic_shift_dof 0            # the side of focus barely shows
+    python make_demo_data.py demo40 --objectives 10x_0.3 40x_0.75 --max_defocus_dof 8
 
-What the images model, so that a network trained on them has learnt defocus:
+What the images model, so that a network trained on them has learnt defocus as real optics show it:
 - H&E-like tissue (nuclei, fibrous stroma) drawn in micrometres and sampled at the
   objective's pixel size in the specimen (camera pixel / magnification), rendered by
   Beer-Lambert absorption of two stains.
-- Geometric defocus blur: a disc of radius |z| * tan(asin(NA/n)), on top of the
-  diffraction limit; the defocus range is a fixed number of depths of field, so both
-  objectives span the same blur range in DOF units.
-- Above/below-focus asymmetry as real optics have it: spherical aberration (growing with
-  NA) makes the blur disc ring-like on one side of focus and centre-heavy on the other,
-  and longitudinal chromatic aberration focuses red and blue at slightly different depths.
+- Defocus through a scalar pupil-function PSF per colour channel: a uniform pupil of
+  radius NA, the exact defocus phase k z cos(theta), integration over the camera pixels.
+  Blur from this alone is the same on both sides of focus.
+- The side of focus shows only through what real objectives carry (see `Optics`):
+  longitudinal chromatic aberration (an achromat's green focus apart from red and blue)
+  and the spherical aberration of a dry objective focused into an aqueous specimen,
+  both weak. With `--chromatic_shift_dof 0` only the spherical aberration is left, and
+  the direction is barely learnable, as with many real objectives.
 - Shot and read noise, illumination and stain variation between slides, and tissue
   from sparse to dense, so that the amount of edge alone does not give the defocus.
 
-Each split gets its own tissue fields (no field appears in two splits); every field is
-imaged at several defocus positions, like a z-stack. Output is deterministic for a seed.
+The defocus range is a fixed number of depths of field, so every objective spans the same
+blur range in DOF units. Each split gets its own tissue fields (no field appears in two
+splits); every field is imaged at several defocus positions, like a z-stack. Output is
+deterministic for a seed. PSFs are computed once per defocus on a grid of Z_GRID_DOF and
+cached, and the labels lie on that grid.
 """
 import argparse
 import functools
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 IMAGE_SIZE = 224
-WAVELENGTH_UM = 0.55
-REFRACTIVE_INDEX = 1.0
+WAVELENGTH_UM = 0.55  # of the depth-of-field formula
+REFRACTIVE_INDEX = 1.0  # of the depth-of-field formula: dry objectives
+OBJECTIVE_MEDIUM_INDEX = 1.0  # between objective and coverslip: air
 CAMERA_PIXEL_UM = 6.5
+CHANNEL_WAVELENGTHS_UM = (0.60, 0.54, 0.46)  # centre of the camera's red, green and blue bands
 OBJECTIVES = ((10.0, 0.3), (20.0, 0.7))
 MAX_DEFOCUS_DOF = 5.0  # defocus is drawn uniformly from +-this many depths of field
+Z_GRID_DOF = 0.05  # defocus is drawn on this grid, so that each PSF is computed once and cached
+PSF_OVERSAMPLING = 2  # PSF samples per camera pixel, enough for NA/wavelength up to 1/(4 pixels)
 Z_PER_FIELD = 8  # defocus positions imaged per tissue field
 SLIDES_PER_SPLIT = 2  # each split and objective is written as this many CSV files
-CHROMATIC_SHIFT_DOF = (0.3, 0.0, -0.3)  # focal shift of R, G, B relative to green
 CSV_COLUMNS = "image_path,sobel_sharpness,defocus_label,magnification,NA,defocus_dof_label"
+
+
+@dataclass(frozen=True)
+class Optics:
+    """The two asymmetries of real objectives that show on which side of focus an image is.
+
+    Both are small in real microscopes, so the defaults are modest:
+    - `chromatic_shift_dof`: longitudinal chromatic aberration. Red and blue focus this many
+      depths of field beyond green, as in an achromat, whose red and blue foci coincide and
+      whose green focus lies apart (the secondary spectrum, of the order of the depth of
+      field). 0 removes the cue.
+    - spherical aberration from imaging `specimen_depth_um` deep into an aqueous specimen
+      (`specimen_index` 1.33) with a dry objective corrected for a point just below the
+      coverslip; it grows as NA^4 and is a weak cue (0.03 waves RMS at 20x/0.7 here).
+    """
+
+    chromatic_shift_dof: float = 0.5
+    specimen_depth_um: float = 10.0
+    specimen_index: float = 1.33
+
+    def channel_focus_dof(self) -> tuple[float, float, float]:
+        """Where red, green and blue are in focus, in depths of field from the labelled focus (green)."""
+        return (self.chromatic_shift_dof, 0.0, self.chromatic_shift_dof)
+
+
 # optical densities of the two stains per RGB channel (haematoxylin: blue-purple, eosin: pink)
 HAEMATOXYLIN_OD = np.array([0.65, 0.70, 0.29])
 EOSIN_OD = np.array([0.07, 0.99, 0.11])
@@ -62,12 +98,6 @@ def wrapped_distance_grid(size: int, cy: float = 0.0, cx: float = 0.0) -> tuple[
     dy = (coords[:, None] - cy + size / 2) % size - size / 2
     dx = (coords[None, :] - cx + size / 2) % size - size / 2
     return dy, dx
-
-
-@functools.cache
-def distance_from_origin(size: int) -> np.ndarray:
-    """Distance of every pixel from pixel (0, 0) on a periodic grid: where a blur kernel is centred."""
-    return np.hypot(*wrapped_distance_grid(size))
 
 
 def smooth_noise(rng: np.random.Generator, size: int, scale_px: float, anisotropy: float = 1.0) -> np.ndarray:
@@ -111,31 +141,74 @@ def render_transmission(haematoxylin: np.ndarray, eosin: np.ndarray, stain_scale
     return np.exp(-optical_density)
 
 
-def defocus_otf(z_um: float, magnification: float, na: float) -> np.ndarray:
-    """Optical transfer function (rfft2 layout) of the defocused PSF at axial position z_um."""
-    pixel_um = CAMERA_PIXEL_UM / magnification
-    fy, fx = frequency_grid(IMAGE_SIZE)
-    diffraction_sigma_px = 0.21 * WAVELENGTH_UM / na / pixel_um
-    otf = np.exp(-2 * math.pi**2 * diffraction_sigma_px**2 * (fx**2 + fy**2))
-    radius_px = abs(z_um) * math.tan(math.asin(na / REFRACTIVE_INDEX)) / pixel_um
-    if radius_px < 0.5:
-        return otf
-    distance = distance_from_origin(IMAGE_SIZE)
-    disc = np.clip(radius_px + 0.5 - distance, 0, 1)
-    # spherical aberration: a bright rim on one side of focus, a bright core on the other
-    rho2 = np.clip(distance / radius_px, 0, 1) ** 2
-    asymmetry = math.copysign(min(0.9, 1.2 * na), z_um)
-    kernel = disc * (1 + asymmetry * (2 * rho2 - 1))
-    return otf * np.fft.rfft2(kernel / kernel.sum())
+def pupil_coordinates(magnification: float, na: float, wavelength_um: float):
+    """Sine of each pupil sample's ray angle in air, on the oversampled PSF grid's frequencies, and the pupil mask.
+
+    The grid has PSF_OVERSAMPLING samples per camera pixel, so the intensity PSF, whose
+    spectrum reaches twice the pupil's radius, is sampled without aliasing before the
+    camera's pixels integrate it.
+    """
+    size = IMAGE_SIZE * PSF_OVERSAMPLING
+    sample_um = CAMERA_PIXEL_UM / magnification / PSF_OVERSAMPLING
+    frequency = np.fft.fftfreq(size, d=sample_um)  # cycles per micrometre in the specimen
+    sine = wavelength_um * np.hypot(frequency[:, None], frequency[None, :]) / OBJECTIVE_MEDIUM_INDEX
+    return sine, sine <= na / OBJECTIVE_MEDIUM_INDEX
 
 
-def image_at_defocus(rng, transmission, z_um, magnification, na, dof_um) -> np.ndarray:
-    """Blur each colour channel at its own focal depth, add camera noise, quantise to uint8."""
+def index_mismatch_path_um(sine: np.ndarray, pupil: np.ndarray, optics: Optics) -> np.ndarray:
+    """Optical path error (um) across the pupil of a point `specimen_depth_um` deep in a
+    specimen of another refractive index than the objective was designed for, balanced
+    against defocus.
+
+    The raw error, depth x (n2 cos(theta2) - n1 cos(theta1)), is mostly a focal shift; its
+    least-squares fit by piston and defocus over the pupil is removed, so what remains is
+    the spherical aberration alone and z = 0 is the plane of least wavefront error (the
+    sharpest image for aberrations this small). That residual grows with NA as NA^4.
+    """
+    n1, n2 = OBJECTIVE_MEDIUM_INDEX, optics.specimen_index
+    cos1 = np.sqrt(n1**2 - (n1 * sine[pupil]) ** 2)
+    raw = optics.specimen_depth_um * (np.sqrt(n2**2 - (n1 * sine[pupil]) ** 2) - cos1)
+    basis = np.stack([np.ones_like(cos1), cos1], axis=1)
+    coefficients, *_ = np.linalg.lstsq(basis, raw, rcond=None)
+    path_um = np.zeros_like(sine)
+    path_um[pupil] = raw - basis @ coefficients
+    return path_um
+
+
+@functools.lru_cache(maxsize=4096)
+def channel_otf(z_um: float, magnification: float, na: float, wavelength_um: float, optics: Optics) -> np.ndarray:
+    """Optical transfer function (rfft2 layout of a camera image) of one colour at defocus z_um.
+
+    Scalar pupil model: an aberration-free, uniformly filled pupil of radius NA, the exact
+    defocus phase k z n cos(theta) and the index-mismatch spherical aberration; the
+    intensity PSF is integrated over the camera's square pixels and sampled at them.
+    """
+    sine, pupil = pupil_coordinates(magnification, na, wavelength_um)
+    cosine = np.sqrt(np.clip(1 - sine**2, 0, None))
+    path_um = z_um * OBJECTIVE_MEDIUM_INDEX * cosine + index_mismatch_path_um(sine, pupil, optics)
+    field = np.fft.ifft2(pupil * np.exp(2j * np.pi / wavelength_um * path_um))
+    otf = np.fft.fft2(np.abs(field) ** 2)
+    size, pixel = IMAGE_SIZE, np.fft.fftfreq(IMAGE_SIZE * PSF_OVERSAMPLING) * PSF_OVERSAMPLING
+    otf *= np.sinc(pixel)[:, None] * np.sinc(pixel)[None, :]  # integration over one camera pixel
+    # sampling at the camera's pixels folds the spectrum onto the camera's frequency range
+    otf = otf.reshape(PSF_OVERSAMPLING, size, PSF_OVERSAMPLING, size).sum(axis=(0, 2))
+    return (otf / otf[0, 0])[:, : size // 2 + 1].astype(np.complex64)
+
+
+def defocused_channels(transmission: np.ndarray, z_um: float, magnification: float, na: float,
+                       dof_um: float, optics: Optics) -> np.ndarray:
+    """Each colour channel blurred at its own focal depth (longitudinal chromatic aberration)."""
     channels = []
-    for c, shift_dof in enumerate(CHROMATIC_SHIFT_DOF):
-        otf = defocus_otf(z_um + shift_dof * dof_um, magnification, na)
+    for c, (wavelength_um, shift_dof) in enumerate(zip(CHANNEL_WAVELENGTHS_UM, optics.channel_focus_dof())):
+        z_channel = round((z_um / dof_um - shift_dof) / Z_GRID_DOF) * Z_GRID_DOF * dof_um  # cached PSFs
+        otf = channel_otf(z_channel, magnification, na, wavelength_um, optics)
         channels.append(np.fft.irfft2(np.fft.rfft2(transmission[..., c]) * otf, s=transmission.shape[:2]))
-    image = np.stack(channels, axis=-1)
+    return np.stack(channels, axis=-1)
+
+
+def image_at_defocus(rng, transmission, z_um, magnification, na, dof_um, optics: Optics) -> np.ndarray:
+    """The camera image of a field at defocus z_um: optics, shot and read noise, 8-bit quantisation."""
+    image = defocused_channels(transmission, z_um, magnification, na, dof_um, optics)
     image = image + rng.standard_normal(image.shape, dtype=np.float32) * np.sqrt(np.clip(image, 0, None) * 2e-4 + 2e-5)
     return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
 
@@ -150,13 +223,15 @@ def sobel_sharpness(image: np.ndarray) -> float:
 
 
 def write_split(root: Path, split: str, n_images: int, magnification: float, na: float,
-                rng: np.random.Generator) -> int:
+                rng: np.random.Generator, optics: Optics, max_defocus_dof: float) -> int:
     """Image `n_images` defocused views of fresh tissue fields; write images and CSVs for one split."""
     objective = f"{magnification:g}x_{na:g}"
     dof_um = depth_of_field_um(magnification, na)
     pixel_um = CAMERA_PIXEL_UM / magnification
     rows = {slide: [] for slide in range(1, SLIDES_PER_SPLIT + 1)}
     n_fields = math.ceil(n_images / Z_PER_FIELD)
+    steps = round(max_defocus_dof / Z_GRID_DOF)
+    z_grid_dof = np.arange(-steps, steps + 1) * Z_GRID_DOF
     for field in range(n_fields):
         slide = field % SLIDES_PER_SPLIT + 1
         stain_scale = rng.uniform(0.8, 1.2, size=2)
@@ -164,14 +239,15 @@ def write_split(root: Path, split: str, n_images: int, magnification: float, na:
         transmission *= rng.uniform(0.9, 1.0) * rng.uniform(0.97, 1.03, size=3)  # lamp and white balance
         folder = root / "images" / objective / split / f"slide{slide}"
         folder.mkdir(parents=True, exist_ok=True)
-        for _ in range(min(Z_PER_FIELD, n_images - field * Z_PER_FIELD)):
-            z_um = rng.uniform(-MAX_DEFOCUS_DOF, MAX_DEFOCUS_DOF) * dof_um
-            image = image_at_defocus(rng, transmission, z_um, magnification, na, dof_um)
+        n_views = min(Z_PER_FIELD, n_images - field * Z_PER_FIELD)
+        for z_dof in rng.choice(z_grid_dof, size=n_views, replace=False):  # distinct planes, as in a z-stack
+            z_um = z_dof * dof_um
+            image = image_at_defocus(rng, transmission, z_um, magnification, na, dof_um, optics)
             image_path = folder / f"field{field:03d}_z{z_um:+08.3f}um.png"
             Image.fromarray(image).save(image_path, compress_level=1)  # fast; PNG stays lossless
             rows[slide].append(
                 f"{image_path.relative_to(root).as_posix()},{sobel_sharpness(image):.4f},"
-                f"{z_um:.4f},{magnification:g},{na:g},{z_um / dof_um:.6f}"
+                f"{z_um:.4f},{magnification:g},{na:g},{z_dof:.6f}"
             )
     split_dir = root / f".{split}"
     split_dir.mkdir(parents=True, exist_ok=True)
@@ -182,13 +258,25 @@ def write_split(root: Path, split: str, n_images: int, magnification: float, na:
 
 
 def make_demo_dataset(root: Path, n_train: int = 192, n_val: int = 32, n_test: int = 32, seed: int = 0,
-                      objectives: tuple[tuple[float, float], ...] = OBJECTIVES) -> Path:
+                      objectives: tuple[tuple[float, float], ...] = OBJECTIVES, optics: Optics = Optics(),
+                      max_defocus_dof: float = MAX_DEFOCUS_DOF) -> Path:
     """Write the demo dataset under `root` (images per objective per split) and return `root`."""
     rng = np.random.default_rng(seed)
     for magnification, na in objectives:
         for split, n_images in (("train", n_train), ("val", n_val), ("test", n_test)):
-            write_split(root, split, n_images, magnification, na, rng)
+            write_split(root, split, n_images, magnification, na, rng, optics, max_defocus_dof)
     return root
+
+
+def objective(text: str) -> tuple[float, float]:
+    """An argparse type: '20x_0.7' -> (20.0, 0.7)."""
+    try:
+        magnification, na = (float(part) for part in text.lower().split("x_"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an objective like 20x_0.7") from None
+    if magnification <= 0 or not 0 < na < OBJECTIVE_MEDIUM_INDEX:
+        raise argparse.ArgumentTypeError(f"{text!r}: magnification must be above 0 and NA in (0, 1) for a dry objective")
+    return magnification, na
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -198,20 +286,37 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val", type=int, default=32, help="validation images per objective (default: %(default)s)")
     parser.add_argument("--test", type=int, default=32, help="test images per objective (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--objectives", type=objective, nargs="+", default=list(OBJECTIVES),
+                        metavar="MAGx_NA", help="objectives to image, e.g. 10x_0.3 40x_0.75 (default: 10x_0.3 20x_0.7)")
+    parser.add_argument("--max_defocus_dof", type=float, default=MAX_DEFOCUS_DOF,
+                        help="defocus is drawn uniformly from +-this many depths of field (default: %(default)s)")
+    parser.add_argument("--chromatic_shift_dof", type=float, default=Optics.chromatic_shift_dof,
+                        help="red and blue focus this many DOF beyond green; 0 leaves only the weak "
+                             "spherical-aberration cue to the side of focus (default: %(default)s)")
+    parser.add_argument("--specimen_depth_um", type=float, default=Optics.specimen_depth_um,
+                        help="depth of the tissue below the coverslip, the source of spherical "
+                             "aberration (default: %(default)s)")
+    parser.add_argument("--specimen_index", type=float, default=Optics.specimen_index,
+                        help="refractive index of the specimen's medium (default: %(default)s, water)")
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
     if any(n < 1 for n in (args.train, args.val, args.test)):
         raise SystemExit("error: --train, --val and --test must be at least 1")
+    if not args.max_defocus_dof > 0 or args.specimen_depth_um < 0 or args.specimen_index < 1:
+        raise SystemExit("error: --max_defocus_dof must be above 0, --specimen_depth_um at least 0 "
+                         "and --specimen_index at least 1")
     if (args.root_dir / ".train").exists():
         print(f"{args.root_dir} already holds a dataset; leaving it as it is (delete it to write a new one)")
         return
-    make_demo_dataset(args.root_dir, args.train, args.val, args.test, args.seed)
-    for magnification, na in OBJECTIVES:
+    optics = Optics(args.chromatic_shift_dof, args.specimen_depth_um, args.specimen_index)
+    make_demo_dataset(args.root_dir, args.train, args.val, args.test, args.seed, tuple(args.objectives),
+                      optics, args.max_defocus_dof)
+    for magnification, na in args.objectives:
         print(f"{magnification:g}x/{na:g}: depth of field {depth_of_field_um(magnification, na):.2f} um, "
-              f"defocus within +-{MAX_DEFOCUS_DOF:g} DOF")
-    print(f"demo dataset written to {args.root_dir}")
+              f"defocus within +-{args.max_defocus_dof:g} DOF")
+    print(f"{optics}\ndemo dataset written to {args.root_dir}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
     from myModel import SOAFModel, MOAFModel
     model = SOAFModel("mobilenetv4_conv_small", pretrained=False)   # (N,3,224,224) -> (N,1) um
     model = MOAFModel("mobilenetv4_conv_small", pretrained=False)   # (N,3,224,224), (N,2) -> (N,1) DOF
+    model = SOAFModel(pretrained=False, head="split")               # also distance and side of focus:
+    signed, distance, p_positive = model.all_outputs(images)        # (N,1) each
 """
 import argparse
 import difflib
@@ -95,8 +97,11 @@ def create_feature_extractor(model_name: str, pretrained: bool, pretrained_file:
         raise ModelCreationError(f"{weights_unavailable_message(model_name)}\n({error})") from error
 
 
-def regression_head(in_features: int, dropout: float = 0.5) -> nn.Sequential:
-    """The user's head: in_features -> 256 -> 128 -> 1, ReLU and Dropout (0.5 by default) between."""
+HEADS = ("signed", "split")  # signed: one signed defocus output; split: distance and side of focus
+
+
+def regression_head(in_features: int, dropout: float = 0.5, outputs: int = 1) -> nn.Sequential:
+    """in_features -> 256 -> 128 -> outputs, ReLU and Dropout (0.5 by default) between."""
     return nn.Sequential(
         nn.Linear(in_features, 256),
         nn.ReLU(inplace=True),
@@ -104,7 +109,7 @@ def regression_head(in_features: int, dropout: float = 0.5) -> nn.Sequential:
         nn.Linear(256, 128),
         nn.ReLU(inplace=True),
         nn.Dropout(dropout),
-        nn.Linear(128, 1),
+        nn.Linear(128, outputs),
     )
 
 
@@ -115,6 +120,17 @@ class AutofocusModel(nn.Module):
     from a local timm weights file instead of the model hub (for machines without internet);
     `dropout` is the head's dropout probability.
     Subclasses add their head in `build_head` and define `forward`.
+
+    `head="signed"` ends in one output, the signed defocus. `head="split"` ends in two: a
+    distance from focus (>= 0, softplus) and a logit for "the label is positive". Blur shows
+    the distance wherever there is tissue; the side shows only through weak asymmetries
+    of the optics. With one signed output and an L1 loss, every prediction between -|d|
+    and +|d| costs the same while the side is unknown, so training sits at the mean;
+    the split head learns the distance regardless, and the side where it can.
+    `model(x)` returns the signed (N,1) prediction either way (for the split head the
+    distance on the likelier side: the point that minimises the expected L1 error);
+    `model(x, parts=True)` returns what the loss needs: (N,1) signed for the signed head,
+    (N,2) [distance, logit] for the split head, in fp32.
 
     The head learns in a unit-scale space; `to_physical` maps its output to the target's
     unit with `target_center` and `target_scale`, buffers that training sets from the
@@ -131,9 +147,13 @@ class AutofocusModel(nn.Module):
         pretrained: bool = True,
         pretrained_file: str | None = None,
         dropout: float = 0.5,
+        head: str = "signed",
     ):
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         self.dropout = dropout
+        self.head = head
         self.feature_extractor = create_feature_extractor(model_name, pretrained, pretrained_file)
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         # pooling keeps the channel count, so the head's width is the last stage's channels
@@ -158,6 +178,32 @@ class AutofocusModel(nn.Module):
         # in fp32 even under autocast: bf16 would round +-40 um to a quarter of a micrometre
         return self.target_center + self.target_scale * raw_output.float()
 
+    def head_outputs(self, raw_output: torch.Tensor) -> torch.Tensor:
+        """The head's raw (N,1) or (N,2) output in the target's unit: signed defocus, or [distance, logit]."""
+        if self.head == "signed":
+            return self.to_physical(raw_output)
+        raw_output = raw_output.float()
+        distance = self.target_scale * nn.functional.softplus(raw_output[:, :1])
+        return torch.cat([distance, raw_output[:, 1:]], dim=1)
+
+    def signed_prediction(self, outputs: torch.Tensor) -> torch.Tensor:
+        """(N,1) signed defocus from head_outputs: the distance on the likelier side for the split head."""
+        if self.head == "signed":
+            return outputs
+        distance, logit = outputs[:, :1], outputs[:, 1:]
+        return torch.where(logit >= 0, distance, -distance)
+
+    def all_outputs(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(signed prediction,) for the signed head; (signed, distance, p_positive) for the split head, (N,1) each."""
+        outputs = self(*inputs, parts=True)
+        if self.head == "signed":
+            return (outputs,)
+        return self.signed_prediction(outputs), outputs[:, :1], torch.sigmoid(outputs[:, 1:])
+
+    def output_names(self) -> list[str]:
+        """Names of all_outputs in the ONNX graph; `output` is always the signed prediction."""
+        return ["output"] if self.head == "signed" else ["output", "distance", "p_positive"]
+
     def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
         features = self.feature_extractor(images)[-1]  # (N, C, H/32, W/32)
         return torch.flatten(self.global_pool(features), 1)  # (N, C)
@@ -171,14 +217,15 @@ class AutofocusModel(nn.Module):
 class SOAFModel(AutofocusModel):
     """Single-objective autofocus: RGB image (N,3,224,224) -> defocus distance (N,1).
 
-    SOAFModel(model_name="mobilenetv4_conv_small", pretrained=True, pretrained_file=None)
+    SOAFModel(model_name="mobilenetv4_conv_small", pretrained=True, pretrained_file=None, dropout=0.5, head="signed")
     """
 
     def build_head(self) -> None:
-        self.fc = regression_head(self.feature_dim, self.dropout)
+        self.fc = regression_head(self.feature_dim, self.dropout, 1 if self.head == "signed" else 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_physical(self.fc(self.pooled_features(x)))  # (N, 1)
+    def forward(self, x: torch.Tensor, parts: bool = False) -> torch.Tensor:
+        outputs = self.head_outputs(self.fc(self.pooled_features(x)))  # (N, 1) or (N, 2)
+        return outputs if parts else self.signed_prediction(outputs)  # (N, 1)
 
 
 def normalise_objective(params: torch.Tensor) -> torch.Tensor:
@@ -210,12 +257,13 @@ class MOAFModel(AutofocusModel):
         self.film = nn.Sequential(nn.Linear(2, 64), nn.ReLU(inplace=True), nn.Linear(64, 2 * self.feature_dim))
         nn.init.zeros_(self.film[-1].weight)  # start as the identity: scale 1, shift 0
         nn.init.zeros_(self.film[-1].bias)
-        self.fc = regression_head(self.feature_dim, self.dropout)
+        self.fc = regression_head(self.feature_dim, self.dropout, 1 if self.head == "signed" else 2)
 
-    def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, params: torch.Tensor, parts: bool = False) -> torch.Tensor:
         features = self.pooled_features(x)  # (N, C)
         scale, shift = self.film(normalise_objective(params)).chunk(2, dim=1)  # (N, C) each
-        return self.to_physical(self.fc(features * (1 + scale) + shift))  # (N, 1)
+        outputs = self.head_outputs(self.fc(features * (1 + scale) + shift))  # (N, 1) or (N, 2)
+        return outputs if parts else self.signed_prediction(outputs)  # (N, 1)
 
     def example_inputs(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         (images,) = super().example_inputs(batch_size)
@@ -223,11 +271,24 @@ class MOAFModel(AutofocusModel):
         return images, params
 
 
-def export_onnx(model: AutofocusModel, save_path: Path) -> Path:
-    """Write `model` to ONNX with inputs `model.input_names`, output `output`, dynamic batch axes.
+class AllOutputs(nn.Module):
+    """The model with every output of `all_outputs` as a graph output (what is exported)."""
 
-    The legacy TorchScript exporter is used: it keeps the batch axis dynamic even
-    though it traces with a batch of 1, and exports these CNNs in well under a second.
+    def __init__(self, model: AutofocusModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.model.all_outputs(*inputs)
+
+
+def export_onnx(model: AutofocusModel, save_path: Path) -> Path:
+    """Write `model` to ONNX with inputs `model.input_names` and dynamic batch axes.
+
+    Outputs: `output`, the signed (N,1) prediction; the split head adds `distance` (N,1)
+    and `p_positive` (N,1). The legacy TorchScript exporter is used: it keeps the batch axis
+    dynamic even though it traces with a batch of 1, and exports these CNNs in well under
+    a second.
     """
     save_path = Path(save_path)
     save_path.parent.mkdir(parents=True, exist_ok=True)
@@ -236,14 +297,14 @@ def export_onnx(model: AutofocusModel, save_path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces its retirement
         torch.onnx.export(
-            model,
+            AllOutputs(model),  # forward's `parts` flag stays a Python bool, not a traced input
             model.example_inputs(1),
             str(save_path),
             dynamo=False,
             opset_version=ONNX_OPSET,
             input_names=list(model.input_names),
-            output_names=["output"],
-            dynamic_axes={name: {0: "batch_size"} for name in (*model.input_names, "output")},
+            output_names=model.output_names(),
+            dynamic_axes={name: {0: "batch_size"} for name in (*model.input_names, *model.output_names())},
         )
     model.train(was_training)
     return save_path
@@ -283,6 +344,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="soaf: image -> um; moaf: image and (magnification, NA) -> DOF (default: %(default)s)")
     parser.add_argument("--model_name", default="mobilenetv4_conv_small",
                         help="timm backbone name (default: %(default)s)")
+    parser.add_argument("--head", choices=HEADS, default="signed",
+                        help="signed: one output; split: distance and side of focus (default: %(default)s)")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=False,
                         help="load ImageNet weights; the graph is the same either way (default: %(default)s)")
     parser.add_argument("--pretrained_file", default=None,
@@ -297,7 +360,7 @@ def main(args: argparse.Namespace) -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model_class = MOAFModel if args.task == "moaf" else SOAFModel
-    model = model_class(args.model_name, args.pretrained, args.pretrained_file).to(device).eval()
+    model = model_class(args.model_name, args.pretrained, args.pretrained_file, head=args.head).to(device).eval()
     example = model.example_inputs(1)
     summary(model, input_data=list(example), device=device)
 

@@ -65,13 +65,14 @@ def checkpoint_to_test(args) -> Path:
 
 @torch.no_grad()
 def predict_pytorch(model, loader, device: torch.device) -> np.ndarray:
-    """Batched predictions for the whole loader, shape (N,)."""
+    """Batched outputs for the whole loader, shape (N, outputs): the signed prediction, then for
+    the split head the distance and the probability of a positive label."""
     model.eval()
-    predictions = []
+    outputs = []
     for batch in progress(loader, "PyTorch"):
         inputs, _target = split_batch(batch, device)
-        predictions.append(model(*inputs).float().cpu())
-    return torch.cat(predictions).view(-1).numpy()
+        outputs.append(torch.cat(model.all_outputs(*inputs), dim=1).float().cpu())
+    return torch.cat(outputs).numpy()
 
 
 def onnx_session(onnx_path: Path, device: torch.device, threads: int = 0) -> ort.InferenceSession:
@@ -98,9 +99,10 @@ def calibration_feeds(dataset, count: int, input_names: list[str]) -> list[dict]
 
 
 def predict_onnx(session: ort.InferenceSession, dataset, warmup: int) -> tuple[np.ndarray, np.ndarray]:
-    """Batch-1 predictions and the milliseconds of each `session.run` alone, shapes (N,) and (N,)."""
+    """Batch-1 outputs (every graph output, `output` first) and the milliseconds of each
+    `session.run` alone, shapes (N, outputs) and (N,)."""
     input_names = [node.name for node in session.get_inputs()]
-    predictions = np.empty(len(dataset), dtype=np.float32)
+    predictions = np.empty((len(dataset), len(session.get_outputs())), dtype=np.float32)
     times_ms = np.empty(len(dataset), dtype=np.float64)
     for index in progress(range(len(dataset)), "ONNX Runtime"):
         *inputs, _target = dataset[index]  # decoding happens here, outside the timed part
@@ -109,9 +111,9 @@ def predict_onnx(session: ort.InferenceSession, dataset, warmup: int) -> tuple[n
             for _ in range(warmup):  # first runs allocate memory and pick kernels
                 session.run(None, feeds)
         start = time.perf_counter()
-        (output,) = session.run(None, feeds)
+        outputs = session.run(None, feeds)
         times_ms[index] = (time.perf_counter() - start) * 1000
-        predictions[index] = output.reshape(-1)[0]
+        predictions[index] = [output.reshape(-1)[0] for output in outputs]
     return predictions, times_ms
 
 
@@ -140,16 +142,20 @@ def print_summary(results: pd.DataFrame, metrics: pd.DataFrame, unit: str, provi
               f"{latency.median():.2f} vs {int8_latency:.2f} ms ({latency.median() / int8_latency:.2f}x)")
 
 
-def result_table(test_set, pt_pred, onnx_pred, onnx_time_cost) -> pd.DataFrame:
-    """One row per test image: the columns the user asked for, then objective and DOF where known."""
+def result_table(test_set, pt_outputs: np.ndarray, onnx_outputs: np.ndarray, onnx_time_cost) -> pd.DataFrame:
+    """One row per test image: the columns the user asked for, the split head's distance and
+    probability of a positive label (PyTorch and ONNX), then objective and DOF where known."""
     frame = test_set.frame
     results = pd.DataFrame({
         "image_path": frame["image_path"],
         "label": frame[test_set.target_column],
-        "pt_pred": pt_pred,
-        "onnx_pred": onnx_pred,
+        "pt_pred": pt_outputs[:, 0],
+        "onnx_pred": onnx_outputs[:, 0],
         "onnx_time_cost": onnx_time_cost,
     })
+    if pt_outputs.shape[1] == 3:
+        for runtime, outputs in (("pt", pt_outputs), ("onnx", onnx_outputs)):
+            results[f"{runtime}_distance"], results[f"{runtime}_p_positive"] = outputs[:, 1], outputs[:, 2]
     for column in ("magnification", "NA"):
         if column in frame.columns:
             results[column] = frame[column]
@@ -160,8 +166,9 @@ def result_table(test_set, pt_pred, onnx_pred, onnx_time_cost) -> pd.DataFrame:
 
 
 def load_model(checkpoint: dict, ckpt_path: Path, task: str, fe_str: str, device: torch.device):
-    """The checkpoint's network, built without downloading anything."""
-    model = TASKS[task].model(fe_str, pretrained=False)  # every weight comes from the checkpoint
+    """The checkpoint's network, with the head it was trained with, built without downloading anything."""
+    head = checkpoint.get("args", {}).get("head", "signed")
+    model = TASKS[task].model(fe_str, pretrained=False, head=head)  # every weight comes from the checkpoint
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
@@ -178,7 +185,8 @@ def main(args: argparse.Namespace) -> None:
     fe_str = args.fe_str or trained_args.get("fe_str", "mobilenetv4_conv_small")
     glob = args.glob or trained_args.get("glob")
     unit = TASKS[task].unit
-    print(f"Testing {ckpt_path} (task {task}, epoch {checkpoint['epoch']}, backbone {fe_str}) on {device}")
+    print(f"Testing {ckpt_path} (task {task}, epoch {checkpoint['epoch']}, backbone {fe_str}, "
+          f"{trained_args.get('head', 'signed')} head) on {device}")
 
     test_set = build_dataset(args, "test", transforms.ToTensor(), task, glob)
     loader = build_loader(test_set, args.batch_size, args.num_workers, device, shuffle=False)
@@ -192,8 +200,9 @@ def main(args: argparse.Namespace) -> None:
     results = result_table(test_set, pt_pred, onnx_pred, onnx_time_cost)
     if args.quantize:
         int8_path = quantize_int8(args, onnx_path, model, task, glob)
-        results["int8_pred"], results["int8_time_cost"] = predict_onnx(
+        int8_outputs, results["int8_time_cost"] = predict_onnx(
             onnx_session(int8_path, device, args.onnx_threads), test_set, args.warmup)
+        results["int8_pred"] = int8_outputs[:, 0]
     metrics = per_objective_metrics(results, unit, checkpoint.get("train_label_mean"))
     args.result_dir.mkdir(parents=True, exist_ok=True)
     result_path = args.result_dir / f"{ckpt_path.stem}_test.csv"

@@ -39,12 +39,19 @@ def error_metrics(results: pd.DataFrame, unit: str, train_label_mean: float | No
 
     Sign accuracy counts images more than one DOF from focus (closer, the sign hardly
     matters for a focus loop), or every image off focus when the DOF is unknown.
+    `distance_mae` is the error of the distance from focus alone, whatever the side
+    (|prediction| against |label|, or the split head's distance). For the split head,
+    `confident_share` is the share of images with p_positive above 0.9 or below 0.1 and
+    `confident_sign_accuracy` how often their side is right (beyond one DOF, as above):
+    whether the probabilities can be trusted.
     `mean_predictor_mae` is the MAE of always predicting the training labels' mean: the
     bar a network has to clear.
     """
     error = results["pt_pred"] - results["label"]
     residual = ((results["label"] - results["label"].mean()) ** 2).sum()
+    distance = results["pt_distance"] if "pt_distance" in results else results["pt_pred"].abs()
     metrics = {"images": len(results), "mae": error.abs().mean(),
+               "distance_mae": (distance - results["label"].abs()).abs().mean(),
                "onnx_mae": (results["onnx_pred"] - results["label"]).abs().mean(),
                "rmse": np.sqrt((error ** 2).mean()), "median_ae": error.abs().median(),
                "r2": 1 - (error ** 2).sum() / residual if residual > 0 else float("nan")}
@@ -57,6 +64,8 @@ def error_metrics(results: pd.DataFrame, unit: str, train_label_mean: float | No
         judged = results["label"] != 0
         same_sign = np.sign(results["pt_pred"]) == np.sign(results["label"])
         metrics["sign_accuracy"] = same_sign[judged].mean() if judged.any() else float("nan")
+    if "pt_p_positive" in results:
+        metrics.update(confidence_metrics(results, unit))
     metrics["latency_median_ms"] = results["onnx_time_cost"].median()
     metrics["latency_p95_ms"] = results["onnx_time_cost"].quantile(0.95)
     if "int8_pred" in results:  # myTest.py --quantize
@@ -73,8 +82,25 @@ def focus_metrics(label_dof: pd.Series, pred_dof: pd.Series, dof_um: pd.Series, 
     judged = label_dof.abs() > 1
     same_sign = np.sign(pred_dof) == np.sign(label_dof)
     return {"mae_um": (error_dof * dof_um).mean(), "mae_dof": error_dof.mean(),
+            "distance_mae_dof": ((pred_dof.abs() - label_dof.abs()).abs()).mean(),
             "within_1_dof": (error_dof <= 1).mean(),
             "sign_accuracy": same_sign[judged].mean() if signed and judged.any() else float("nan")}
+
+
+def confidence_metrics(results: pd.DataFrame, unit: str, confident: float = 0.9) -> dict:
+    """How far the split head's side probabilities can be trusted: the share of images with
+    p_positive beyond `confident` (or below 1 - `confident`), and how often their side is
+    right among those more than one DOF from focus (every one off focus if the DOF is unknown)."""
+    p_positive = results["pt_p_positive"]
+    sure = (p_positive > confident) | (p_positive < 1 - confident)
+    if "dof_um" in results:
+        label_dof = results["label"] * (1.0 if unit == "DOF" else 1.0 / results["dof_um"])
+        judged = sure & (label_dof.abs() > 1)
+    else:
+        judged = sure & (results["label"] != 0)
+    right = (p_positive > 0.5) == (results["label"] > 0)
+    return {"confident_share": sure.mean(),
+            "confident_sign_accuracy": right[judged].mean() if judged.any() else float("nan")}
 
 
 def per_objective_metrics(results: pd.DataFrame, unit: str, train_label_mean: float | None) -> pd.DataFrame:

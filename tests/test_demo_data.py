@@ -1,0 +1,56 @@
+"""The demo data's optics: blur that is the same on both sides of focus, and the two weak,
+physical cues to the side (chromatic and spherical aberration) that can be switched off."""
+import numpy as np
+import pytest
+
+import make_demo_data as demo
+from make_demo_data import Optics, defocused_channels, depth_of_field_um, sobel_sharpness
+
+NO_CUES = Optics(chromatic_shift_dof=0.0, specimen_depth_um=0.0)
+
+
+@pytest.fixture(scope="module")
+def field_20x() -> np.ndarray:
+    """An in-focus tissue field (H, W, 3) at 20x."""
+    rng = np.random.default_rng(0)
+    return demo.render_transmission(*demo.tissue_stain_densities(rng, demo.CAMERA_PIXEL_UM / 20), np.ones(2))
+
+
+def channel_sharpness(image: np.ndarray) -> list[float]:
+    return [sobel_sharpness(np.repeat(image[..., c:c + 1] * 255, 3, axis=2)) for c in range(3)]
+
+
+def render(field, z_dof: float, optics: Optics) -> np.ndarray:
+    dof_um = depth_of_field_um(20, 0.7)
+    return defocused_channels(field, z_dof * dof_um, 20, 0.7, dof_um, optics)
+
+
+def test_the_psf_preserves_brightness_and_focus_is_sharpest(field_20x):
+    in_focus = render(field_20x, 0.0, NO_CUES)
+    assert in_focus.mean() == pytest.approx(field_20x.mean(), rel=1e-4)
+    sharpness = [channel_sharpness(render(field_20x, z, NO_CUES))[1] for z in (-2, -1, 0, 1, 2)]
+    assert sharpness[2] == max(sharpness) and sharpness[0] < sharpness[1] and sharpness[4] < sharpness[3]
+
+
+def test_without_aberrations_both_sides_of_focus_look_the_same(field_20x):
+    np.testing.assert_allclose(render(field_20x, 1.5, NO_CUES), render(field_20x, -1.5, NO_CUES), atol=1e-6)
+
+
+def test_spherical_aberration_alone_is_a_weak_cue(field_20x):
+    optics = Optics(chromatic_shift_dof=0.0)
+    difference = np.abs(render(field_20x, 1.5, optics) - render(field_20x, -1.5, optics)).mean()
+    blur = np.abs(render(field_20x, 1.5, optics) - render(field_20x, 0.0, optics)).mean()
+    assert 0 < difference < 0.2 * blur
+
+
+def test_chromatic_aberration_puts_red_and_blue_in_focus_beyond_green(field_20x):
+    optics = Optics(chromatic_shift_dof=0.5, specimen_depth_um=0.0)
+    above, below = channel_sharpness(render(field_20x, 0.5, optics)), channel_sharpness(render(field_20x, -0.5, optics))
+    assert above[0] > below[0] and above[2] > below[2]  # red and blue: sharpest at +0.5 DOF
+    assert above[1] == pytest.approx(below[1], rel=1e-6)  # green: symmetric about 0
+
+
+def test_labels_lie_on_the_psf_grid(tmp_path):
+    demo.make_demo_dataset(tmp_path, n_train=4, n_val=1, n_test=1, objectives=((10.0, 0.3),))
+    rows = np.loadtxt(next((tmp_path / ".train").glob("*.csv")), delimiter=",", skiprows=1, usecols=5, ndmin=1)
+    np.testing.assert_allclose(rows / demo.Z_GRID_DOF, np.round(rows / demo.Z_GRID_DOF), atol=1e-6)
