@@ -1,7 +1,7 @@
 """The baselines a trained network has to beat, per objective, on the test split.
 
     python baselines.py --root_dir demo_data
-    python baselines.py --root_dir demo_data --results MOAF=.result/ckpt_best_0029_test.csv
+    python baselines.py --root_dir demo_data --results MOAF=$(ls -t .result/*_test.csv | head -1)
 
 - mean predictor: always the objective's mean training defocus, what a network that has
   learnt nothing converges to.

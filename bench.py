@@ -36,8 +36,8 @@ from torchvision.transforms import v2
 from checkpoints import save_atomically
 from myModel import export_onnx, quantize_onnx
 from myTest import calibration_feeds, onnx_session
-from myTrain import (IMAGE_SIZE, TASKS, StepOptions, build_loader, positive, recalibrate_batchnorm, run,
-                     step_options, train_epoch, validation_epoch)
+from common import IMAGE_SIZE, TASKS, StepOptions, build_loader, positive, run, step_options
+from engine import recalibrate_batchnorm, train_epoch, validation_epoch
 
 
 @dataclass
@@ -177,10 +177,10 @@ def main(args: argparse.Namespace) -> None:
         torch.backends.cudnn.benchmark = True
     root = args.root_dir or demo_root()
     task = TASKS[args.task]
-    glob = {} if args.glob is None else {"glob_pattern": args.glob}
+    glob = args.glob or task.default_glob
 
     def dataset(split, transform):
-        return task.dataset(root, split, transform, **glob, image_size=IMAGE_SIZE)
+        return task.dataset(root, split, transform, glob, image_size=(IMAGE_SIZE, IMAGE_SIZE))
 
     reference = Setup("reference", StepOptions(), bn_recalibration_batches=0, augment=False)
     project = Setup("project", step_options(args, device), bn_recalibration_batches=10, augment=True)

@@ -1,11 +1,18 @@
-"""Checkpoint files: crash-safe writing, safe reading, finding the newest, random-number states.
+"""Checkpoint files: the saving rules of a run, crash-safe writing, safe reading, resuming.
+
+    saver = CheckpointSaver(Path(".ckpts"))
+    saved = saver.save_epoch(epoch, val_loss, state)   # once per epoch: regular schedule and best rule
+    path, checkpoint = checkpoint_to_resume(Path(".ckpts"), "best")
 
 A checkpoint is one dict of tensors and plain values, so it loads with
-torch.load(path, weights_only=True); myTrain.py decides what goes in and when it is written.
+torch.load(path, weights_only=True). File names carry the epoch, counted from 0 and
+zero-padded so that names sort: ckpt_0010.pt (regular), ckpt_best_0012.pt (best).
 """
+import math
 import os
 import random
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +24,75 @@ ANY_CHECKPOINT = re.compile(r"ckpt_(?:best_)?(\d+)\.pt")
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be read, or does not fit the requested run."""
+
+
+def is_regular_checkpoint_epoch(epoch: int) -> bool:
+    """The regular saving schedule: every 10th epoch below 200, 5th below 400, 3rd below 600, then all."""
+    if epoch < 200:
+        return epoch % 10 == 0
+    if epoch < 400:
+        return epoch % 5 == 0
+    if epoch < 600:
+        return epoch % 3 == 0
+    return True
+
+
+class CheckpointSaver:
+    """Both saving rules of a run, applied once per epoch by `save_epoch`.
+
+    - Regular: ckpt_<epoch>.pt on the schedule of `is_regular_checkpoint_epoch`.
+    - Best: ckpt_best_<epoch>.pt whenever the validation loss improved; the previous best
+      file is removed once the new one is safely written, so one best exists at a time.
+    The rules are independent: an epoch can be both. `best_loss` and `best_epoch` go into
+    every saved state, so a resumed run continues the best rule where it was.
+    """
+
+    def __init__(self, ckpt_dir: Path, best_loss: float = math.inf, best_epoch: int = -1):
+        self.ckpt_dir = Path(ckpt_dir)
+        self.best_loss, self.best_epoch = best_loss, best_epoch
+
+    def save_epoch(self, epoch: int, val_loss: float, state: dict) -> list[str]:
+        """Apply both rules to the state after `epoch`; return the names of the files written."""
+        is_best = val_loss < self.best_loss
+        if is_best:
+            self.best_loss, self.best_epoch = val_loss, epoch
+        state = {**state, "epoch": epoch, "val_loss": val_loss, "best_loss": self.best_loss,
+                 "best_epoch": self.best_epoch}
+        saved = []
+        if is_regular_checkpoint_epoch(epoch):
+            saved.append(save_atomically(state, self.ckpt_dir / f"ckpt_{epoch:04d}.pt"))
+        if is_best:
+            best_path = save_atomically(state, self.ckpt_dir / f"ckpt_best_{epoch:04d}.pt")
+            for old_best in self.ckpt_dir.glob("ckpt_best_*.pt"):
+                if old_best != best_path:
+                    old_best.unlink()  # only after the new best is safely in place
+            saved.append(best_path)
+        return [path.name for path in saved]
+
+
+def save_atomically(state: dict, path: Path) -> Path:
+    """Write to a temporary file, flush it to disk, rename, then flush the folder: no
+    half-written checkpoint ever has a final name, and the new name survives a power cut."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    fsync_folder(path.parent)
+    return path
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename) to disk; where folders cannot be opened (Windows), nothing."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def checkpoints_newest_first(ckpt_dir: Path, best_only: bool) -> list[Path]:
@@ -36,16 +112,6 @@ def find_best_checkpoint(ckpt_dir: Path) -> Path | None:
     return best[0] if best else None
 
 
-def save_atomically(state: dict, path: Path) -> None:
-    """Write to a temporary file, flush it to disk, then rename: no half-written checkpoint ever has a final name."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def load_checkpoint(path: Path) -> dict:
     """Read a checkpoint onto the CPU; only tensors and plain values are accepted (weights_only)."""
     try:
@@ -57,8 +123,34 @@ def load_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
+def checkpoint_to_resume(ckpt_dir: Path, resume_from: str) -> tuple[Path | None, dict | None]:
+    """The checkpoint to continue from, read: with "best" the newest ckpt_best_*.pt, with
+    "latest" the newest checkpoint of either kind; (None, None) if there is none.
+
+    A file that cannot be read (truncated by a crash, say) is skipped with a warning for
+    the next newest checkpoint of either kind, so that the least work is lost.
+    """
+    candidates = checkpoints_newest_first(ckpt_dir, best_only=resume_from == "best")[:1]
+    candidates += [path for path in checkpoints_newest_first(ckpt_dir, best_only=False) if path not in candidates]
+    for path in candidates:
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as error:
+            print(f"warning: {error}; trying the next newest checkpoint", file=sys.stderr)
+    return None, None
+
+
+def check_nothing_is_overwritten(ckpt_dir: Path, resume_from: Path | None, reason: str) -> None:
+    """Refuse to start from scratch over existing checkpoints: that would overwrite them."""
+    existing = sorted(ckpt_dir.glob("ckpt_*.pt"))
+    if resume_from is None and existing:
+        raise CheckpointError(
+            f"{ckpt_dir} already holds {len(existing)} checkpoint(s) and {reason}; starting over "
+            "would overwrite them. Use another --ckpt_dir (and --log_dir), or move them away.")
+
+
 def rng_states() -> dict:
-    """Every random-number state a resumed run needs, as tensors and plain values (weights_only)."""
+    """Every random-number state of this process, as tensors and plain values (weights_only)."""
     name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
@@ -68,8 +160,14 @@ def rng_states() -> dict:
     }
 
 
-def restore_rng_states(states: dict) -> None:
-    """Undo rng_states(); the states are set on the CPU whatever device the checkpoint was mapped to."""
+def restore_rng_states(states: dict | list[dict], rank: int = 0) -> None:
+    """Undo rng_states(). `states` is one process's dict or, from a torchrun run, one per rank:
+    each process takes its own, so that resumed processes keep drawing different augmentations."""
+    if isinstance(states, list):
+        if rank >= len(states):
+            print(f"warning: the checkpoint holds random states of {len(states)} processes; process {rank} "
+                  "takes those of process 0", file=sys.stderr)
+        states = states[rank if rank < len(states) else 0]
     torch.set_rng_state(states["torch"].cpu())
     if torch.cuda.is_available() and states["cuda"]:
         torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])

@@ -13,7 +13,7 @@ What the images model, so that a network trained on them has learnt defocus as r
   radius NA, the exact defocus phase k z cos(theta), integration over the camera pixels.
   Blur from this alone is the same on both sides of focus.
 - The side of focus shows only through what real objectives carry (see `Optics`):
-  longitudinal chromatic aberration (an achromat's green focus apart from red and blue)
+  longitudinal chromatic aberration (red and blue focused on either side of green)
   and the spherical aberration of a dry objective focused into an aqueous specimen,
   both weak. With `--chromatic_shift_dof 0` only the spherical aberration is left, and
   the direction is barely learnable, as with many real objectives.
@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-IMAGE_SIZE = 224
+from myDataset import IMAGE_SIZE
+
 WAVELENGTH_UM = 0.55  # of the depth-of-field formula
 REFRACTIVE_INDEX = 1.0  # of the depth-of-field formula: dry objectives
 OBJECTIVE_MEDIUM_INDEX = 1.0  # between objective and coverslip: air
@@ -55,10 +56,10 @@ class Optics:
     """The two asymmetries of real objectives that show on which side of focus an image is.
 
     Both are small in real microscopes, so the defaults are modest:
-    - `chromatic_shift_dof`: longitudinal chromatic aberration. Red and blue focus this many
-      depths of field beyond green, as in an achromat, whose red and blue foci coincide and
-      whose green focus lies apart (the secondary spectrum, of the order of the depth of
-      field). 0 removes the cue.
+    - `chromatic_shift_dof`: longitudinal chromatic aberration. Red focuses this many depths
+      of field above green and blue as far below, the residual colour error of an
+      objective not fully corrected for it, of the order of the depth of field for
+      achromats. 0 removes the cue.
     - spherical aberration from imaging `specimen_depth_um` deep into an aqueous specimen
       (`specimen_index` 1.33) with a dry objective corrected for a point just below the
       coverslip; it grows as NA^4 and is a weak cue (0.03 waves RMS at 20x/0.7 here).
@@ -70,7 +71,7 @@ class Optics:
 
     def channel_focus_dof(self) -> tuple[float, float, float]:
         """Where red, green and blue are in focus, in depths of field from the labelled focus (green)."""
-        return (self.chromatic_shift_dof, 0.0, self.chromatic_shift_dof)
+        return (self.chromatic_shift_dof, 0.0, -self.chromatic_shift_dof)
 
 
 # optical densities of the two stains per RGB channel (haematoxylin: blue-purple, eosin: pink)
@@ -291,7 +292,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_defocus_dof", type=float, default=MAX_DEFOCUS_DOF,
                         help="defocus is drawn uniformly from +-this many depths of field (default: %(default)s)")
     parser.add_argument("--chromatic_shift_dof", type=float, default=Optics.chromatic_shift_dof,
-                        help="red and blue focus this many DOF beyond green; 0 leaves only the weak "
+                        help="red focuses this many DOF above green, blue as far below; 0 leaves only the weak "
                              "spherical-aberration cue to the side of focus (default: %(default)s)")
     parser.add_argument("--specimen_depth_um", type=float, default=Optics.specimen_depth_um,
                         help="depth of the tissue below the coverslip, the source of spherical "

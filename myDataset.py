@@ -26,6 +26,9 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 SPLITS = ("train", "val", "test")
+IMAGE_SIZE = 224  # the networks' input is IMAGE_SIZE x IMAGE_SIZE; other sizes are refused, not resized
+SOAF_GLOB = "10x_0.3*.csv"  # CSV files a SOAFDataset reads unless told otherwise: one objective
+MOAF_GLOB = "*.csv"  # CSV files a MOAFDataset reads unless told otherwise: every objective
 MAX_LISTED_PROBLEMS = 5  # how many offending rows an error message lists before "... and N more"
 
 
@@ -159,32 +162,50 @@ def value_problems(frame: pd.DataFrame, required_columns: tuple[str, ...], allow
     return problems
 
 
+def collect_split(root_dir: Path, dataset_type: str, glob_pattern: str, required_columns: tuple[str, ...],
+                  allow_outside_root: bool = False, image_size: tuple[int, int] | None = None,
+                  ) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Read every CSV of one split that matches `glob_pattern` and collect every problem.
+
+    Returns (table, invalid, unreadable): the rows of the readable CSV files; problems with
+    files, columns and values; image files that are missing or, with `image_size` given,
+    cannot be decoded at that size (decoding every image is slow: --check does it).
+    Problems read 'file line N: ...'. Bad arguments, a missing split folder and no matching
+    CSV raise at once: nothing else can be checked then. The table keeps `image_path` as
+    written and adds `abs_image_path` (root_dir / image_path), `csv_file` and `csv_line`.
+    """
+    check_arguments(root_dir, dataset_type, glob_pattern)
+    frames, invalid = [], []
+    for csv_file in split_csv_files(root_dir, dataset_type, glob_pattern):
+        try:
+            frames.append(read_csv_file(csv_file, required_columns))
+        except DatasetValueError as error:
+            invalid.append(str(error))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if frame.empty:
+        split_dir = root_dir / f".{dataset_type}"
+        return frame, invalid + [f"the CSV files matching {glob_pattern!r} in {split_dir} hold no rows"], []
+    invalid += value_problems(frame, required_columns, allow_outside_root)
+    frame["abs_image_path"] = [root_dir / p if isinstance(p, str) else None for p in frame["image_path"]]
+    unreadable = []
+    for row in frame.itertuples():
+        problem = image_problem(row.abs_image_path, image_size) if row.abs_image_path else None
+        if problem:
+            unreadable.append(f"{row.csv_file} line {row.csv_line}: {row.image_path}: {problem}")
+    return frame, invalid, unreadable
+
+
 def read_split(
     root_dir: Path, dataset_type: str, glob_pattern: str, required_columns: tuple[str, ...],
     allow_outside_root: bool = False,
 ) -> pd.DataFrame:
-    """Read every CSV of one split that matches `glob_pattern` into one checked table.
-
-    The table keeps `image_path` as written in the CSV and adds `abs_image_path`
-    (root_dir / image_path), `csv_file` and `csv_line` for error messages.
-    """
-    check_arguments(root_dir, dataset_type, glob_pattern)
+    """Every CSV row of one split that matches `glob_pattern` as one checked table (see
+    collect_split); bad content raises DatasetValueError, missing images DatasetFileNotFoundError."""
+    frame, invalid, missing = collect_split(root_dir, dataset_type, glob_pattern, required_columns,
+                                            allow_outside_root)
     split_dir = root_dir / f".{dataset_type}"
-    csv_files = split_csv_files(root_dir, dataset_type, glob_pattern)
-    frame = pd.concat([read_csv_file(f, required_columns) for f in csv_files], ignore_index=True)
-    if frame.empty:
-        raise DatasetValueError(f"the CSV files matching {glob_pattern!r} in {split_dir} hold no rows")
-
-    problems = value_problems(frame, required_columns, allow_outside_root)
-    if problems:
-        raise DatasetValueError(f"{len(problems)} bad value(s) in {split_dir}:\n  {summarize_problems(problems)}")
-
-    frame["abs_image_path"] = [root_dir / p for p in frame["image_path"]]
-    missing = [
-        f"{row.csv_file} line {row.csv_line}: {row.abs_image_path}"
-        for row in frame.itertuples()
-        if not row.abs_image_path.is_file()
-    ]
+    if invalid:
+        raise DatasetValueError(f"{len(invalid)} problem(s) in {split_dir}:\n  {summarize_problems(invalid)}")
     if missing:
         raise DatasetFileNotFoundError(
             f"{len(missing)} of {len(frame)} image file(s) listed in {split_dir} do not exist "
@@ -199,12 +220,17 @@ def float_tensor(frame: pd.DataFrame, columns: list[str]) -> torch.Tensor:
 
 
 class AutofocusDataset(Dataset):
-    """What the SOAF and MOAF datasets share: reading the split and loading images."""
+    """What the SOAF and MOAF datasets share: reading the split and loading images.
+
+    Image paths that are absolute or climb out of root_dir with '..' are refused unless
+    `allow_outside_root=True`; `image_size=(224, 224)` refuses images of any other size
+    when they are read.
+    """
 
     required_columns: tuple[str, ...] = ("image_path",)
     target_column: str  # what the network predicts
 
-    def __init__(self, root_dir: Path, dataset_type: str, transform=None, glob_pattern: str = "*.csv",
+    def __init__(self, root_dir: Path, dataset_type: str, transform=None, glob_pattern: str = MOAF_GLOB,
                  *, allow_outside_root: bool = False, image_size: tuple[int, int] | None = None):
         super().__init__()
         self.frame = read_split(root_dir, dataset_type, glob_pattern, self.required_columns, allow_outside_root)
@@ -256,18 +282,14 @@ class MOAFDataset(AutofocusDataset):
     """Multi-objective autofocus: (image, (magnification, NA), defocus in depth-of-field units).
 
     `params` is a float32 tensor of shape (2,), `target` a float32 tensor of shape (1,).
-    Image paths that are absolute or climb out of root_dir with '..' are refused unless
-    `allow_outside_root=True`; `image_size=(224, 224)` refuses images of any other size
-    when they are read. Both keywords work the same for SOAFDataset.
+    Keywords as for AutofocusDataset.
     """
 
     required_columns = ("image_path", "magnification", "NA", "defocus_dof_label")
     target_column = "defocus_dof_label"
 
-    def __init__(self, root_dir: Path, dataset_type: str, transform=None, glob_pattern: str = "*.csv",
-                 *, allow_outside_root: bool = False, image_size: tuple[int, int] | None = None):
-        super().__init__(root_dir, dataset_type, transform, glob_pattern,
-                         allow_outside_root=allow_outside_root, image_size=image_size)
+    def __init__(self, root_dir: Path, dataset_type: str, transform=None, glob_pattern: str = MOAF_GLOB, **options):
+        super().__init__(root_dir, dataset_type, transform, glob_pattern, **options)
         self.params = float_tensor(self.frame, ["magnification", "NA"])  # (N, 2)
         self.targets = float_tensor(self.frame, ["defocus_dof_label"])  # (N, 1)
 
@@ -276,25 +298,28 @@ class MOAFDataset(AutofocusDataset):
 
 
 class SOAFDataset(AutofocusDataset):
-    """Single-objective autofocus: (image, defocus distance in micrometres as a scalar tensor)."""
+    """Single-objective autofocus: (image, defocus distance in micrometres as a scalar tensor).
+
+    Keywords as for AutofocusDataset.
+    """
 
     required_columns = ("image_path", "defocus_label")
     target_column = "defocus_label"
 
-    def __init__(self, root_dir: Path, dataset_type: str, transform=None, glob_pattern: str = "10x_0.3*.csv",
-                 *, allow_outside_root: bool = False, image_size: tuple[int, int] | None = None):
-        super().__init__(root_dir, dataset_type, transform, glob_pattern,
-                         allow_outside_root=allow_outside_root, image_size=image_size)
+    def __init__(self, root_dir: Path, dataset_type: str, transform=None, glob_pattern: str = SOAF_GLOB, **options):
+        super().__init__(root_dir, dataset_type, transform, glob_pattern, **options)
         self.labels = float_tensor(self.frame, ["defocus_label"]).squeeze(1)  # (N,)
 
     def __getitem__(self, idx: int):
         return self.load_image(idx), self.labels[idx]
 
 
-def image_problem(path: Path, image_size: tuple[int, int]) -> str | None:
-    """What is wrong with one image file for the network, or None: missing, undecodable, another size."""
+def image_problem(path: Path, image_size: tuple[int, int] | None = None) -> str | None:
+    """What is wrong with one image file, or None: missing; with `image_size`, also undecodable or another size."""
     if not path.is_file():
         return "file does not exist"
+    if image_size is None:
+        return None
     try:
         with Image.open(path) as image:
             image.load()
@@ -308,28 +333,14 @@ def image_problem(path: Path, image_size: tuple[int, int]) -> str | None:
 
 def check_split(root_dir: Path, dataset_type: str, glob_pattern: str, dataset_class,
                 image_size: tuple[int, int], allow_outside_root: bool = False) -> tuple[list[str], list[str]]:
-    """Check one split completely, decoding every image: (summary lines, problems as 'file line N: ...')."""
+    """Check one split completely, decoding every image: (summary lines, every problem)."""
     try:
-        check_arguments(root_dir, dataset_type, glob_pattern)
-        csv_files = split_csv_files(root_dir, dataset_type, glob_pattern)
+        frame, invalid, unreadable = collect_split(root_dir, dataset_type, glob_pattern,
+                                                   dataset_class.required_columns, allow_outside_root, image_size)
     except DatasetError as error:
         return [], [str(error)]
-    frames, problems = [], []
-    for csv_file in csv_files:
-        try:
-            frames.append(read_csv_file(csv_file, dataset_class.required_columns))
-        except DatasetError as error:
-            problems.append(str(error))
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if frame.empty:
-        return [], problems + [f"{root_dir / f'.{dataset_type}'}: no usable rows"]
-    problems += value_problems(frame, dataset_class.required_columns, allow_outside_root)
-    for row in frame.itertuples():
-        if isinstance(row.image_path, str) and row.image_path.strip():
-            problem = image_problem(root_dir / row.image_path, image_size)
-            if problem:
-                problems.append(f"{row.csv_file} line {row.csv_line}: {row.image_path}: {problem}")
-    return split_summary(frame, dataset_type, dataset_class.target_column), problems
+    summary = split_summary(frame, dataset_type, dataset_class.target_column) if not frame.empty else []
+    return summary, invalid + unreadable
 
 
 def split_summary(frame: pd.DataFrame, dataset_type: str, target_column: str) -> list[str]:

@@ -2,11 +2,11 @@
 
     python myModel.py                      # summary, test output shape, ONNX file in .onnx/
     python myModel.py --task moaf          # the multi-objective model, two ONNX inputs
-    python myModel.py --model_name resnet18 --onnx_path resnet18.onnx
+    python myModel.py --fe_str resnet18 --onnx_path resnet18.onnx
 
     from myModel import SOAFModel, MOAFModel
-    model = SOAFModel("mobilenetv4_conv_small", pretrained=False)   # (N,3,224,224) -> (N,1) um
-    model = MOAFModel("mobilenetv4_conv_small", pretrained=False)   # (N,3,224,224), (N,2) -> (N,1) DOF
+    model = SOAFModel(pretrained=False)                             # (N,3,224,224) -> (N,1) um
+    model = MOAFModel(pretrained=False)                             # (N,3,224,224), (N,2) -> (N,1) DOF
     model = SOAFModel(pretrained=False, head="split")               # also distance and side of focus:
     signed, distance, p_positive = model.all_outputs(images)        # (N,1) each
 """
@@ -22,7 +22,9 @@ import timm
 import torch
 from torch import nn
 
-IMAGE_SIZE = 224
+from myDataset import IMAGE_SIZE
+
+DEFAULT_BACKBONE = "mobilenetv4_conv_small"
 ONNX_OPSET = 17
 
 
@@ -143,7 +145,7 @@ class AutofocusModel(nn.Module):
 
     def __init__(
         self,
-        model_name: str = "mobilenetv4_conv_small",
+        model_name: str = DEFAULT_BACKBONE,
         pretrained: bool = True,
         pretrained_file: str | None = None,
         dropout: float = 0.5,
@@ -340,9 +342,9 @@ def quantize_onnx(fp32_path: Path, calibration_feeds: list[dict], save_path: Pat
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Show the autofocus model and export it to ONNX.")
-    parser.add_argument("--task", choices=["soaf", "moaf"], default="soaf",
+    parser.add_argument("--task", choices=("soaf", "moaf"), default="soaf",
                         help="soaf: image -> um; moaf: image and (magnification, NA) -> DOF (default: %(default)s)")
-    parser.add_argument("--model_name", default="mobilenetv4_conv_small",
+    parser.add_argument("--fe_str", "--model_name", default=DEFAULT_BACKBONE,
                         help="timm backbone name (default: %(default)s)")
     parser.add_argument("--head", choices=HEADS, default="signed",
                         help="signed: one output; split: distance and side of focus (default: %(default)s)")
@@ -358,9 +360,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     from torchinfo import summary
 
+    from common import TASKS  # common builds its task table from this module's classes
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model_class = MOAFModel if args.task == "moaf" else SOAFModel
-    model = model_class(args.model_name, args.pretrained, args.pretrained_file, head=args.head).to(device).eval()
+    model = TASKS[args.task].model(args.fe_str, args.pretrained, args.pretrained_file, head=args.head)
+    model = model.to(device).eval()
     example = model.example_inputs(1)
     summary(model, input_data=list(example), device=device)
 

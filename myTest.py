@@ -4,10 +4,11 @@
     python myTest.py --root_dir DATA --ckpt .ckpts/ckpt_0100.pt     # any checkpoint
     python myTest.py --root_dir demo_data --num_workers 2            # CPU smoke run
 
-Writes .onnx/<checkpoint>.onnx, and in .result/ the table <checkpoint>_test.csv with one
+Writes .onnx/<run>-<checkpoint>.onnx (<run>: the checkpoint's folder, e.g. ckpts), and in
+.result/ the table <run>-<checkpoint>_test.csv with one
 row per image (image_path, label, pt_pred, onnx_pred, onnx_time_cost in milliseconds of one
 batch-1 run, then magnification, NA and dof_um where the CSV has them) and the errors per
-objective in <checkpoint>_metrics.json. The task, backbone and CSV glob come from the
+objective in <run>-<checkpoint>_metrics.json. The task, backbone and CSV glob come from the
 checkpoint; nothing is downloaded.
 """
 import argparse
@@ -22,15 +23,15 @@ import torch
 from torchvision import transforms
 
 from checkpoints import CheckpointError, find_best_checkpoint, load_checkpoint
-from myModel import export_onnx, quantize_onnx
-from myTrain import TASKS, build_dataset, build_loader, get_common_parser, positive, progress, run, split_batch
+from common import TASKS, build_dataset, build_loader, get_common_parser, positive, progress, run, split_batch
+from myModel import DEFAULT_BACKBONE, export_onnx, quantize_onnx
 from report import depth_of_field_um, per_objective_metrics, plot_report
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Test a SOAF or MOAF autofocus network with PyTorch and ONNX Runtime.",
                                      parents=[get_common_parser()])
-    parser.add_argument("--fe_str", default=None,
+    parser.add_argument("--fe_str", "--model_name", default=None,
                         help="timm feature extractor name (default: the one the checkpoint was trained with)")
     parser.add_argument("--ckpt", type=Path, default=None,
                         help="checkpoint to test (default: the newest ckpt_best_*.pt in --ckpt_dir)")
@@ -61,6 +62,13 @@ def checkpoint_to_test(args) -> Path:
         raise CheckpointError(f"no ckpt_best_*.pt in {args.ckpt_dir}; train first with myTrain.py, "
                               "or pass --ckpt_dir or --ckpt")
     return best
+
+
+def output_name(ckpt_path: Path) -> str:
+    """What the ONNX file and the results of a checkpoint are called: its run folder and its name,
+    e.g. ckpts_moaf-ckpt_best_0026 for .ckpts_moaf/ckpt_best_0026.pt, so that runs never collide."""
+    run_folder = ckpt_path.resolve().parent.name.lstrip(".") or "run"
+    return f"{run_folder}-{ckpt_path.stem}"
 
 
 @torch.no_grad()
@@ -182,7 +190,7 @@ def main(args: argparse.Namespace) -> None:
     checkpoint = load_checkpoint(ckpt_path)
     trained_args = checkpoint.get("args", {})
     task = args.task or trained_args.get("task", "soaf")
-    fe_str = args.fe_str or trained_args.get("fe_str", "mobilenetv4_conv_small")
+    fe_str = args.fe_str or trained_args.get("fe_str", DEFAULT_BACKBONE)
     glob = args.glob or trained_args.get("glob")
     unit = TASKS[task].unit
     print(f"Testing {ckpt_path} (task {task}, epoch {checkpoint['epoch']}, backbone {fe_str}, "
@@ -193,27 +201,28 @@ def main(args: argparse.Namespace) -> None:
     model = load_model(checkpoint, ckpt_path, task, fe_str, device)
 
     pt_pred = predict_pytorch(model, loader, device)
-    onnx_path = export_onnx(model, args.onnx_dir / f"{ckpt_path.stem}.onnx")
+    name = output_name(ckpt_path)
+    onnx_path = export_onnx(model, args.onnx_dir / f"{name}.onnx")
     session = onnx_session(onnx_path, device, args.onnx_threads)
     onnx_pred, onnx_time_cost = predict_onnx(session, test_set, args.warmup)
 
     results = result_table(test_set, pt_pred, onnx_pred, onnx_time_cost)
     if args.quantize:
         int8_path = quantize_int8(args, onnx_path, model, task, glob)
-        int8_outputs, results["int8_time_cost"] = predict_onnx(
-            onnx_session(int8_path, device, args.onnx_threads), test_set, args.warmup)
-        results["int8_pred"] = int8_outputs[:, 0]
+        int8_outputs, int8_time_cost = predict_onnx(onnx_session(int8_path, device, args.onnx_threads), test_set,
+                                                    args.warmup)
+        results["int8_pred"], results["int8_time_cost"] = int8_outputs[:, 0], int8_time_cost
     metrics = per_objective_metrics(results, unit, checkpoint.get("train_label_mean"))
     args.result_dir.mkdir(parents=True, exist_ok=True)
-    result_path = args.result_dir / f"{ckpt_path.stem}_test.csv"
-    metrics_path = args.result_dir / f"{ckpt_path.stem}_metrics.json"
+    result_path = args.result_dir / f"{name}_test.csv"
+    metrics_path = args.result_dir / f"{name}_metrics.json"
     results.to_csv(result_path, index=False)
     summary = {"checkpoint": str(ckpt_path), "task": task, "unit": unit,
                "onnx_latency_ms": {"median": float(results["onnx_time_cost"].median()),
                                    "p95": float(results["onnx_time_cost"].quantile(0.95))},
                "objectives": json.loads(metrics.to_json(orient="index"))}
     metrics_path.write_text(json.dumps(summary, indent=2) + "\n")
-    plots = plot_report(results, unit, args.result_dir / ckpt_path.stem)
+    plots = plot_report(results, unit, args.result_dir / name)
     print(f"ONNX model: {onnx_path}")
     print_summary(results, metrics, unit, session.get_providers())
     print(f"Metrics: {metrics_path}")

@@ -3,7 +3,7 @@
 myTest.py writes the metrics and plots next to its result CSV; the functions also work on a
 result CSV loaded in a notebook:
 
-    results = pd.read_csv(".result/ckpt_best_0009_test.csv")
+    results = pd.read_csv(result_csv)   # the path myTest.py printed
     per_objective_metrics(results, unit="DOF", train_label_mean=None)
 
 Learning curves of one or more TensorBoard runs as a PNG, for a report or a README:

@@ -43,10 +43,10 @@ def test_spherical_aberration_alone_is_a_weak_cue(field_20x):
     assert 0 < difference < 0.2 * blur
 
 
-def test_chromatic_aberration_puts_red_and_blue_in_focus_beyond_green(field_20x):
+def test_chromatic_aberration_focuses_red_above_and_blue_below_green(field_20x):
     optics = Optics(chromatic_shift_dof=0.5, specimen_depth_um=0.0)
     above, below = channel_sharpness(render(field_20x, 0.5, optics)), channel_sharpness(render(field_20x, -0.5, optics))
-    assert above[0] > below[0] and above[2] > below[2]  # red and blue: sharpest at +0.5 DOF
+    assert above[0] > below[0] and above[2] < below[2]  # red sharpest at +0.5 DOF, blue at -0.5
     assert above[1] == pytest.approx(below[1], rel=1e-6)  # green: symmetric about 0
 
 

@@ -11,14 +11,13 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from conftest import ROOT, run_script
 from checkpoints import find_best_checkpoint, load_checkpoint
+from common import StepOptions, augment_batch, build_loader
+from conftest import FAST, ROOT, run_script
+from engine import train_epoch, validation_epoch
 from myDataset import SOAFDataset
 from myModel import SOAFModel, export_onnx, quantize_onnx
 from myTest import calibration_feeds, onnx_session
-from myTrain import StepOptions, augment_batch, build_loader, train_epoch, validation_epoch
-
-FAST = ("--no-pretrained", "--num_workers", "0", "--batch_size", "8", "--lr", "1e-4")
 
 
 def small_loader(demo_root):

@@ -1,7 +1,7 @@
 """The split head: distance and side of focus as two outputs, its loss, its metrics, its ONNX
 outputs, and training and testing with it end to end."""
 import json
-import math
+from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
@@ -12,12 +12,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from checkpoints import find_best_checkpoint
-from conftest import run_script
+from conftest import FAST, run_script
 from myModel import MOAFModel, SOAFModel, export_onnx
-from myTrain import DefocusLoss, EpochTotals, warn_if_one_sided
-from report import confidence_metrics, error_metrics
-
-FAST = ("--no-pretrained", "--num_workers", "0", "--batch_size", "8", "--lr", "1e-4")
+from myTrain import training_labels
 
 
 @pytest.fixture(scope="module")
@@ -75,59 +72,13 @@ def test_split_head_onnx_has_three_named_outputs_matching_pytorch(model_class, t
         np.testing.assert_allclose(ours, theirs, atol=1e-4)
 
 
-def test_signed_loss_is_the_l1_loss():
-    outputs, target = torch.tensor([[1.0], [-2.0]]), torch.tensor([3.0, -1.0])
-    assert DefocusLoss()(outputs, target).item() == pytest.approx(1.5)
-
-
-def test_split_loss_by_hand():
-    # distance errors 1 and 0; the side term weighs -log p(right side) by 2|label|
-    outputs = torch.tensor([[2.0, math.log(3.0)], [4.0, 0.0]])  # p_positive 0.75 and 0.5
-    target = torch.tensor([3.0, -4.0])
-    expected = (1 + 0) / 2 + (6.0 * -math.log(0.75) + 8.0 * -math.log(0.5)) / 2
-    assert DefocusLoss()(outputs, target).item() == pytest.approx(expected, rel=1e-6)
-
-
-def test_split_loss_ignores_the_side_in_focus_and_pushes_it_far_from_focus():
-    def side_gradient(label: float) -> float:
-        outputs = torch.tensor([[abs(label), 0.0]], requires_grad=True)  # distance right, side unknown
-        DefocusLoss()(outputs, torch.tensor([label])).backward()
-        return outputs.grad[0, 1].item()
-
-    assert side_gradient(0.0) == 0.0
-    assert side_gradient(10.0) < side_gradient(1.0) < 0  # raises the logit of a positive label, more when far
-
-
-def test_epoch_totals_count_distance_and_side_beyond_one_dof():
-    totals = EpochTotals(one_dof=1.0)
-    outputs = torch.tensor([[2.0, 1.0], [1.0, -1.0], [0.5, 1.0]])  # sides +, -, +
-    target = torch.tensor([[3.0], [2.0], [-0.5]])  # the last is within 1 DOF: side not judged
-    totals.add(torch.tensor(1.5), outputs, target)
-    means = totals.means()
-    assert means["loss"] == pytest.approx(1.5)
-    assert means["distance_mae"] == pytest.approx((1 + 1 + 0) / 3)
-    assert means["side_accuracy"] == pytest.approx(1 / 2)
-
-
-def test_confidence_metrics_by_hand():
-    results = pd.DataFrame({"label": [16.0, -16.0, 16.0, 4.0], "pt_p_positive": [0.95, 0.95, 0.6, 0.99],
-                            "dof_um": [8.0] * 4})
-    metrics = confidence_metrics(results, "um")
-    assert metrics["confident_share"] == pytest.approx(3 / 4)
-    assert metrics["confident_sign_accuracy"] == pytest.approx(1 / 2)  # the 4 um image is within 1 DOF
-
-
-def test_distance_mae_ignores_the_side():
-    results = pd.DataFrame({"label": [2.0, -3.0], "pt_pred": [-2.0, 2.5], "onnx_pred": [-2.0, 2.5],
-                            "onnx_time_cost": [1.0, 1.0]})
-    metrics = error_metrics(results, "DOF")
-    assert metrics["distance_mae"] == pytest.approx(0.25) and metrics["mae"] == pytest.approx(4.75)
-
-
 def test_one_sided_labels_are_warned_about(capsys):
-    warn_if_one_sided(torch.tensor([0.5, 2.0, 3.0]))
+    def split_with_labels(*labels):
+        return SimpleNamespace(frame=pd.DataFrame({"defocus_label": labels}), target_column="defocus_label")
+
+    assert training_labels(split_with_labels(0.5, 2.0, 3.0)).tolist() == [0.5, 2.0, 3.0]
     assert "same sign" in capsys.readouterr().err
-    warn_if_one_sided(torch.tensor([-0.5, 2.0]))
+    training_labels(split_with_labels(-0.5, 2.0))
     assert capsys.readouterr().err == ""
 
 
@@ -143,7 +94,7 @@ def test_train_and_test_with_the_split_head(demo_root, tmp_path):
     tested = run_script("myTest.py", "--root_dir", demo_root, "--num_workers", "0", cwd=tmp_path)
     assert tested.returncode == 0, tested.stderr
     assert "split head" in tested.stdout
-    stem = find_best_checkpoint(tmp_path / ".ckpts").stem
+    stem = "ckpts-" + find_best_checkpoint(tmp_path / ".ckpts").stem
     results = pd.read_csv(tmp_path / ".result" / f"{stem}_test.csv")
     for column in ("distance", "p_positive"):
         assert (results[f"pt_{column}"] - results[f"onnx_{column}"]).abs().max() < 1e-4
