@@ -34,7 +34,7 @@ from torchvision import transforms
 from torchvision.transforms import v2
 
 from checkpoints import save_atomically
-from myModel import export_onnx, quantize_onnx
+from myModel import DEFAULT_BACKBONE, export_onnx, quantize_onnx
 from myTest import calibration_feeds, onnx_session
 from common import IMAGE_SIZE, TASKS, StepOptions, build_loader, positive, run, step_options
 from engine import recalibrate_batchnorm, train_epoch, validation_epoch
@@ -56,7 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="dataset root (default: a demo dataset written to a temporary folder)")
     parser.add_argument("--task", choices=sorted(TASKS), default="soaf", help="(default: %(default)s)")
     parser.add_argument("--glob", default=None, help="CSV files per split (default: the task's default)")
-    parser.add_argument("--fe_str", default="mobilenetv4_conv_small", help="timm backbone (default: %(default)s)")
+    parser.add_argument("--fe_str", default=DEFAULT_BACKBONE, help="timm backbone (default: %(default)s)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="(default: cuda if available, else cpu)")
     parser.add_argument("--batch_size", type=positive(int), default=32, help="(default: %(default)s)")

@@ -219,7 +219,7 @@ class AutofocusModel(nn.Module):
 class SOAFModel(AutofocusModel):
     """Single-objective autofocus: RGB image (N,3,224,224) -> defocus distance (N,1).
 
-    SOAFModel(model_name="mobilenetv4_conv_small", pretrained=True, pretrained_file=None, dropout=0.5, head="signed")
+    SOAFModel(model_name=DEFAULT_BACKBONE, pretrained=True, pretrained_file=None, dropout=0.5, head="signed")
     """
 
     def build_head(self) -> None:
@@ -237,8 +237,8 @@ def normalise_objective(params: torch.Tensor) -> torch.Tensor:
     it enters as log10; NA spans 0.1-1.4. Fixed constants, not statistics of one dataset,
     so that an objective never seen in training still lands in a sensible range.
     """
-    magnification, na = params.unbind(dim=-1)
-    return torch.stack([(torch.log10(magnification) - 1.3) / 0.5, (na - 0.7) / 0.4], dim=-1)
+    magnification, na = params[:, :1], params[:, 1:]  # static slices: no shape arithmetic in the ONNX graph
+    return torch.cat([(torch.log10(magnification) - 1.3) / 0.5, (na - 0.7) / 0.4], dim=1)
 
 
 class MOAFModel(AutofocusModel):
@@ -263,7 +263,8 @@ class MOAFModel(AutofocusModel):
 
     def forward(self, x: torch.Tensor, params: torch.Tensor, parts: bool = False) -> torch.Tensor:
         features = self.pooled_features(x)  # (N, C)
-        scale, shift = self.film(normalise_objective(params)).chunk(2, dim=1)  # (N, C) each
+        film = self.film(normalise_objective(params))  # (N, 2C)
+        scale, shift = film[:, :self.feature_dim], film[:, self.feature_dim:]  # (N, C) each, static slices
         outputs = self.head_outputs(self.fc(features * (1 + scale) + shift))  # (N, 1) or (N, 2)
         return outputs if parts else self.signed_prediction(outputs)  # (N, 1)
 

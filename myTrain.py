@@ -35,9 +35,9 @@ from torchvision.transforms import v2
 
 from checkpoints import (CheckpointError, CheckpointSaver, check_nothing_is_overwritten, checkpoint_to_resume,
                          remove_unfinished_writes, restore_rng_states, rng_states)
-from common import (IMAGE_SIZE, TASKS, args_as_dict, build_dataset, build_loader, gather_from_processes,
-                    get_common_parser, init_distributed, positive, probability, progress, rank_and_world_size, run,
-                    split_batch, step_options)
+from common import (IMAGE_SIZE, TASKS, StepOptions, args_as_dict, build_dataset, build_loader,
+                    gather_from_processes, get_common_parser, init_distributed, positive, probability, progress,
+                    rank_and_world_size, run, split_batch, step_options)
 from engine import DefocusLoss, EpochTotals, recalibrate_batchnorm, train_epoch, validation_epoch
 from myDataset import SPLITS, check_split
 from myModel import DEFAULT_BACKBONE, HEADS
@@ -257,10 +257,41 @@ def out_of_patience(epoch: int, best_epoch: int, patience: int) -> bool:
 
 # --- the run ------------------------------------------------------------------------------
 
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
+def start_processes(args) -> tuple[torch.device, int, int, StepOptions]:
+    """Join torchrun if started by it, seed, and resolve the speed options: (device, rank, world size, options)."""
+    device = init_distributed(torch.device(args.device))
+    rank, world_size = rank_and_world_size()
+    for seed_function in (torch.manual_seed, random.seed, np.random.seed):
+        seed_function(args.seed + rank)  # the same weights everywhere (DDP copies rank 0's), other augmentations
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels once
+    options = step_options(args, device)
+    print(f"Using device: {device}" + (f" x {world_size} processes" if world_size > 1 else "")
+          + f", mixed precision {options.amp_dtype or 'off'}, channels_last {options.channels_last}")
+    return device, rank, world_size, options
+
+
+def start_or_resume(args, checkpoint, resume_from, model, optimizer, scheduler, options, train_labels):
+    """(first epoch to train, the checkpoint saver): a fresh start scales the targets, a resumed run
+    restores its state and continues the best rule where it was."""
+    if checkpoint is None:
+        model.set_target_scale(train_labels)
+        print(f"Target scale from the training labels: median {model.target_center.item():+.3f}, "
+              f"mean absolute deviation {model.target_scale.item():.3f} {TASKS[args.task].unit}")
+        return 0, CheckpointSaver(args.ckpt_dir)
+    start_epoch = restore_training_state(checkpoint, resume_from, model, optimizer, scheduler, options.scaler, args)
+    saver = CheckpointSaver(args.ckpt_dir, checkpoint["best_loss"], checkpoint.get("best_epoch", start_epoch - 1))
+    print(f"Resumed from {resume_from}: continuing at epoch {start_epoch}, best val loss {saver.best_loss:.4f}")
+    return start_epoch, saver
+
+
+def prepare_run_folder(args) -> dict:
+    """The run's configuration, written to --ckpt_dir/config.json; leftovers of a crashed write removed."""
+    config = run_config(args)
+    args.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    remove_unfinished_writes(args.ckpt_dir)
+    (args.ckpt_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return config
 
 
 def checkpoint_state(model, optimizer, scheduler, options, train_loss: float, train_labels, args) -> dict:
@@ -278,15 +309,7 @@ def main(args: argparse.Namespace) -> None:
     args.log_dir = args.log_dir or Path("runs") / args.task
     if args.check:
         return check_dataset(args)
-    device = init_distributed(torch.device(args.device))
-    rank, world_size = rank_and_world_size()
-    seed_everything(args.seed + rank)  # the same weights everywhere (DDP copies rank 0's), other augmentations
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels once
-    options = step_options(args, device)
-    print(f"Using device: {device}" + (f" x {world_size} processes" if world_size > 1 else "")
-          + f", mixed precision {options.amp_dtype or 'off'}, channels_last {options.channels_last}")
-
+    device, rank, world_size, options = start_processes(args)
     train_set, val_set = build_datasets(args)
     train_loader = build_loader(train_set, args.batch_size, args.num_workers, device, shuffle=True, seed=args.seed)
     val_loader = build_loader(val_set, args.batch_size, args.num_workers, device, shuffle=False)
@@ -298,26 +321,15 @@ def main(args: argparse.Namespace) -> None:
     criterion = DefocusLoss()  # in the target's unit (um for soaf, DOF for moaf)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = build_scheduler(optimizer, args)
-    if checkpoint is None:
-        model.set_target_scale(train_labels)
-        print(f"Target scale from the training labels: median {model.target_center.item():+.3f}, "
-              f"mean absolute deviation {model.target_scale.item():.3f} {TASKS[args.task].unit}")
-        start_epoch, saver = 0, CheckpointSaver(args.ckpt_dir)
-    else:
-        start_epoch = restore_training_state(checkpoint, resume_from, model, optimizer, scheduler, options.scaler, args)
-        saver = CheckpointSaver(args.ckpt_dir, checkpoint["best_loss"], checkpoint.get("best_epoch", start_epoch - 1))
-        print(f"Resumed from {resume_from}: continuing at epoch {start_epoch}, best val loss {saver.best_loss:.4f}")
+    start_epoch, saver = start_or_resume(args, checkpoint, resume_from, model, optimizer, scheduler, options,
+                                         train_labels)
     if start_epoch >= args.epochs:
         print(f"Nothing to do: {start_epoch} epochs are already trained; raise --epochs to train more.")
         return
     # the training steps may run wrapped (DDP, compiled); validation, checkpoints and export use `model`
     train_model = DistributedDataParallel(model) if world_size > 1 else model
     train_model = torch.compile(train_model) if args.compile else train_model
-    config = run_config(args)
-    if rank == 0:
-        args.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        remove_unfinished_writes(args.ckpt_dir)
-        (args.ckpt_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    config = prepare_run_folder(args) if rank == 0 else None
 
     # purge_step drops logged points at or after start_epoch, so epochs trained again after
     # resuming from an earlier best replace their old points instead of doubling them

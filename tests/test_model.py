@@ -192,3 +192,23 @@ def test_constant_labels_leave_the_scale_at_one():
     model = SOAFModel(pretrained=False)
     model.set_target_scale(torch.full((4,), 3.0))
     assert (model.target_center.item(), model.target_scale.item()) == (3.0, 1.0)
+
+
+@pytest.mark.parametrize("model_class, head", [(SOAFModel, "signed"), (MOAFModel, "split")])
+def test_onnx_graph_is_static_and_runs_in_the_reference_evaluator(model_class, head, tmp_path):
+    """No shape arithmetic outside the batch axis (runtimes embedded in microscope software refuse
+    it), a graph that passes ONNX's full check, and ONNX's own reference implementation agreeing
+    with ONNX Runtime."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    torch.manual_seed(0)
+    model = model_class(pretrained=False, head=head).eval()
+    graph = onnx.load(export_onnx(model, tmp_path / "model.onnx"))
+    onnx.checker.check_model(graph, full_check=True)
+    assert not {"Shape", "Gather"} & {node.op_type for node in graph.graph.node}
+    feeds = {name: tensor.numpy() for name, tensor in zip(model.input_names, model.example_inputs(2))}
+    reference = ReferenceEvaluator(graph).run(None, feeds)
+    runtime = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for ours, theirs in zip(reference, runtime):
+        np.testing.assert_allclose(ours, theirs, atol=1e-4)
