@@ -196,7 +196,8 @@ def main(args: argparse.Namespace) -> None:
     print(f"Machine: {machine_description(device)}")
     print(f"Data: {root}, task {args.task}, {len(train_plain)} training and {len(val_plain)} validation images, "
           f"batch {args.batch_size}, {args.num_workers} workers")
-    print(f"project options: {project.options}")
+    print(f"project options: mixed precision {project.options.amp_dtype or 'off'}, "
+          f"channels_last {project.options.channels_last}")
 
     example = [tensor[:1] for tensor in next(iter(loaders["reference"][0]))[:-1]]  # float, as ONNX takes it
     results, runners = {}, {}
@@ -228,13 +229,18 @@ def main(args: argparse.Namespace) -> None:
                 "data loading (images/s)": loading,
                 "training step (images/s)": steps,
                 "training epoch (images/s)": len(train_plain) / seconds,
-                "checkpoint write (share of the epoch)": save_seconds / seconds,
+                "checkpoint write (% of the epoch)": 100 * save_seconds / seconds,
             }
         print("batch-1 latency, all models taking turns ...", flush=True)
         for (name, runtime), (median, p95) in interleaved_latency_ms(runners, args.latency_runs).items():
             results[name][f"{runtime} batch 1, median (ms)"] = median
             results[name][f"{runtime} batch 1, p95 (ms)"] = p95
     print_table(results)
+
+
+def speedup(ratio: float) -> str:
+    """'1.50x faster' for a ratio above 1, '1.25x slower' for 0.8."""
+    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
 
 
 def print_table(results: dict) -> None:
@@ -247,15 +253,15 @@ def print_table(results: dict) -> None:
             print(f"| {measure} | - | {value:.2f} | - |")
             continue
         if "images/s" in measure:
-            ratio = f"{value / base:.2f}x faster"
+            ratio = speedup(value / base)
         elif "(ms)" in measure:
-            ratio = f"{base / value:.2f}x faster"
+            ratio = speedup(base / value)
         else:
             ratio = "-"
         print(f"| {measure} | {base:.3g} | {value:.3g} | {ratio} |")
     eager = reference["PyTorch eager batch 1, median (ms)"]
     print(f"\nONNX Runtime (project) vs PyTorch eager (reference), batch-1 median: "
-          f"{eager / project['ONNX Runtime batch 1, median (ms)']:.2f}x faster")
+          f"{speedup(eager / project['ONNX Runtime batch 1, median (ms)'])}")
     if "ONNX int8 batch 1, median (ms)" in project:  # with --quantize
         print(f"int8 vs fp32 ONNX (project), batch-1 median: "
               f"{project['ONNX Runtime batch 1, median (ms)'] / project['ONNX int8 batch 1, median (ms)']:.2f}x")

@@ -169,6 +169,28 @@ def args_as_dict(args: argparse.Namespace) -> dict:
     return {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}
 
 
+def cores_per_process() -> int:
+    """This process's share of the cores the job may use: all of them, or 1/world_size under torchrun."""
+    return max(1, usable_cpu_count() // rank_and_world_size()[1])
+
+
+def loader_workers(requested: int) -> int:
+    """--num_workers capped at this process's share of the usable cores: more loader processes
+    than cores only take turns with each other and with the training threads."""
+    return min(requested, cores_per_process())
+
+
+def fit_threads_to_cores() -> int:
+    """Compute threads at most this process's share of the usable cores; returns the number.
+
+    torch's default counts the machine's cores, which over-subscribes a job confined to
+    fewer (taskset, cgroup cpusets, SLURM --cpus-per-task), and several torchrun processes
+    on one CPU. A lower count set by OMP_NUM_THREADS is kept.
+    """
+    torch.set_num_threads(min(torch.get_num_threads(), cores_per_process()))
+    return torch.get_num_threads()
+
+
 def build_loader(dataset, batch_size: int, num_workers: int, device: torch.device, shuffle: bool,
                  seed: int = 0) -> DataLoader:
     """A DataLoader whose CUDA-only and worker-only options are set only where they apply.
@@ -178,7 +200,7 @@ def build_loader(dataset, batch_size: int, num_workers: int, device: torch.devic
     epoch), other splits as every world_size-th image, so that no image is counted twice.
     """
     rank, world_size = rank_and_world_size()
-    num_workers = min(num_workers, max(1, usable_cpu_count() // world_size))
+    num_workers = loader_workers(num_workers)
     sampler = None
     if world_size > 1 and shuffle:
         sampler, shuffle = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed), None

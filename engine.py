@@ -26,24 +26,22 @@ class DefocusLoss(nn.Module):
     """The training loss, in the target's unit (um for soaf, DOF for moaf), for either head.
 
     Signed head, outputs (N,1): L1 between prediction and label, as the user asked.
-    Split head, outputs (N,2) = [distance, logit]: L1 between the distance and |label| (a
-    well-posed regression: blur shows it on both sides of focus), plus the side's binary
-    cross-entropy weighted by 2|label|, what a wrong side adds to the signed prediction's
-    error. So the side counts little near focus, where it neither shows nor matters, and
-    far from focus it gets about the push the signed head's L1 gives it. Measured on the
-    demo data (10x/0.3, chromatic cue), a weight of |label| let the distance term drown the
-    colour cue (side right for 65% against the signed head's 85%), 2|label| found it (85%)
-    and 4|label| made the probabilities overconfident; an added L1 of the soft estimate
-    distance x (2p - 1) did not find it either (65%).
+    Split head, outputs (N,3) = [distance, side logit, signed regression]: L1 between the
+    distance and |label| (a well-posed regression: blur shows it on both sides of focus)
+    plus the signed head's L1 between the signed regression and the label, so the side
+    gets exactly the push the signed head gives it. The side logit takes no gradient: it
+    is calibrated on the validation set (calibrate_side). On the demo data, side terms of
+    binary cross-entropy on a logit output (weighted by |label| or 2|label|, with or
+    without the L1 of distance x (2p - 1)) all lost the chromatic cue at 10x/0.3 that the
+    signed head finds, and made confident probabilities wrong (docs/split_head.md).
     """
 
     def forward(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.view(-1, 1)
         if outputs.shape[1] == 1:
             return nn.functional.l1_loss(outputs, target)
-        distance, logit = outputs[:, :1], outputs[:, 1:]
-        side = nn.functional.binary_cross_entropy_with_logits(logit, (target > 0).float(), reduction="none")
-        return nn.functional.l1_loss(distance, target.abs()) + (2 * target.abs() * side).mean()
+        distance, signed = outputs[:, :1], outputs[:, 2:3]
+        return nn.functional.l1_loss(distance, target.abs()) + nn.functional.l1_loss(signed, target)
 
 
 def distance_and_side(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +63,7 @@ def forward_batch(model: nn.Module, batch, criterion, device: torch.device,
 
 
 class EpochTotals:
-    """Sums over an epoch's batches for the mean loss, the distance MAE and the side accuracy.
+    """Sums over an epoch's batches for the mean loss, the signed and distance MAE and the side accuracy.
 
     Side accuracy counts images more than `one_dof` (one depth of field in the target's
     unit) from focus, where the side matters to a focus loop; every image off focus when
@@ -75,21 +73,22 @@ class EpochTotals:
 
     def __init__(self, one_dof: float | None = None):
         self.one_dof = one_dof
-        self.sums = None  # loss x images, images, |distance error|, right sides, judged sides
+        self.sums = None  # loss x images, images, |signed error|, |distance error|, right sides, judged sides
 
     def add(self, loss: torch.Tensor, outputs: torch.Tensor, target: torch.Tensor) -> None:
         distance, above = distance_and_side(outputs)
         target = target.view(-1)
+        signed = torch.where(above, distance, -distance)
         judged = target.abs() > (self.one_dof or 0.0)
         sums = torch.stack([loss.detach().float() * target.numel(), torch.tensor(float(target.numel()), device=target.device),
-                            (distance - target.abs()).abs().sum(), (judged & (above == (target > 0))).sum().float(),
-                            judged.sum().float()])
+                            (signed - target).abs().sum(), (distance - target.abs()).abs().sum(),
+                            (judged & (above == (target > 0))).sum().float(), judged.sum().float()])
         self.sums = sums if self.sums is None else self.sums + sums
 
     def means(self) -> dict:
-        """{"loss", "distance_mae", "side_accuracy"}, summed over every torchrun process."""
-        loss_sum, count, distance_error, right, judged = sum_over_processes(self.sums).tolist()
-        return {"loss": loss_sum / count, "distance_mae": distance_error / count,
+        """{"loss", "signed_mae", "distance_mae", "side_accuracy"}, summed over every torchrun process."""
+        loss_sum, count, signed_error, distance_error, right, judged = sum_over_processes(self.sums).tolist()
+        return {"loss": loss_sum / count, "signed_mae": signed_error / count, "distance_mae": distance_error / count,
                 "side_accuracy": right / judged if judged else math.nan}
 
 
@@ -165,6 +164,42 @@ def recalibrate_batchnorm(model, loader, device, max_batches: int, options: Step
             for statistic in (norm.running_mean, norm.running_var):
                 dist.all_reduce(statistic)
                 statistic /= world_size
+
+
+@torch.no_grad()
+def calibrate_side(model, loader, device, one_dof: float, options: StepOptions = StepOptions(),
+                   iterations: int = 25, ridge: float = 1.0) -> tuple[float, float]:
+    """Fit the split head's side probability, p = sigmoid(a * signed / target_scale + b), to the
+    images of `loader` (the validation set) and store a and b in the model; returns (a, b).
+
+    Platt scaling: a weighted logistic regression by Newton's method, each image weighted by
+    min(1, |label| / one_dof) (near focus the side neither shows nor matters), with a ridge
+    penalty that pulls a and b toward 0, that is toward p = 0.5, when the images say little.
+    Under torchrun the sums are added over every process's share of the images.
+    """
+    model.eval()
+    scaled, positive, weight = [], [], []
+    for batch in loader:
+        inputs, target = split_batch(batch, device, options)
+        with autocast(device, options):
+            outputs = model(*inputs, parts=True).float()
+        scaled.append((outputs[:, 2] - model.target_center) / model.target_scale)
+        target = target.view(-1).float()
+        positive.append((target > 0).float())
+        weight.append((target.abs() / one_dof).clamp(max=1.0))
+    z, y, w = (torch.cat(values).double() for values in (scaled, positive, weight))
+    a, b = 0.0, 0.0
+    for _ in range(iterations):
+        p = torch.sigmoid(a * z + b)
+        residual, curvature = w * (p - y), w * p * (1 - p)
+        sums = sum_over_processes(torch.stack([(residual * z).sum(), residual.sum(), (curvature * z * z).sum(),
+                                               (curvature * z).sum(), curvature.sum()]))
+        gradient = torch.tensor([sums[0] + ridge * a, sums[1] + ridge * b], dtype=torch.float64)
+        hessian = torch.tensor([[sums[2] + ridge, sums[3]], [sums[3], sums[4] + ridge]], dtype=torch.float64)
+        a, b = (torch.tensor([a, b], dtype=torch.float64) - torch.linalg.solve(hessian, gradient)).tolist()
+    model.side_scale.fill_(a)
+    model.side_bias.fill_(b)
+    return a, b
 
 
 @torch.no_grad()

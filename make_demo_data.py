@@ -35,12 +35,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from myDataset import IMAGE_SIZE
+from myDataset import CAMERA_PIXEL_UM, IMAGE_SIZE, depth_of_field_um
 
-WAVELENGTH_UM = 0.55  # of the depth-of-field formula
-REFRACTIVE_INDEX = 1.0  # of the depth-of-field formula: dry objectives
 OBJECTIVE_MEDIUM_INDEX = 1.0  # between objective and coverslip: air
-CAMERA_PIXEL_UM = 6.5
 CHANNEL_WAVELENGTHS_UM = (0.60, 0.54, 0.46)  # centre of the camera's red, green and blue bands
 OBJECTIVES = ((10.0, 0.3), (20.0, 0.7))
 MAX_DEFOCUS_DOF = 5.0  # defocus is drawn uniformly from +-this many depths of field
@@ -79,12 +76,6 @@ HAEMATOXYLIN_OD = np.array([0.65, 0.70, 0.29])
 EOSIN_OD = np.array([0.07, 0.99, 0.11])
 
 
-def depth_of_field_um(magnification: float, na: float) -> float:
-    """DOF = lambda*n/NA^2 + n*e/(M*NA): the wave-optical plus the camera-pixel term."""
-    return (WAVELENGTH_UM * REFRACTIVE_INDEX / na**2
-            + REFRACTIVE_INDEX * CAMERA_PIXEL_UM / (magnification * na))
-
-
 @functools.cache
 def frequency_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     """Spatial frequencies (cycles/pixel) of an rfft2 of a size x size image."""
@@ -112,9 +103,10 @@ def smooth_noise(rng: np.random.Generator, size: int, scale_px: float, anisotrop
     return (field - field.mean()) / (field.std() + 1e-12)
 
 
-def tissue_stain_densities(rng: np.random.Generator, pixel_um: float) -> tuple[np.ndarray, np.ndarray]:
-    """Haematoxylin and eosin density maps of one tissue field, with features sized in micrometres."""
-    size = IMAGE_SIZE
+def tissue_stain_densities(rng: np.random.Generator, pixel_um: float,
+                           size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Haematoxylin and eosin density maps of one size x size tissue field, with features sized
+    in micrometres."""
     # fields differ in how much there is to see, from sparse, pale tissue to dense, busy
     # tissue, so that the amount of edge in an image does not tell its defocus by itself
     density = rng.uniform(0.25, 1.5)
@@ -123,16 +115,31 @@ def tissue_stain_densities(rng: np.random.Generator, pixel_um: float) -> tuple[n
     haematoxylin = 0.08 * np.clip(smooth_noise(rng, size, 0.6 / pixel_um), 0, None)
     area_um2 = (size * pixel_um) ** 2
     for _ in range(rng.poisson(density * area_um2 / 250.0)):  # one nucleus per ~250 um^2 at density 1
-        dy, dx = wrapped_distance_grid(size, rng.uniform(0, size), rng.uniform(0, size))
+        cy, cx = rng.uniform(0, size), rng.uniform(0, size)
         radius_um = rng.uniform(2.5, 5.0)
         elongation = rng.uniform(1.0, 1.8)
         angle = rng.uniform(0, math.pi)
+        window, (dy, dx) = nucleus_window(size, cy, cx, radius_um * elongation / pixel_um)
         u = (dx * math.cos(angle) + dy * math.sin(angle)) * pixel_um / (radius_um * elongation)
         v = (-dx * math.sin(angle) + dy * math.cos(angle)) * pixel_um / radius_um
         inside = np.clip(1.0 - (u**2 + v**2), 0, None)
-        haematoxylin += rng.uniform(0.6, 1.1) * np.sqrt(inside)  # dense chromatin, soft rim
-        stroma *= 1 - 0.7 * (inside > 0)
+        haematoxylin[window] += rng.uniform(0.6, 1.1) * np.sqrt(inside)  # dense chromatin, soft rim
+        stroma[window] *= 1 - 0.7 * (inside > 0)
     return haematoxylin, stroma
+
+
+def nucleus_window(size: int, cy: float, cx: float, reach_px: float):
+    """(index of the pixels within reach_px of (cy, cx) on the periodic grid, their (dy, dx)):
+    a nucleus touches only these, so camera-sized fields with thousands of nuclei stay fast."""
+    half = math.ceil(reach_px) + 2
+    if 2 * half + 1 >= size:
+        return (slice(None), slice(None)), wrapped_distance_grid(size, cy, cx)
+    rows = (np.arange(-half, half + 1) + int(cy)) % size
+    cols = (np.arange(-half, half + 1) + int(cx)) % size
+    # the same formula as wrapped_distance_grid, on the window's pixels only
+    dy = (rows[:, None].astype(np.float64) - cy + size / 2) % size - size / 2
+    dx = (cols[None, :].astype(np.float64) - cx + size / 2) % size - size / 2
+    return np.ix_(rows, cols), (dy, dx)
 
 
 def render_transmission(haematoxylin: np.ndarray, eosin: np.ndarray, stain_scale: np.ndarray) -> np.ndarray:
@@ -196,20 +203,89 @@ def channel_otf(z_um: float, magnification: float, na: float, wavelength_um: flo
     return (otf / otf[0, 0])[:, : size // 2 + 1].astype(np.complex64)
 
 
+@functools.lru_cache(maxsize=48)
+def frame_otf(z_um: float, magnification: float, na: float, wavelength_um: float, optics: Optics,
+              shape: tuple[int, int]) -> np.ndarray:
+    """channel_otf for a camera frame of any shape: the PSF of the IMAGE_SIZE grid (whose support
+    stays well inside it) placed on the frame's grid, centred on pixel (0, 0) as a periodic kernel."""
+    if shape == (IMAGE_SIZE, IMAGE_SIZE):
+        return channel_otf(z_um, magnification, na, wavelength_um, optics)
+    psf = np.fft.irfft2(channel_otf(z_um, magnification, na, wavelength_um, optics), s=(IMAGE_SIZE, IMAGE_SIZE))
+    half = IMAGE_SIZE // 2
+    kernel = np.zeros(shape)
+    kernel[np.ix_(np.r_[0:half, -half:0], np.r_[0:half, -half:0])] = np.fft.fftshift(psf)[
+        np.ix_(np.r_[half:IMAGE_SIZE, 0:half], np.r_[half:IMAGE_SIZE, 0:half])]
+    return np.fft.rfft2(kernel).astype(np.complex64)
+
+
 def defocused_channels(transmission: np.ndarray, z_um: float, magnification: float, na: float,
                        dof_um: float, optics: Optics) -> np.ndarray:
     """Each colour channel blurred at its own focal depth (longitudinal chromatic aberration)."""
     channels = []
     for c, (wavelength_um, shift_dof) in enumerate(zip(CHANNEL_WAVELENGTHS_UM, optics.channel_focus_dof())):
         z_channel = round((z_um / dof_um - shift_dof) / Z_GRID_DOF) * Z_GRID_DOF * dof_um  # cached PSFs
-        otf = channel_otf(z_channel, magnification, na, wavelength_um, optics)
+        otf = frame_otf(z_channel, magnification, na, wavelength_um, optics, transmission.shape[:2])
         channels.append(np.fft.irfft2(np.fft.rfft2(transmission[..., c]) * otf, s=transmission.shape[:2]))
     return np.stack(channels, axis=-1)
 
 
 def image_at_defocus(rng, transmission, z_um, magnification, na, dof_um, optics: Optics) -> np.ndarray:
     """The camera image of a field at defocus z_um: optics, shot and read noise, 8-bit quantisation."""
-    image = defocused_channels(transmission, z_um, magnification, na, dof_um, optics)
+    return camera_image(rng, defocused_channels(transmission, z_um, magnification, na, dof_um, optics))
+
+
+def tissue_field(rng: np.random.Generator, magnification: float, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The in-focus RGB transmission (size, size, 3) of a fresh tissue field, with its slide's
+    stain strength, lamp brightness and white balance."""
+    stain_scale = rng.uniform(0.8, 1.2, size=2)
+    transmission = render_transmission(*tissue_stain_densities(rng, CAMERA_PIXEL_UM / magnification, size),
+                                       stain_scale)
+    return transmission * rng.uniform(0.9, 1.0) * rng.uniform(0.97, 1.03, size=3)  # lamp and white balance
+
+
+class VirtualMicroscope:
+    """A camera and a z stage over one tissue field, imaged through the demo optics: a stand-in
+    for a microscope to test a focus loop on.
+
+        scope = VirtualMicroscope(20, 0.7, size=1024, defocus_um=5.0)
+        frame = scope.acquire()          # (size, size, 3) uint8
+        scope.move_by(-5.0)              # relative stage move, um
+        scope.defocus_um                 # where the stage is now, relative to focus
+
+    `defocus_um` follows the sign of defocus_label: moving by -defocus_um focuses. `tilt_um`
+    is how much further from focus the right edge of the frame is than the left (a tilted
+    slide; the frame's centre is at `defocus_um`); `empty=True` images a blank slide.
+    """
+
+    def __init__(self, magnification: float, na: float, size: int = 1024, defocus_um: float = 0.0,
+                 seed: int = 0, optics: Optics = Optics(), tilt_um: float = 0.0, empty: bool = False):
+        if size < IMAGE_SIZE:
+            raise ValueError(f"frames must be at least {IMAGE_SIZE} pixels wide, got {size}")
+        self.magnification, self.na, self.optics = magnification, na, optics
+        self.dof_um = depth_of_field_um(magnification, na)
+        self.defocus_um, self.tilt_um = defocus_um, tilt_um
+        self.rng = np.random.default_rng(seed)
+        self.transmission = (np.full((size, size, 3), 0.95) if empty else
+                             tissue_field(self.rng, magnification, size))
+
+    def move_by(self, delta_um: float) -> None:
+        self.defocus_um += delta_um
+
+    def acquire(self) -> np.ndarray:
+        """The camera frame at the stage's position: a tilted field in vertical strips, each at its
+        own defocus; shot and read noise; 8 bits."""
+        size = self.transmission.shape[1]
+        strips = np.array_split(np.arange(size), 8 if self.tilt_um else 1)
+        image = np.empty_like(self.transmission)
+        for columns in strips:
+            z_um = self.defocus_um + self.tilt_um * (columns.mean() / (size - 1) - 0.5)
+            image[:, columns] = defocused_channels(self.transmission, z_um, self.magnification, self.na,
+                                                   self.dof_um, self.optics)[:, columns]
+        return camera_image(self.rng, image)
+
+
+def camera_image(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Shot and read noise and 8-bit quantisation of an image of light intensities in [0, 1]."""
     image = image + rng.standard_normal(image.shape, dtype=np.float32) * np.sqrt(np.clip(image, 0, None) * 2e-4 + 2e-5)
     return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
 
@@ -228,16 +304,13 @@ def write_split(root: Path, split: str, n_images: int, magnification: float, na:
     """Image `n_images` defocused views of fresh tissue fields; write images and CSVs for one split."""
     objective = f"{magnification:g}x_{na:g}"
     dof_um = depth_of_field_um(magnification, na)
-    pixel_um = CAMERA_PIXEL_UM / magnification
     rows = {slide: [] for slide in range(1, SLIDES_PER_SPLIT + 1)}
     n_fields = math.ceil(n_images / Z_PER_FIELD)
     steps = round(max_defocus_dof / Z_GRID_DOF)
     z_grid_dof = np.arange(-steps, steps + 1) * Z_GRID_DOF
     for field in range(n_fields):
         slide = field % SLIDES_PER_SPLIT + 1
-        stain_scale = rng.uniform(0.8, 1.2, size=2)
-        transmission = render_transmission(*tissue_stain_densities(rng, pixel_um), stain_scale)
-        transmission *= rng.uniform(0.9, 1.0) * rng.uniform(0.97, 1.03, size=3)  # lamp and white balance
+        transmission = tissue_field(rng, magnification)
         folder = root / "images" / objective / split / f"slide{slide}"
         folder.mkdir(parents=True, exist_ok=True)
         n_views = min(Z_PER_FIELD, n_images - field * Z_PER_FIELD)

@@ -29,6 +29,8 @@ SPLITS = ("train", "val", "test")
 IMAGE_SIZE = 224  # the networks' input is IMAGE_SIZE x IMAGE_SIZE; other sizes are refused, not resized
 SOAF_GLOB = "10x_0.3*.csv"  # CSV files a SOAFDataset reads unless told otherwise: one objective
 MOAF_GLOB = "*.csv"  # CSV files a MOAFDataset reads unless told otherwise: every objective
+# the depth-of-field formula's defaults: green light, a dry objective, a common camera pixel
+WAVELENGTH_UM, REFRACTIVE_INDEX, CAMERA_PIXEL_UM = 0.55, 1.0, 6.5
 MAX_LISTED_PROBLEMS = 5  # how many offending rows an error message lists before "... and N more"
 
 
@@ -48,18 +50,36 @@ class ImageDecodeError(DatasetError, OSError):
     """An image file exists but cannot be read as an image, or has the wrong size."""
 
 
+def depth_of_field_um(magnification: float, na: float, wavelength_um: float = WAVELENGTH_UM,
+                      refractive_index: float = REFRACTIVE_INDEX, camera_pixel_um: float = CAMERA_PIXEL_UM) -> float:
+    """DOF = lambda*n/NA^2 + n*e/(M*NA), the unit of defocus_dof_label: the wave-optical plus the
+    camera-pixel term."""
+    return wavelength_um * refractive_index / na**2 + refractive_index * camera_pixel_um / (magnification * na)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB from any PIL mode; 16- and 32-bit greyscale are scaled down, not clipped to white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # microscope cameras write 12-16 bit greyscale; 65535 maps to 255 for every image alike,
-        # so that brightness keeps its meaning between images
-        grey = np.asarray(image, dtype=np.float64) / 257.0
-        return Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
-    if image.mode == "F":
-        grey = np.asarray(image, dtype=np.float64)
-        scale = 255.0 if grey.max(initial=0.0) <= 1.0 else 1.0  # floats in [0, 1] or in 8-bit units
-        return Image.fromarray(np.clip(grey * scale + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return Image.fromarray(rgb_uint8(np.asarray(image)))
     return image.convert("RGB")
+
+
+def rgb_uint8(pixels: np.ndarray, float_max: float | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 from grey (H, W) or RGB (H, W, 3) pixels of any integer or float type.
+
+    Microscope cameras write 12-16 bit images: every integer type but uint8 is divided by 257,
+    so 65535 maps to 255 for every image alike and brightness keeps its meaning between
+    images. Floats count as [0, 1] when their maximum (`float_max`, else the array's) is at
+    most 1, else as 8-bit values.
+    """
+    if pixels.dtype != np.uint8:
+        if np.issubdtype(pixels.dtype, np.integer):
+            scale = 1 / 257.0
+        else:
+            maximum = float(pixels.max(initial=0.0)) if float_max is None else float_max
+            scale = 255.0 if maximum <= 1.0 else 1.0
+        pixels = np.clip(pixels.astype(np.float64) * scale + 0.5, 0, 255).astype(np.uint8)
+    return np.repeat(pixels[..., None], 3, axis=-1) if pixels.ndim == 2 else pixels
 
 
 def load_rgb_image(path: Path) -> Image.Image:

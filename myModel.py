@@ -124,15 +124,20 @@ class AutofocusModel(nn.Module):
     Subclasses add their head in `build_head` and define `forward`.
 
     `head="signed"` ends in one output, the signed defocus. `head="split"` ends in two: a
-    distance from focus (>= 0, softplus) and a logit for "the label is positive". Blur shows
-    the distance wherever there is tissue; the side shows only through weak asymmetries
-    of the optics. With one signed output and an L1 loss, every prediction between -|d|
-    and +|d| costs the same while the side is unknown, so training sits at the mean;
-    the split head learns the distance regardless, and the side where it can.
+    signed regression, as the signed head's, and a distance from focus (>= 0, softplus).
+    Blur shows the distance wherever there is tissue; the side shows only through weak
+    asymmetries of the optics. With one signed output and an L1 loss, every prediction
+    between -|d| and +|d| costs the same while the side is unknown, so training sits at
+    the mean; the distance output learns how far regardless, while the signed output keeps
+    the signed head's smooth signed target, through which asymmetries such as chromatic
+    aberration (one colour sharper above focus, the other below) are learnt best. The
+    side's probability is the signed output passed through a logistic calibration,
+    `side_scale` and `side_bias`, fitted on the validation set after each epoch
+    (engine.calibrate_side): near 0.5 where the signed output does not know the side.
     `model(x)` returns the signed (N,1) prediction either way (for the split head the
     distance on the likelier side: the point that minimises the expected L1 error);
     `model(x, parts=True)` returns what the loss needs: (N,1) signed for the signed head,
-    (N,2) [distance, logit] for the split head, in fp32.
+    (N,3) [distance, side logit, signed regression] for the split head, in fp32.
 
     The head learns in a unit-scale space; `to_physical` maps its output to the target's
     unit with `target_center` and `target_scale`, buffers that training sets from the
@@ -162,6 +167,9 @@ class AutofocusModel(nn.Module):
         self.feature_dim = self.feature_extractor.feature_info.channels()[-1]
         self.register_buffer("target_center", torch.tensor(0.0))
         self.register_buffer("target_scale", torch.tensor(1.0))
+        if head == "split":  # p_positive = sigmoid(side_scale * signed / target_scale + side_bias)
+            self.register_buffer("side_scale", torch.tensor(1.0))
+            self.register_buffer("side_bias", torch.tensor(0.0))
         self.build_head()
 
     def build_head(self) -> None:
@@ -181,18 +189,20 @@ class AutofocusModel(nn.Module):
         return self.target_center + self.target_scale * raw_output.float()
 
     def head_outputs(self, raw_output: torch.Tensor) -> torch.Tensor:
-        """The head's raw (N,1) or (N,2) output in the target's unit: signed defocus, or [distance, logit]."""
+        """The head's raw (N,1) or (N,2) output in the target's unit: the signed defocus, or for
+        the split head (N,3) [distance, side logit, signed regression]."""
         if self.head == "signed":
             return self.to_physical(raw_output)
-        raw_output = raw_output.float()
-        distance = self.target_scale * nn.functional.softplus(raw_output[:, :1])
-        return torch.cat([distance, raw_output[:, 1:]], dim=1)
+        signed = self.to_physical(raw_output[:, :1])
+        distance = self.target_scale * nn.functional.softplus(raw_output[:, 1:2].float())
+        logit = self.side_scale * (signed - self.target_center) / self.target_scale + self.side_bias
+        return torch.cat([distance, logit, signed], dim=1)
 
     def signed_prediction(self, outputs: torch.Tensor) -> torch.Tensor:
         """(N,1) signed defocus from head_outputs: the distance on the likelier side for the split head."""
         if self.head == "signed":
             return outputs
-        distance, logit = outputs[:, :1], outputs[:, 1:]
+        distance, logit = outputs[:, :1], outputs[:, 1:2]
         return torch.where(logit >= 0, distance, -distance)
 
     def all_outputs(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -200,7 +210,7 @@ class AutofocusModel(nn.Module):
         outputs = self(*inputs, parts=True)
         if self.head == "signed":
             return (outputs,)
-        return self.signed_prediction(outputs), outputs[:, :1], torch.sigmoid(outputs[:, 1:])
+        return self.signed_prediction(outputs), outputs[:, :1], torch.sigmoid(outputs[:, 1:2])
 
     def output_names(self) -> list[str]:
         """Names of all_outputs in the ONNX graph; `output` is always the signed prediction."""
@@ -208,7 +218,9 @@ class AutofocusModel(nn.Module):
 
     def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
         features = self.feature_extractor(images)[-1]  # (N, C, H/32, W/32)
-        return torch.flatten(self.global_pool(features), 1)  # (N, C)
+        # a reshape to a constant width, not Flatten: OpenCV's DNN module mis-sizes a Flatten
+        # with a dynamic batch once its result meets a second input (MOAF's objective)
+        return self.global_pool(features).reshape(-1, self.feature_dim)  # (N, C)
 
     def example_inputs(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         """Inputs of the right shapes for tracing, on the model's device."""
@@ -285,13 +297,14 @@ class AllOutputs(nn.Module):
         return self.model.all_outputs(*inputs)
 
 
-def export_onnx(model: AutofocusModel, save_path: Path) -> Path:
+def export_onnx(model: AutofocusModel, save_path: Path, metadata: dict[str, str] | None = None) -> Path:
     """Write `model` to ONNX with inputs `model.input_names` and dynamic batch axes.
 
     Outputs: `output`, the signed (N,1) prediction; the split head adds `distance` (N,1)
-    and `p_positive` (N,1). The legacy TorchScript exporter is used: it keeps the batch axis
-    dynamic even though it traces with a batch of 1, and exports these CNNs in well under
-    a second.
+    and `p_positive` (N,1). `metadata` goes into the file's metadata_props (what the model
+    was trained on, for focus.py). The legacy TorchScript exporter is used: it keeps the
+    batch axis dynamic even though it traces with a batch of 1, and exports these CNNs in
+    well under a second.
     """
     save_path = Path(save_path)
     save_path.parent.mkdir(parents=True, exist_ok=True)
@@ -310,6 +323,12 @@ def export_onnx(model: AutofocusModel, save_path: Path) -> Path:
             dynamic_axes={name: {0: "batch_size"} for name in (*model.input_names, *model.output_names())},
         )
     model.train(was_training)
+    if metadata:
+        import onnx
+
+        graph = onnx.load(str(save_path))
+        onnx.helper.set_model_props(graph, metadata)
+        onnx.save(graph, str(save_path))
     return save_path
 
 

@@ -23,7 +23,8 @@ import torch
 from torchvision import transforms
 
 from checkpoints import CheckpointError, find_best_checkpoint, load_checkpoint
-from common import TASKS, build_dataset, build_loader, get_common_parser, positive, progress, run, split_batch
+from common import (TASKS, build_dataset, build_loader, fit_threads_to_cores, get_common_parser, positive, progress,
+                    run, split_batch)
 from myModel import DEFAULT_BACKBONE, export_onnx, quantize_onnx
 from report import depth_of_field_um, per_objective_metrics, plot_report
 
@@ -173,6 +174,15 @@ def result_table(test_set, pt_outputs: np.ndarray, onnx_outputs: np.ndarray, onn
     return results
 
 
+def onnx_metadata(checkpoint: dict, task: str) -> dict[str, str]:
+    """What the ONNX file records of its training: task, unit, head and, where the checkpoint
+    has it, the largest |label| trained on (focus.py reports estimates beyond it as out of range)."""
+    metadata = {"task": task, "unit": TASKS[task].unit, "head": checkpoint.get("args", {}).get("head", "signed")}
+    if "train_label_abs_max" in checkpoint:
+        metadata["label_abs_max"] = repr(checkpoint["train_label_abs_max"])
+    return metadata
+
+
 def load_model(checkpoint: dict, ckpt_path: Path, task: str, fe_str: str, device: torch.device):
     """The checkpoint's network, with the head it was trained with, built without downloading anything."""
     head = checkpoint.get("args", {}).get("head", "signed")
@@ -186,6 +196,7 @@ def load_model(checkpoint: dict, ckpt_path: Path, task: str, fe_str: str, device
 
 def main(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
+    fit_threads_to_cores()
     ckpt_path = checkpoint_to_test(args)
     checkpoint = load_checkpoint(ckpt_path)
     trained_args = checkpoint.get("args", {})
@@ -202,7 +213,7 @@ def main(args: argparse.Namespace) -> None:
 
     pt_pred = predict_pytorch(model, loader, device)
     name = output_name(ckpt_path)
-    onnx_path = export_onnx(model, args.onnx_dir / f"{name}.onnx")
+    onnx_path = export_onnx(model, args.onnx_dir / f"{name}.onnx", onnx_metadata(checkpoint, task))
     session = onnx_session(onnx_path, device, args.onnx_threads)
     onnx_pred, onnx_time_cost = predict_onnx(session, test_set, args.warmup)
 

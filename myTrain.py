@@ -14,6 +14,13 @@ MOAF: image + (magnification, NA) -> defocus in depth-of-field units, every obje
 Stop with Ctrl-C at any moment; running the same command again resumes from the newest
 best checkpoint in --ckpt_dir (pass --no-resume and a fresh --ckpt_dir to start over).
 """
+import os
+
+# Set before torch loads OpenMP: compute threads that wait for work sleep instead of spinning.
+# Spinning threads take the cores from whatever runs beside them (another job, this run's
+# loader processes): on two cores shared with a two-core job, CPU epochs took 2.3x longer.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import math
@@ -36,9 +43,10 @@ from torchvision.transforms import v2
 from checkpoints import (CheckpointError, CheckpointSaver, check_nothing_is_overwritten, checkpoint_to_resume,
                          remove_unfinished_writes, restore_rng_states, rng_states)
 from common import (IMAGE_SIZE, TASKS, StepOptions, args_as_dict, build_dataset, build_loader,
-                    gather_from_processes, get_common_parser, init_distributed, positive, probability, progress,
-                    rank_and_world_size, run, split_batch, step_options)
-from engine import DefocusLoss, EpochTotals, recalibrate_batchnorm, train_epoch, validation_epoch
+                    fit_threads_to_cores, gather_from_processes, get_common_parser, init_distributed, loader_workers,
+                    positive, probability, progress, rank_and_world_size, run, split_batch, step_options,
+                    usable_cpu_count)
+from engine import DefocusLoss, EpochTotals, calibrate_side, recalibrate_batchnorm, train_epoch, validation_epoch
 from myDataset import SPLITS, check_split
 from myModel import DEFAULT_BACKBONE, HEADS
 from report import depth_of_field_um
@@ -110,6 +118,13 @@ def build_datasets(args):
         print(f"Cached {len(train_set) + len(val_set)} decoded images in memory: {mib:.0f} MiB")
     return train_set, val_set
 
+def build_loaders(args, train_set, val_set, device: torch.device):
+    """Training loader (shuffled, a new order every epoch) and validation loader."""
+    print(f"Task {args.task}: {len(train_set)} training and {len(val_set)} validation images from {args.root_dir}")
+    return (build_loader(train_set, args.batch_size, args.num_workers, device, shuffle=True, seed=args.seed),
+            build_loader(val_set, args.batch_size, args.num_workers, device, shuffle=False))
+
+
 def check_dataset(args) -> None:
     """--check: read every CSV row and decode every image of all splits, print a summary and the problems."""
     task = TASKS[args.task]
@@ -134,6 +149,12 @@ def training_labels(train_set) -> torch.Tensor:
         print("warning: every training label has the same sign, so the side of focus cannot be learnt "
               "from this data; image both sides of focus", file=sys.stderr)
     return labels
+
+
+def mean_predictor_mae(train_labels: torch.Tensor, val_set) -> float:
+    """The validation MAE of always predicting the training labels' mean: the bar a network has to clear."""
+    val_labels = torch.tensor(val_set.frame[val_set.target_column].to_numpy(), dtype=torch.float32)
+    return float((val_labels - train_labels.mean()).abs().mean())
 
 
 def one_depth_of_field(dataset, task: str) -> float | None:
@@ -167,6 +188,14 @@ def build_scheduler(optimizer, args):
     if args.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=10)
     return None
+
+
+def step_scheduler(scheduler, val_loss: float) -> None:
+    """One step per epoch: the plateau schedule watches the validation loss, the others count epochs."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_loss)
+    elif scheduler is not None:
+        scheduler.step()
 
 
 def resume_checkpoint(args) -> tuple[Path | None, dict | None]:
@@ -239,13 +268,16 @@ def validation_image_grid(model, dataset, device, unit: str, count: int = 8) -> 
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.8, wspace=0.05)
     return figure
 
-def log_epoch(writer: SummaryWriter, epoch: int, train: dict, val: dict, lr: float) -> None:
-    """One point per curve: the losses, the learning rate, and the two questions apart (how far
-    from focus, on which side)."""
+def log_epoch(writer: SummaryWriter, epoch: int, train: dict, val: dict, lr: float, baseline_mae: float) -> None:
+    """One point per curve: the losses, the learning rate, the signed error against always
+    predicting the training mean (`baseline_mae`), and the two questions apart (how far from
+    focus, on which side)."""
     writer.add_scalar("Loss/train", train["loss"], epoch)
     writer.add_scalar("Loss/val", val["loss"], epoch)
     writer.add_scalar("Learning Rate", lr, epoch)
+    writer.add_scalar("Signed MAE/val_mean_predictor", baseline_mae, epoch)
     for split, means in (("train", train), ("val", val)):
+        writer.add_scalar(f"Signed MAE/{split}", means["signed_mae"], epoch)
         writer.add_scalar(f"Distance MAE/{split}", means["distance_mae"], epoch)
         if math.isfinite(means["side_accuracy"]):
             writer.add_scalar(f"Side accuracy/{split}", means["side_accuracy"], epoch)
@@ -266,8 +298,11 @@ def start_processes(args) -> tuple[torch.device, int, int, StepOptions]:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels once
     options = step_options(args, device)
+    threads = fit_threads_to_cores()
     print(f"Using device: {device}" + (f" x {world_size} processes" if world_size > 1 else "")
-          + f", mixed precision {options.amp_dtype or 'off'}, channels_last {options.channels_last}")
+          + f", {threads} compute thread(s) and {loader_workers(args.num_workers)} loader process(es) "
+          f"per process for {usable_cpu_count()} usable CPU core(s), mixed precision {options.amp_dtype or 'off'}, "
+          f"channels_last {options.channels_last}")
     return device, rank, world_size, options
 
 
@@ -301,6 +336,7 @@ def checkpoint_state(model, optimizer, scheduler, options, train_loss: float, tr
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": options.scaler.state_dict() if options.scaler is not None else None,
             "train_loss": train_loss, "train_label_mean": float(train_labels.mean()),  # the baseline to beat
+            "train_label_abs_max": float(train_labels.abs().max()),  # the range a prediction can be trusted in
             "args": args_as_dict(args), "rng_states": gather_from_processes(rng_states())}
 
 
@@ -311,10 +347,9 @@ def main(args: argparse.Namespace) -> None:
         return check_dataset(args)
     device, rank, world_size, options = start_processes(args)
     train_set, val_set = build_datasets(args)
-    train_loader = build_loader(train_set, args.batch_size, args.num_workers, device, shuffle=True, seed=args.seed)
-    val_loader = build_loader(val_set, args.batch_size, args.num_workers, device, shuffle=False)
-    print(f"Task {args.task}: {len(train_set)} training and {len(val_set)} validation images from {args.root_dir}")
+    train_loader, val_loader = build_loaders(args, train_set, val_set, device)
     train_labels, one_dof = training_labels(train_set), one_depth_of_field(train_set, args.task)
+    baseline_mae = mean_predictor_mae(train_labels, val_set)
 
     resume_from, checkpoint = resume_checkpoint(args)
     model = build_model(args, device, options.channels_last, fresh=checkpoint is None)
@@ -341,30 +376,30 @@ def main(args: argparse.Namespace) -> None:
             if isinstance(train_loader.sampler, DistributedSampler):
                 train_loader.sampler.set_epoch(epoch)
             train, val = EpochTotals(one_dof), EpochTotals(one_dof)
-            train_loss = train_epoch(train_model, train_loader, criterion, optimizer, device, epoch, options, totals=train)
+            train_epoch(train_model, train_loader, criterion, optimizer, device, epoch, options, totals=train)
             recalibrate_batchnorm(model, train_loader, device, args.bn_recalibration_batches, options)
-            val_loss = validation_epoch(model, val_loader, criterion, device, options, totals=val)
-            current_lr = optimizer.param_groups[0]["lr"]
+            if args.head == "split":
+                calibrate_side(model, val_loader, device, one_dof or float(model.target_scale), options)
+            validation_epoch(model, val_loader, criterion, device, options, totals=val)
+            train, val = train.means(), val.means()  # collective under torchrun: every process asks
+            train_loss, val_loss, current_lr = train["loss"], val["loss"], optimizer.param_groups[0]["lr"]
             if writer:
-                log_epoch(writer, epoch, train.means(), val.means(), current_lr)
+                log_epoch(writer, epoch, train, val, current_lr, baseline_mae)
                 if args.log_images_every and epoch % args.log_images_every == 0:
                     writer.add_figure("Validation images", validation_image_grid(
                         model, val_set, device, TASKS[args.task].unit), epoch, close=False)
                 writer.flush()
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(val_loss)
-            elif scheduler is not None:
-                scheduler.step()
+            step_scheduler(scheduler, val_loss)
 
             save_start = time.time()
             state = checkpoint_state(model, optimizer, scheduler, options, train_loss, train_labels, args)
             saved = saver.save_epoch(epoch, val_loss, state) if rank == 0 else []
-            print(f"Epoch {epoch + 1}/{args.epochs} | Train Loss: {train_loss:.4f} | "
+            print(f"Epoch {epoch} ({epoch + 1}/{args.epochs}) | Train Loss: {train_loss:.4f} | "
                   f"Val Loss: {val_loss:.4f} | LR: {current_lr:.2e} | Time: {time.time() - start_time:.2f}s"
                   + (f" | saved {', '.join(saved)} in {time.time() - save_start:.2f}s" if saved else ""))
             if out_of_patience(epoch, saver.best_epoch, args.patience):
                 print(f"Stopping early: the validation loss has not improved for {args.patience} epochs "
-                      f"(best {saver.best_loss:.4f} at epoch {saver.best_epoch + 1}).")
+                      f"(best {saver.best_loss:.4f} at epoch {saver.best_epoch}).")
                 break
 
 

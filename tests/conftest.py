@@ -12,6 +12,7 @@ sys.path.insert(0, str(ROOT))
 
 import myTrain  # noqa: E402
 from make_demo_data import make_demo_dataset  # noqa: E402
+from myTest import get_args_parser as get_test_args_parser, main as test_main  # noqa: E402
 
 FAST = ("--no-pretrained", "--num_workers", "0", "--batch_size", "8", "--lr", "1e-4")  # a quick run
 SCRATCH_RECIPE = ("--no-pretrained", "--lr", "1e-3", "--batch_size", "16", "--dropout", "0", "--scheduler", "cosine",
@@ -24,6 +25,37 @@ def demo_root(tmp_path_factory) -> Path:
     return make_demo_dataset(tmp_path_factory.mktemp("demo"), n_train=16, n_val=8, n_test=8, seed=0)
 
 
+@pytest.fixture(scope="session")
+def learning_root(tmp_path_factory) -> Path:
+    """10x/0.3 demo data: 192 training, 32 validation and 64 test images."""
+    return make_demo_dataset(tmp_path_factory.mktemp("learning"), n_train=192, n_val=32, n_test=64, seed=0,
+                             objectives=((10.0, 0.3),))
+
+
+@pytest.fixture(scope="session")
+def trained_split_run(tmp_path_factory, learning_root) -> Path:
+    """A run folder with the README's from-scratch recipe (30 epochs) and the split head on
+    learning_root, tested by myTest.py: .ckpts/ and .onnx/ inside. Trained once for every test
+    that needs a network that has learnt something."""
+    folder = tmp_path_factory.mktemp("trained_split")
+    in_folder(folder, myTrain.main, myTrain.get_args_parser().parse_args(
+        [str(arg) for arg in ("--root_dir", learning_root, *SCRATCH_RECIPE, "--head", "split", "--epochs", "30",
+                              "--num_workers", "0")]))
+    in_folder(folder, test_main, get_test_args_parser().parse_args(
+        ["--root_dir", str(learning_root), "--num_workers", "0", "--warmup", "0"]))
+    return folder
+
+
+def in_folder(folder: Path, function, *args):
+    """function(*args) with `folder` as the working directory."""
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        return function(*args)
+    finally:
+        os.chdir(previous)
+
+
 def run_script(script: str, *args, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run one of the project's scripts in `cwd` and capture its output."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -33,12 +65,7 @@ def run_script(script: str, *args, cwd: Path, timeout: float = 300) -> subproces
 
 def train_in_process(folder, *args, capsys) -> str:
     """myTrain.py's main run in this process, in `folder` (no interpreter start-up); what it printed."""
-    previous = os.getcwd()
-    os.chdir(folder)
-    try:
-        myTrain.main(myTrain.get_args_parser().parse_args([str(arg) for arg in args]))
-    finally:
-        os.chdir(previous)
+    in_folder(folder, myTrain.main, myTrain.get_args_parser().parse_args([str(arg) for arg in args]))
     return capsys.readouterr().out
 
 

@@ -54,3 +54,24 @@ def test_labels_lie_on_the_psf_grid(tmp_path):
     demo.make_demo_dataset(tmp_path, n_train=4, n_val=1, n_test=1, objectives=((10.0, 0.3),))
     rows = np.loadtxt(next((tmp_path / ".train").glob("*.csv")), delimiter=",", skiprows=1, usecols=5, ndmin=1)
     np.testing.assert_allclose(rows / demo.Z_GRID_DOF, np.round(rows / demo.Z_GRID_DOF), atol=1e-6)
+
+
+def test_a_camera_frame_is_blurred_as_the_tiles_are(field_20x):
+    """A 448-pixel frame made of four copies of a tile blurs each copy as the tile alone is blurred:
+    the frame's PSF is the tile grid's PSF, placed on the larger grid."""
+    frame = np.tile(field_20x, (2, 2, 1))
+    tile = render(field_20x, 2.0, Optics())
+    np.testing.assert_allclose(render(frame, 2.0, Optics())[224:, :224], tile, atol=1e-5)
+
+
+def test_virtual_microscope_moves_tilts_and_images_blank_slides():
+    scope = demo.VirtualMicroscope(20, 0.7, size=448, defocus_um=3.0, seed=0)
+    scope.move_by(-3.0)
+    assert scope.defocus_um == 0.0
+    sharp = sobel_sharpness(scope.acquire())
+    scope.move_by(2 * scope.dof_um)
+    assert sobel_sharpness(scope.acquire()) < 0.7 * sharp
+    tilted = demo.VirtualMicroscope(20, 0.7, size=448, defocus_um=0.0, seed=0, tilt_um=8 * scope.dof_um).acquire()
+    assert sobel_sharpness(tilted[:, 200:248]) > 1.5 * sobel_sharpness(tilted[:, -48:])  # centre in focus, edge not
+    blank = demo.VirtualMicroscope(20, 0.7, size=256, empty=True).acquire()
+    assert blank.std() < 5 and blank.dtype == np.uint8 and blank.shape == (256, 256, 3)

@@ -1,11 +1,12 @@
-"""engine.py: the loss of both heads, the epoch totals, non-finite losses, BatchNorm recalibration."""
+"""engine.py: the loss of both heads, the side calibration, the epoch totals, non-finite losses, BatchNorm
+recalibration."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from engine import DefocusLoss, EpochTotals, NonFiniteLossError, recalibrate_batchnorm, train_epoch
+from engine import DefocusLoss, EpochTotals, NonFiniteLossError, calibrate_side, recalibrate_batchnorm, train_epoch
 
 
 def test_signed_loss_is_the_l1_loss():
@@ -14,21 +15,46 @@ def test_signed_loss_is_the_l1_loss():
 
 
 def test_split_loss_by_hand():
-    # distance errors 1 and 0; the side term weighs -log p(right side) by 2|label|
-    outputs = torch.tensor([[2.0, math.log(3.0)], [4.0, 0.0]])  # p_positive 0.75 and 0.5
+    # [distance, side logit, signed regression]: distance errors 1 and 0, signed errors 2 and 1
+    outputs = torch.tensor([[2.0, 0.3, 1.0], [4.0, -5.0, -3.0]])
     target = torch.tensor([3.0, -4.0])
-    expected = (1 + 0) / 2 + (6.0 * -math.log(0.75) + 8.0 * -math.log(0.5)) / 2
-    assert DefocusLoss()(outputs, target).item() == pytest.approx(expected, rel=1e-6)
+    assert DefocusLoss()(outputs, target).item() == pytest.approx((1 + 0) / 2 + (2 + 1) / 2)
 
 
-def test_split_loss_ignores_the_side_in_focus_and_pushes_it_far_from_focus():
-    def side_gradient(label: float) -> float:
-        outputs = torch.tensor([[abs(label), 0.0]], requires_grad=True)  # distance right, side unknown
-        DefocusLoss()(outputs, torch.tensor([label])).backward()
-        return outputs.grad[0, 1].item()
+def test_split_loss_gives_the_signed_regression_the_signed_heads_push_and_the_logit_none():
+    outputs = torch.tensor([[5.0, 0.0, -2.0]], requires_grad=True)  # the signed regression on the wrong side
+    DefocusLoss()(outputs, torch.tensor([5.0])).backward()
+    signed_head = torch.tensor([[-2.0]], requires_grad=True)
+    DefocusLoss()(signed_head, torch.tensor([5.0])).backward()
+    assert outputs.grad[0].tolist() == [0.0, 0.0, signed_head.grad.item()]  # distance exact: no push
 
-    assert side_gradient(0.0) == 0.0
-    assert side_gradient(10.0) < side_gradient(1.0) < 0  # raises the logit of a positive label, more when far
+
+class FixedSignedRegression(nn.Module):
+    """A split head whose signed regression is the input itself, to calibrate by hand."""
+
+    def __init__(self):
+        super().__init__()
+        for name, value in (("target_center", 0.0), ("target_scale", 2.0), ("side_scale", 1.0), ("side_bias", 0.0)):
+            self.register_buffer(name, torch.tensor(value))
+
+    def forward(self, signed, parts=True):
+        return torch.cat([signed.abs(), torch.zeros_like(signed), signed], dim=1)
+
+
+def test_side_calibration_is_confident_where_the_signed_regression_knows_the_side():
+    labels = torch.linspace(-10, 10, 40)
+    model = FixedSignedRegression()
+    a, b = calibrate_side(model, [(labels.view(-1, 1), labels)], torch.device("cpu"), one_dof=1.0)
+    assert a > 1 and abs(b) < 0.5
+    p_far = torch.sigmoid(model.side_scale * 8.0 / model.target_scale + model.side_bias)
+    assert p_far > 0.99
+
+
+def test_side_calibration_stays_near_even_where_the_signed_regression_does_not_know():
+    labels = torch.linspace(-10, 10, 40)
+    guesses = torch.where(torch.arange(40) % 2 == 0, 3.0, -3.0)  # half right, half wrong, at every distance
+    a, b = calibrate_side(FixedSignedRegression(), [(guesses.view(-1, 1), labels)], torch.device("cpu"), one_dof=1.0)
+    assert abs(a) < 0.2 and abs(b) < 0.2  # p within a few per cent of 0.5
 
 
 def test_epoch_totals_count_distance_and_side_beyond_one_dof():

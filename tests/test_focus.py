@@ -1,0 +1,174 @@
+"""focus.py: frames to tiles as the dataset does, content and bad input, the loop's rules with a
+scripted predictor, and closed-loop focusing on the virtual microscope with a trained network."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import ROOT, run_script
+from focus import FocusError, FocusEstimate, FocusPredictor, focus_loop, has_content, tile_origins
+from make_demo_data import VirtualMicroscope, depth_of_field_um
+from myModel import MOAFModel, SOAFModel, export_onnx
+
+
+@pytest.fixture(scope="module")
+def soaf_onnx(tmp_path_factory):
+    torch.manual_seed(0)
+    model = SOAFModel(pretrained=False).eval()
+    return export_onnx(model, tmp_path_factory.mktemp("focus") / "soaf.onnx", {"label_abs_max": "40.0"})
+
+
+@pytest.fixture(scope="module")
+def tissue_frame():
+    return VirtualMicroscope(10, 0.3, size=512, defocus_um=8.0, seed=1).acquire()
+
+
+def test_tiles_cover_the_frame_on_a_grid():
+    assert tile_origins(448, 672, 3, None) == [(y, x) for y in (0, 112, 224) for x in (0, 224, 448)]
+    assert tile_origins(448, 448, 4, 112)[:3] == [(0, 0), (0, 112), (0, 224)]
+
+
+def test_blank_and_saturated_tiles_have_no_content(tissue_frame):
+    blank = VirtualMicroscope(10, 0.3, size=256, empty=True).acquire()[:224, :224]
+    saturated = np.full((224, 224, 3), 255, np.uint8)
+    saturated[::8] = tissue_frame[:224:8, :224]  # some detail, mostly clipped
+    assert has_content(tissue_frame[:224, :224], 2.0, 0.25)
+    assert not has_content(blank, 2.0, 0.25) and not has_content(saturated, 2.0, 0.25)
+
+
+def test_16_bit_and_float_frames_give_what_the_8_bit_frame_gives(soaf_onnx, tissue_frame):
+    predictor = FocusPredictor(soaf_onnx)
+    expected = predictor.predict(tissue_frame)
+    assert expected.status == "ok" and expected.tiles_used == 16
+    for frame in (tissue_frame.astype(np.uint16) * 257, tissue_frame.astype(np.float32) / 255):
+        assert predictor.predict(frame).defocus_um == pytest.approx(expected.defocus_um, abs=1e-4)
+
+
+def test_a_frame_predicts_what_the_network_says_of_its_tiles(soaf_onnx, tissue_frame):
+    """The median of the network's outputs on each tile, fed as the dataset classes feed images."""
+    from torchvision.transforms.functional import to_tensor
+
+    predictor = FocusPredictor(soaf_onnx, tiles_per_side=2)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(soaf_onnx))
+    tiles = [tissue_frame[y:y + 224, x:x + 224] for y in (0, 288) for x in (0, 288)]
+    outputs = [session.run(None, {"input": to_tensor(tile)[None].numpy()})[0].item() for tile in tiles]
+    assert predictor.predict(tissue_frame).defocus_um == pytest.approx(float(np.median(outputs)), abs=1e-4)
+
+
+@pytest.mark.parametrize("frame, message", [
+    (np.zeros((100, 600), np.uint8), "at least 224 x 224"),
+    (np.zeros((300, 300, 4), np.uint8), "(H, W, 3)"),
+    (np.full((300, 300), np.nan, np.float32), "NaN"),
+])
+def test_bad_frames_are_refused_by_name(soaf_onnx, frame, message):
+    with pytest.raises(FocusError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        FocusPredictor(soaf_onnx).predict(frame)
+
+
+def test_models_that_cannot_be_used_are_refused(tmp_path):
+    torch.manual_seed(0)
+    moaf = export_onnx(MOAFModel(pretrained=False), tmp_path / "moaf.onnx")
+    with pytest.raises(FocusError, match="MOAF model: give the objective"):
+        FocusPredictor(moaf)
+    foreign = tmp_path / "linear.onnx"
+    torch.onnx.export(nn.Linear(4, 1), (torch.randn(1, 4),), str(foreign), dynamo=False, input_names=["x"])
+    with pytest.raises(FocusError, match="not an autofocus model"):
+        FocusPredictor(foreign)
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(FocusError, match="not an ONNX model"):
+        FocusPredictor(tmp_path / "junk.onnx")
+
+
+def test_moaf_predictions_are_converted_to_micrometres(tmp_path, tissue_frame):
+    torch.manual_seed(0)
+    moaf = export_onnx(MOAFModel(pretrained=False), tmp_path / "moaf.onnx")
+    in_dof = FocusPredictor(moaf, magnification=10, na=0.3, dof_um=1.0).predict(tissue_frame)
+    in_um = FocusPredictor(moaf, magnification=10, na=0.3).predict(tissue_frame)
+    assert in_um.defocus_um == pytest.approx(in_dof.defocus_um * depth_of_field_um(10, 0.3), rel=1e-5)
+
+
+class ScriptedPredictor:
+    """Knows the true defocus of a simulated stage; says the side `side_right` of the time it is asked."""
+
+    def __init__(self, stage, sides, max_distance_um=50.0):
+        self.stage, self.sides, self.max_distance_um = stage, iter(sides), max_distance_um
+
+    def predict(self, frame):
+        true = self.stage["z"]
+        if frame is None:
+            return FocusEstimate(math.nan, "no_sample", math.nan, None, math.nan, 0, 16)
+        side = math.copysign(1, true) * (1 if next(self.sides) else -1)
+        status = "out_of_range" if abs(true) > self.max_distance_um else "ok"
+        return FocusEstimate(side * abs(true), status, abs(true), 0.5, 0.0, 16, 16)
+
+
+def scripted_loop(start, sides, **options):
+    stage = {"z": start}
+
+    def move_by(delta):
+        stage["z"] += delta
+    result = focus_loop(lambda: stage, move_by, ScriptedPredictor(stage, sides), **options)
+    return result, stage["z"]
+
+
+def test_loop_moves_by_minus_the_defocus_and_stops_within_tolerance():
+    result, end = scripted_loop(10.0, [True] * 5, tolerance_um=1.0)
+    assert result.moves_um == [-10.0] and result.converged and result.images == 2 and end == 0.0
+
+
+def test_a_wrong_side_is_undone_when_the_distance_grows():
+    """The side cue is wrong twice in a row; the blur grew after the first move, so the loop reverses."""
+    result, end = scripted_loop(10.0, [False, False, True], tolerance_um=1.0)
+    assert result.moves_um == [10.0, -20.0] and end == 0.0 and result.converged
+
+
+def test_every_move_is_bounded_and_out_of_range_moves_toward_the_side():
+    result, end = scripted_loop(-120.0, [True] * 5, tolerance_um=1.0, max_images=3, max_step_um=30.0)
+    assert result.moves_um == [30.0, 30.0, 30.0] and result.estimates[0].status == "out_of_range"
+    assert not result.converged and end == -30.0
+
+
+def test_no_sample_moves_nothing(soaf_onnx):
+    blank = VirtualMicroscope(10, 0.3, size=448, empty=True).acquire()
+    moves = []
+    result = focus_loop(lambda: blank, moves.append, FocusPredictor(soaf_onnx), tolerance_um=1.0)
+    assert result.estimates[0].status == "no_sample" and moves == [] and result.images == 1
+
+
+def test_a_bad_frame_raises_before_any_move(soaf_onnx):
+    moves = []
+    with pytest.raises(FocusError):
+        focus_loop(lambda: np.zeros((10, 10), np.uint8), moves.append, FocusPredictor(soaf_onnx), tolerance_um=1.0)
+    assert moves == []
+
+
+def test_closed_loop_focuses_the_virtual_microscope(trained_split_run):
+    """The split-head network trained in the tests, on whole frames of fields it never saw: from
+    starts within +-4 DOF, most trials end within one DOF of focus after at most three images."""
+    (onnx_path,) = (trained_split_run / ".onnx").glob("*.onnx")
+    predictor = FocusPredictor(onnx_path)
+    dof_um = depth_of_field_um(10, 0.3)
+    ends = []
+    for trial, start_dof in enumerate((-4.0, -2.5, -1.5, 1.5, 2.5, 4.0)):
+        scope = VirtualMicroscope(10, 0.3, size=512, defocus_um=start_dof * dof_um, seed=100 + trial)
+        focus_loop(scope.acquire, scope.move_by, predictor, tolerance_um=0.5 * dof_um, max_images=3)
+        ends.append(scope.defocus_um / dof_um)
+    print("ends in DOF:", [round(end, 2) for end in ends])
+    assert sum(abs(end) <= 1 for end in ends) >= 4, ends
+
+
+def test_command_line_prints_one_estimate_per_image(soaf_onnx, tissue_frame, tmp_path):
+    from PIL import Image
+
+    Image.fromarray((tissue_frame[..., 1].astype(np.uint16) * 257)).save(tmp_path / "frame.tif")
+    result = run_script("focus.py", "--model", soaf_onnx, tmp_path / "frame.tif", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    estimate = json.loads(result.stdout)
+    assert estimate["status"] == "ok" and estimate["tiles_used"] == 16
+    missing = run_script("focus.py", "--model", tmp_path / "none.onnx", tmp_path / "frame.tif", cwd=tmp_path)
+    assert missing.returncode != 0 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
