@@ -67,13 +67,13 @@ def tile_origins(height: int, width: int, tiles_per_side: int, stride: int | Non
 
 def has_content(tile: np.ndarray, min_contrast: float, max_saturated: float) -> bool:
     """Whether a uint8 RGB tile shows something to focus on: contrast above `min_contrast` grey
-    levels at a scale of 4 pixels (above the camera's noise, which averaging removes, and kept
-    by tissue even when blurred) and at most `max_saturated` of its pixels clipped."""
-    if (tile.max(axis=-1) == 255).mean() > max_saturated:
+    levels between its 4x4-pixel blocks (above the camera's noise, which averaging removes,
+    and kept by tissue even when blurred) and at most `max_saturated` of its values clipped."""
+    if np.count_nonzero(tile == 255) > max_saturated * tile.size:
         return False
-    grey = tile.mean(axis=-1, dtype=np.float32)
-    blocks = grey.reshape(IMAGE_SIZE // 4, 4, IMAGE_SIZE // 4, 4).mean(axis=(1, 3))
-    return float(blocks.std()) >= min_contrast
+    # sums over 4x4 pixels and the 3 channels: rows of 4 pixels x 3 channels are contiguous
+    block_sums = tile.reshape(IMAGE_SIZE // 4, 4, IMAGE_SIZE // 4, 12).sum(axis=3, dtype=np.uint32).sum(axis=1)
+    return float(block_sums.std()) / 48 >= min_contrast
 
 
 class FocusPredictor:
@@ -206,10 +206,12 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
 
     - "no_sample": no move, the loop stops (it never invents a target).
     - "out_of_range": a move of at most `max_step_um` toward the predicted side.
-    - The side of focus is checked against what blur shows: if a move left the image further
-      from focus than before (the distance grew), the move went the wrong way, and the next
-      one goes back, whatever the network says of the side; this is how a person resolves a
-      weak side cue, and it needs no trust in the probability.
+    - Each move is checked against what blur shows next, as a person would: the distance
+      should shrink by about the move. If it grew by about the move, the move went the
+      wrong way and the next one goes back, whatever the network says of the side. If it
+      did not change by half the move either, the stage is closer to focus than the
+      network can resolve (its distance has a floor near focus): the loop stops there,
+      converged, instead of stepping back and forth around focus.
     - Every move is at most `max_step_um`. An error (a bad frame) propagates before any move.
     """
     result = FocusResult(converged=False, images=0)
@@ -220,11 +222,12 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
         result.estimates.append(estimate)
         if estimate.status == "no_sample":
             break
-        if estimate.status == "ok" and abs(estimate.defocus_um) <= tolerance_um:
+        effect = move_effect(estimate.distance_um, previous_distance, last_move)
+        if (estimate.status == "ok" and abs(estimate.defocus_um) <= tolerance_um) or effect == "unchanged":
             result.converged = True
             break
         side = math.copysign(1.0, estimate.defocus_um)
-        if last_move and previous_distance is not None and grew(estimate.distance_um, previous_distance, tolerance_um):
+        if effect == "further":
             side = math.copysign(1.0, last_move)  # the last move added defocus: its own direction is the error's
         move = -side * (estimate.distance_um if max_step_um is None else min(estimate.distance_um, max_step_um))
         move_by(move)
@@ -233,9 +236,16 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
     return result
 
 
-def grew(distance_um: float, previous_um: float, tolerance_um: float) -> bool:
-    """Whether the distance from focus grew by more than estimation noise (a quarter, and the tolerance)."""
-    return distance_um > previous_um * 1.25 + tolerance_um
+def move_effect(distance_um: float, previous_um: float | None, move_um: float) -> str | None:
+    """What the last move did to the distance from focus, judged against half the move:
+    "closer", "further" or "unchanged"; None before the first move."""
+    if previous_um is None or not move_um:
+        return None
+    if distance_um < previous_um - abs(move_um) / 2:
+        return "closer"
+    if distance_um > previous_um + abs(move_um) / 2:
+        return "further"
+    return "unchanged"
 
 
 # --- command line ---------------------------------------------------------------------------

@@ -127,6 +127,30 @@ def test_a_wrong_side_is_undone_when_the_distance_grows():
     assert result.moves_um == [10.0, -20.0] and end == 0.0 and result.converged
 
 
+class FlooredPredictor(ScriptedPredictor):
+    """Cannot resolve distances below 6 um: says 6 um there, on a random side."""
+
+    def predict(self, frame):
+        estimate = super().predict(frame)
+        if estimate.distance_um < 6.0:
+            estimate.distance_um = 6.0
+            estimate.defocus_um = 6.0 if next(self.sides) else -6.0
+        return estimate
+
+
+def test_the_loop_stops_where_the_network_cannot_resolve_the_distance():
+    stage = {"z": 30.0}
+
+    def move_by(delta):
+        stage["z"] += delta
+    predictor = FlooredPredictor(stage, [True, True, False, True, True])
+    predictor.stage["z"] = 30.0
+    result = focus_loop(lambda: stage, move_by, predictor, tolerance_um=1.0)
+    # 30 -> 0 (right), then 6 um on some side: a 6 um move leaves 6 um: no visible change, stop
+    assert result.moves_um[0] == -30.0 and result.converged and len(result.moves_um) == 2
+    assert abs(stage["z"]) == 6.0 and result.images == 3
+
+
 def test_every_move_is_bounded_and_out_of_range_moves_toward_the_side():
     result, end = scripted_loop(-120.0, [True] * 5, tolerance_um=1.0, max_images=3, max_step_um=30.0)
     assert result.moves_um == [30.0, 30.0, 30.0] and result.estimates[0].status == "out_of_range"
