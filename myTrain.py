@@ -18,7 +18,8 @@ import os
 
 # Set before torch loads OpenMP: compute threads that wait for work sleep instead of spinning.
 # Spinning threads take the cores from whatever runs beside them (another job, this run's
-# loader processes): on two cores shared with a two-core job, CPU epochs took 2.3x longer.
+# loader processes): on two cores shared with a two-core job, a CPU epoch took 11x its time
+# alone with spinning threads, 2.5x with sleeping ones (docs/speed.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
@@ -142,9 +143,14 @@ def check_dataset(args) -> None:
     print("No problems found.")
 
 
+def target_values(dataset) -> torch.Tensor:
+    """(N,) labels of a split in the task's unit, read from its CSV rows (no image is opened)."""
+    return torch.tensor(dataset.frame[dataset.target_column].to_numpy(), dtype=torch.float32)
+
+
 def training_labels(train_set) -> torch.Tensor:
     """(N,) labels of the training split in the task's unit; warns if they cannot teach the side of focus."""
-    labels = torch.tensor(train_set.frame[train_set.target_column].to_numpy(), dtype=torch.float32)
+    labels = target_values(train_set)
     if (labels > 0).all() or (labels < 0).all() or not (labels != 0).any():
         print("warning: every training label has the same sign, so the side of focus cannot be learnt "
               "from this data; image both sides of focus", file=sys.stderr)
@@ -153,8 +159,7 @@ def training_labels(train_set) -> torch.Tensor:
 
 def mean_predictor_mae(train_labels: torch.Tensor, val_set) -> float:
     """The validation MAE of always predicting the training labels' mean: the bar a network has to clear."""
-    val_labels = torch.tensor(val_set.frame[val_set.target_column].to_numpy(), dtype=torch.float32)
-    return float((val_labels - train_labels.mean()).abs().mean())
+    return float((target_values(val_set) - train_labels.mean()).abs().mean())
 
 
 def one_depth_of_field(dataset, task: str) -> float | None:
