@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from myDataset import CAMERA_PIXEL_UM, IMAGE_SIZE, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um, rgb_uint8
+from myDataset import (CAMERA_PIXEL_UM, IMAGE_SIZE, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um, has_content,
+                       rgb_uint8)
 
 
 class FocusError(ValueError):
@@ -63,17 +64,6 @@ def tile_origins(height: int, width: int, tiles_per_side: int, stride: int | Non
             return np.arange(0, last + 1, stride)
         return np.unique(np.linspace(0, last, tiles_per_side).round().astype(int))
     return [(int(y), int(x)) for y in axis(height) for x in axis(width)]
-
-
-def has_content(tile: np.ndarray, min_contrast: float, max_saturated: float) -> bool:
-    """Whether a uint8 RGB tile shows something to focus on: contrast above `min_contrast` grey
-    levels between its 4x4-pixel blocks (above the camera's noise, which averaging removes,
-    and kept by tissue even when blurred) and at most `max_saturated` of its values clipped."""
-    if np.count_nonzero(tile == 255) > max_saturated * tile.size:
-        return False
-    # sums over 4x4 pixels and the 3 channels: rows of 4 pixels x 3 channels are contiguous
-    block_sums = tile.reshape(IMAGE_SIZE // 4, 4, IMAGE_SIZE // 4, 12).sum(axis=3, dtype=np.uint32).sum(axis=1)
-    return float(block_sums.std()) / 48 >= min_contrast
 
 
 class FocusPredictor:

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from myDataset import CAMERA_PIXEL_UM, IMAGE_SIZE, depth_of_field_um
+from myDataset import CAMERA_PIXEL_UM, GREY_WEIGHTS, IMAGE_SIZE, depth_of_field_um, sobel_sharpness
 
 OBJECTIVE_MEDIUM_INDEX = 1.0  # between objective and coverslip: air
 CHANNEL_WAVELENGTHS_UM = (0.60, 0.54, 0.46)  # centre of the camera's red, green and blue bands
@@ -44,6 +44,7 @@ MAX_DEFOCUS_DOF = 5.0  # defocus is drawn uniformly from +-this many depths of f
 Z_GRID_DOF = 0.05  # defocus is drawn on this grid, so that each PSF is computed once and cached
 PSF_OVERSAMPLING = 2  # PSF samples per camera pixel, enough for NA/wavelength up to 1/(4 pixels)
 Z_PER_FIELD = 8  # defocus positions imaged per tissue field
+TILT_STRIP_PX = 64  # a tilted field is rendered in vertical strips this wide, each at one defocus
 SLIDES_PER_SPLIT = 2  # each split and objective is written as this many CSV files
 CSV_COLUMNS = "image_path,sobel_sharpness,defocus_label,magnification,NA,defocus_dof_label"
 
@@ -254,11 +255,13 @@ class VirtualMicroscope:
 
     `defocus_um` follows the sign of defocus_label: moving by -defocus_um focuses. `tilt_um`
     is how much further from focus the right edge of the frame is than the left (a tilted
-    slide; the frame's centre is at `defocus_um`); `empty=True` images a blank slide.
+    slide; the frame's centre is at `defocus_um`); `empty=True` images a blank slide and
+    `bare_share` > 0 leaves a band of bare glass that share of the frame wide down its middle.
     """
 
     def __init__(self, magnification: float, na: float, size: int = 1024, defocus_um: float = 0.0,
-                 seed: int = 0, optics: Optics = Optics(), tilt_um: float = 0.0, empty: bool = False):
+                 seed: int = 0, optics: Optics = Optics(), tilt_um: float = 0.0, empty: bool = False,
+                 bare_share: float = 0.0):
         if size < IMAGE_SIZE:
             raise ValueError(f"frames must be at least {IMAGE_SIZE} pixels wide, got {size}")
         self.magnification, self.na, self.optics = magnification, na, optics
@@ -267,36 +270,40 @@ class VirtualMicroscope:
         self.rng = np.random.default_rng(seed)
         self.transmission = (np.full((size, size, 3), 0.95) if empty else
                              tissue_field(self.rng, magnification, size))
+        bare = round(bare_share * size)
+        self.transmission[:, (size - bare) // 2: (size + bare) // 2] = 0.95
 
     def move_by(self, delta_um: float) -> None:
         self.defocus_um += delta_um
 
-    def acquire(self) -> np.ndarray:
-        """The camera frame at the stage's position: a tilted field in vertical strips, each at its
-        own defocus; shot and read noise; 8 bits."""
-        size = self.transmission.shape[1]
-        strips = np.array_split(np.arange(size), 8 if self.tilt_um else 1)
+    def acquire(self, bits: int = 8, grey: bool = False) -> np.ndarray:
+        """The camera frame at the stage's position: a tilted field in vertical strips of
+        TILT_STRIP_PX columns, each at its own defocus; shot and read noise; 8 or 16 bits, RGB or
+        grey (a monochrome camera under white light)."""
+        column_defocus = strip_defocus_um(self.defocus_um, self.tilt_um, self.transmission.shape[1])
         image = np.empty_like(self.transmission)
-        for columns in strips:
-            z_um = self.defocus_um + self.tilt_um * (columns.mean() / (size - 1) - 0.5)
+        for z_um in np.unique(column_defocus):
+            columns = column_defocus == z_um
             image[:, columns] = defocused_channels(self.transmission, z_um, self.magnification, self.na,
                                                    self.dof_um, self.optics)[:, columns]
-        return camera_image(self.rng, image)
+        return camera_image(self.rng, image @ np.array(GREY_WEIGHTS) if grey else image, bits)
 
 
-def camera_image(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
-    """Shot and read noise and 8-bit quantisation of an image of light intensities in [0, 1]."""
+def strip_defocus_um(defocus_um: float, tilt_um: float, size: int) -> np.ndarray:
+    """The defocus of each column of a frame whose centre is at `defocus_um` and whose right edge
+    is `tilt_um` further from focus than its left: constant over strips of TILT_STRIP_PX columns."""
+    strips = np.array_split(np.arange(size), max(1, size // TILT_STRIP_PX) if tilt_um else 1)
+    column_defocus = np.empty(size)
+    for columns in strips:
+        column_defocus[columns] = defocus_um + tilt_um * (columns.mean() / (size - 1) - 0.5)
+    return column_defocus
+
+
+def camera_image(rng: np.random.Generator, image: np.ndarray, bits: int = 8) -> np.ndarray:
+    """Shot and read noise and 8- or 16-bit quantisation of an image of light intensities in [0, 1]."""
     image = image + rng.standard_normal(image.shape, dtype=np.float32) * np.sqrt(np.clip(image, 0, None) * 2e-4 + 2e-5)
-    return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
-
-
-def sobel_sharpness(image: np.ndarray) -> float:
-    """Mean Sobel gradient magnitude of the grey image (0-255 scale), a classical focus measure."""
-    grey = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    p = np.pad(grey, 1, mode="edge")
-    gx = (p[:-2, 2:] + 2 * p[1:-1, 2:] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[1:-1, :-2] + p[2:, :-2])
-    gy = (p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[:-2, 1:-1] + p[:-2, 2:])
-    return float(np.hypot(gx, gy).mean())
+    full_scale = 2**bits - 1
+    return np.clip(image * full_scale + 0.5, 0, full_scale).astype(np.uint8 if bits == 8 else np.uint16)
 
 
 def write_split(root: Path, split: str, n_images: int, magnification: float, na: float,
@@ -340,6 +347,65 @@ def make_demo_dataset(root: Path, n_train: int = 192, n_val: int = 32, n_test: i
         for split, n_images in (("train", n_train), ("val", n_val), ("test", n_test)):
             write_split(root, split, n_images, magnification, na, rng, optics, max_defocus_dof)
     return root
+
+
+# the focus stacks write_demo_stacks writes: name, defocus of the first slice at the frame's centre
+# and tilt across the frame (both in DOF), share of the frame that is bare glass, file format
+DEMO_STACKS = (
+    ("flat", -4.0, 0.0, 0.0, "ome"),  # RGB, 8 bits, OME-TIFF
+    ("tilted", -3.5, 1.5, 0.0, "imagej"),  # grey, 16 bits, ImageJ hyperstack
+    ("half_bare", -4.5, 0.0, 0.65, "folder"),  # RGB PNG files and z_positions.csv
+    ("no_focus", 1.5, 0.0, 0.0, "ome"),  # every slice on one side of focus: no focus in range
+    ("empty", -4.0, 0.0, 1.0, "ome"),  # bare glass only
+)
+
+
+def write_demo_stacks(root: Path, magnification: float = 20.0, na: float = 0.7, size: int = 448,
+                      n_slices: int = 17, z_step_dof: float = 0.5, seed: int = 0,
+                      optics: Optics = Optics()) -> Path:
+    """Write the focus stacks of DEMO_STACKS under `root` as a microscope would, and
+    `root/truth.csv` for checking a dataset made from them.
+
+    Slice i is imaged with the stage i x z step further along z, so its defocus is the first
+    slice's plus i x z step (the sign of defocus_label). truth.csv gives per stack the first
+    slice's defocus at the frame's centre and the tilt, in um; `strip_defocus_um` turns them
+    into the defocus of every column.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    dof_um = depth_of_field_um(magnification, na)
+    z_step_um = z_step_dof * dof_um
+    truth = ["stack,first_defocus_um,tilt_um,z_step_um,size"]
+    for number, (name, first_dof, tilt_dof, bare_share, kind) in enumerate(DEMO_STACKS):
+        scope = VirtualMicroscope(magnification, na, size, first_dof * dof_um, seed + number, optics,
+                                  tilt_dof * dof_um, empty=bare_share == 1.0, bare_share=bare_share)
+        slices = []
+        for _ in range(n_slices):
+            slices.append(scope.acquire(bits=16, grey=True) if kind == "imagej" else scope.acquire())
+            scope.move_by(z_step_um)
+        write_stack(root, name, kind, np.stack(slices), z_step_um)
+        truth.append(f"{name},{first_dof * dof_um:.6f},{tilt_dof * dof_um:.6f},{z_step_um:.6f},{size}")
+    (root / "truth.csv").write_text("\n".join(truth) + "\n")
+    return root
+
+
+def write_stack(root: Path, name: str, kind: str, stack: np.ndarray, z_step_um: float) -> None:
+    """One stack as an OME-TIFF, an ImageJ hyperstack or a folder of PNG files with z_positions.csv."""
+    import tifffile  # only the stacks need it
+
+    if kind == "ome":
+        tifffile.imwrite(root / f"{name}.ome.tif", stack, ome=True, photometric="rgb",
+                         metadata={"axes": "ZYXS", "PhysicalSizeZ": z_step_um, "PhysicalSizeZUnit": "µm"})
+    elif kind == "imagej":
+        tifffile.imwrite(root / f"{name}.tif", stack, imagej=True,
+                         metadata={"axes": "ZYX", "spacing": z_step_um, "unit": "um"})
+    else:
+        folder = root / name
+        folder.mkdir()
+        lines = ["image,z_um"]
+        for index, image in enumerate(stack):
+            Image.fromarray(image).save(folder / f"z{index:03d}.png")
+            lines.append(f"z{index:03d}.png,{index * z_step_um:.6f}")
+        (folder / "z_positions.csv").write_text("\n".join(lines) + "\n")
 
 
 def objective(text: str) -> tuple[float, float]:

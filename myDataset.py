@@ -31,6 +31,7 @@ SOAF_GLOB = "10x_0.3*.csv"  # CSV files a SOAFDataset reads unless told otherwis
 MOAF_GLOB = "*.csv"  # CSV files a MOAFDataset reads unless told otherwise: every objective
 # the depth-of-field formula's defaults: green light, a dry objective, a common camera pixel
 WAVELENGTH_UM, REFRACTIVE_INDEX, CAMERA_PIXEL_UM = 0.55, 1.0, 6.5
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # luma of red, green and blue (ITU-R BT.601), as PIL's convert('L')
 MAX_LISTED_PROBLEMS = 5  # how many offending rows an error message lists before "... and N more"
 
 
@@ -80,6 +81,29 @@ def rgb_uint8(pixels: np.ndarray, float_max: float | None = None) -> np.ndarray:
             scale = 255.0 if maximum <= 1.0 else 1.0
         pixels = np.clip(pixels.astype(np.float64) * scale + 0.5, 0, 255).astype(np.uint8)
     return np.repeat(pixels[..., None], 3, axis=-1) if pixels.ndim == 2 else pixels
+
+
+def sobel_sharpness(image: np.ndarray) -> float:
+    """Mean Sobel gradient magnitude of the grey image (0-255 scale) of a uint8 RGB tile: the
+    CSV's sobel_sharpness column, a classical focus measure (the datasets the project writes
+    all compute it here)."""
+    grey = image.astype(np.float64) @ np.array(GREY_WEIGHTS)
+    p = np.pad(grey, 1, mode="edge")
+    gx = (p[:-2, 2:] + 2 * p[1:-1, 2:] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[1:-1, :-2] + p[2:, :-2])
+    gy = (p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[:-2, 1:-1] + p[:-2, 2:])
+    return float(np.hypot(gx, gy).mean())
+
+
+def has_content(tile: np.ndarray, min_contrast: float, max_saturated: float) -> bool:
+    """Whether a uint8 RGB tile shows something to focus on (focus.py and make_dataset.py use
+    only such tiles): contrast above `min_contrast` grey
+    levels between its 4x4-pixel blocks (above the camera's noise, which averaging removes,
+    and kept by tissue even when blurred) and at most `max_saturated` of its values clipped."""
+    if np.count_nonzero(tile == 255) > max_saturated * tile.size:
+        return False
+    # sums over 4x4 pixels and the 3 channels: rows of 4 pixels x 3 channels are contiguous
+    block_sums = tile.reshape(IMAGE_SIZE // 4, 4, IMAGE_SIZE // 4, 12).sum(axis=3, dtype=np.uint32).sum(axis=1)
+    return float(block_sums.std()) / 48 >= min_contrast
 
 
 def load_rgb_image(path: Path) -> Image.Image:

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from conftest import ROOT, run_script
-from focus import FocusError, FocusEstimate, FocusPredictor, focus_loop, has_content, tile_origins
+from focus import FocusError, FocusEstimate, FocusPredictor, focus_loop, tile_origins
 from make_demo_data import VirtualMicroscope, depth_of_field_um
+from myDataset import has_content
 from myModel import MOAFModel, SOAFModel, export_onnx
 
 

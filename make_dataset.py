@@ -1,0 +1,782 @@
+"""Turn a microscope's focus stacks into an autofocus dataset in the layout myDataset.py reads.
+
+    python make_dataset.py STACKS OUT --magnification 20 --na 0.7 [--z_step_um 0.5]   # every stack in a folder
+    python make_dataset.py stack.ome.tif OUT --magnification 20 --na 0.7                # one stack
+    python make_dataset.py stacks.csv OUT                                              # a table of stacks
+
+A stack is one field imaged at known z steps: a multi-page TIFF, OME-TIFF or ImageJ
+hyperstack (z step from the file's metadata where it has it), or a folder of images with
+`z_positions.csv` (columns image,z_um). A table has the columns stack (path relative to the
+table), magnification, NA and optionally z_step_um.
+
+For every stack:
+1. Focus per region: each tile position gets a focus curve over z (normalised variance by
+   default), whose peak is placed between slices by a parabola through the log of the curve
+   around its maximum. A plane (or quadratic) fitted robustly to the peaks of the tiles with
+   content is the stack's focus surface, so that a tilted slide gets the right focus per tile.
+   Stacks without a clear peak, or whose peaks lie at the first or last slice, are left out.
+2. Labels: defocus_label = z of the slice - z of the focus surface at the tile's centre, in
+   um. z grows with the slice index (--flip_z for stages that count the other way), so
+   moving the stage by -defocus_label focuses the tile.
+3. Tiles without content (blank, background, saturated), as focus.py judges them, are left out.
+
+Stacks are split into train, val and test per objective, never one stack in two splits.
+The dataset is written to a folder beside OUT and renamed to OUT when complete: a failed or
+interrupted run leaves nothing behind. OUT/reports/ holds each stack's focus curves and
+surface (PNG) and stacks.csv, a line per stack: kept and where, or why not.
+"""
+import argparse
+import csv
+import math
+import os
+import re
+import shutil
+import sys
+import xml.etree.ElementTree as ElementTree
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from myDataset import (CAMERA_PIXEL_UM, IMAGE_SIZE, REFRACTIVE_INDEX, SPLITS, WAVELENGTH_UM,
+                       depth_of_field_um, has_content, rgb_uint8, sobel_sharpness)
+
+MIN_SLICES = 5  # fewer cannot place a peak between slices and tell it from the ends
+Z_POSITIONS_CSV = "z_positions.csv"  # in a folder stack: image,z_um per slice, in the stack's order
+TIFF_SUFFIXES = (".tif", ".tiff")
+UNIT_IN_UM = {"nm": 1e-3, "um": 1.0, "µm": 1.0, "μm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "microns": 1.0,
+              "mm": 1e3}
+COLUMNS = ("image_path", "sobel_sharpness", "defocus_label", "magnification", "NA", "defocus_dof_label",
+           "source_file", "z_index", "tile_x", "tile_y")
+
+
+class StackError(Exception):
+    """A stack, table or argument the tool cannot use; the message names the file."""
+
+
+@dataclass
+class Stack:
+    """One focus stack: where it is, its objective, and how to read slice i."""
+
+    source: Path  # the file, or the folder of images
+    name: str  # for file names: the source's name without its suffixes
+    magnification: float
+    na: float
+    z_um: np.ndarray  # stage position of each slice, in the stack's order
+    frame_shape: tuple[int, int]
+    pages: list[tuple[int, ...]] = field(default_factory=list)  # TIFF: the pages of each slice (3 for planar RGB)
+    planar: bool = False  # TIFF pages hold (S, Y, X) instead of (Y, X, S)
+    images: list[Path] = field(default_factory=list)  # folder: the file of each slice
+
+    @property
+    def objective(self) -> str:
+        return f"{self.magnification:g}x_{self.na:g}"
+
+
+# ---------------------------------------------------------------- reading stacks
+
+def tiff_z_step_um(tif: tifffile.TiffFile) -> float | None:
+    """The z step a TIFF's metadata states: OME PhysicalSizeZ or ImageJ spacing, in um; None if it states none."""
+    if tif.is_ome:
+        for element in ElementTree.fromstring(tif.ome_metadata).iter():
+            if element.tag.endswith("Pixels") and "PhysicalSizeZ" in element.attrib:
+                unit = element.attrib.get("PhysicalSizeZUnit", "µm")
+                return unit_to_um(float(element.attrib["PhysicalSizeZ"]), unit, tif.filehandle.path)
+    if tif.is_imagej and "spacing" in (tif.imagej_metadata or {}):
+        metadata = tif.imagej_metadata
+        return unit_to_um(float(metadata["spacing"]), str(metadata.get("unit", "um")), tif.filehandle.path)
+    return None
+
+
+def unit_to_um(value: float, unit: str, source) -> float:
+    if unit.strip().lower() not in UNIT_IN_UM:
+        raise StackError(f"{source}: z step in unit {unit!r}, which this tool does not know ({sorted(UNIT_IN_UM)})")
+    return value * UNIT_IN_UM[unit.strip().lower()]
+
+
+def open_tiff_stack(path: Path, magnification: float, na: float, z_step_um: float | None) -> Stack:
+    """A multi-page TIFF, OME-TIFF or ImageJ hyperstack as a Stack: one z axis (Z, or the
+    unnamed page axis of a plain multi-page TIFF), grey or RGB."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            page_axes = series.pages[0].axes if series.pages and series.pages[0] is not None else ""
+            metadata_step = tiff_z_step_um(tif)
+            n_pages = len(series.pages)
+    except StackError:
+        raise
+    except Exception as error:  # tifffile raises many kinds on broken files
+        raise StackError(f"{path}: not a readable TIFF file ({error})") from error
+    lead_axes = series.axes[: len(series.axes) - len(page_axes)]
+    lead_shape = series.shape[: len(lead_axes)]
+    if page_axes not in ("YX", "YXS", "SYX"):
+        raise StackError(f"{path}: pages with axes {page_axes!r}; expected grey (YX) or RGB (YXS) images")
+    z_axes = [i for i, axis in enumerate(lead_axes) if axis in "ZIQ" and lead_shape[i] > 1]
+    others = [axis for i, axis in enumerate(lead_axes) if lead_shape[i] > 1 and i not in z_axes and axis != "C"]
+    if len(z_axes) != 1 or others:
+        raise StackError(f"{path}: axes {series.axes} {series.shape}; expected one z axis (and at most RGB "
+                         "channels), e.g. ZYX, ZYXS or ZCYX")
+    channel_axis = lead_axes.find("C")
+    channels = lead_shape[channel_axis] if channel_axis >= 0 else 1
+    if channels not in (1, 3):
+        raise StackError(f"{path}: {channels} channels; expected grey (1) or RGB (3)")
+    if n_pages != math.prod(lead_shape):
+        raise StackError(f"{path}: {n_pages} pages for axes {series.axes} {series.shape}: truncated or incomplete")
+    pages = []
+    for z in range(lead_shape[z_axes[0]]):
+        index = [0] * len(lead_axes)
+        index[z_axes[0]] = z
+        slice_pages = []
+        for c in range(channels):
+            if channel_axis >= 0:
+                index[channel_axis] = c
+            slice_pages.append(int(np.ravel_multi_index(index, lead_shape)))
+        pages.append(tuple(slice_pages))
+    step = metadata_step if metadata_step else z_step_um
+    if step is None:
+        raise StackError(f"{path}: the file states no z step; give --z_step_um (or a z_step_um column in the table)")
+    if metadata_step and z_step_um and not math.isclose(metadata_step, z_step_um, rel_tol=1e-3):
+        print(f"warning: {path}: the file's z step {metadata_step:g} um is used, not {z_step_um:g} um")
+    height, width = (series.shape[-2], series.shape[-1]) if page_axes == "SYX" else series.shape[-3:-1] \
+        if page_axes == "YXS" else series.shape[-2:]
+    return Stack(path, stack_name(path), magnification, na, np.arange(len(pages)) * step, (height, width),
+                 pages=pages, planar=page_axes == "SYX")
+
+
+def open_folder_stack(folder: Path, magnification: float, na: float) -> Stack:
+    """A folder of images, one per slice, with z_positions.csv (image,z_um) giving their order and z."""
+    table = folder / Z_POSITIONS_CSV
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise StackError(f"{table}: cannot be read ({error})") from error
+    if not rows or not {"image", "z_um"} <= set(rows[0]):
+        raise StackError(f"{table}: needs the columns image,z_um and a row per slice")
+    images, z_um = [], []
+    for line, row in enumerate(rows, start=2):
+        try:
+            z = float(row["z_um"])
+        except (TypeError, ValueError):
+            z = math.nan
+        if not math.isfinite(z):
+            raise StackError(f"{table} line {line}: z_um = {row['z_um']!r} is not a finite number")
+        image = folder / (row["image"] or "")
+        if not image.is_file():
+            raise StackError(f"{table} line {line}: image {row['image']!r} does not exist in {folder}")
+        images.append(image)
+        z_um.append(z)
+    if len(set(z_um)) != len(z_um):
+        raise StackError(f"{table}: two slices at the same z")
+    shapes = {path: image_shape(path) for path in images}
+    frame_shape = shapes[images[0]]
+    odd = [f"{path.name} ({shape[1]}x{shape[0]})" for path, shape in shapes.items() if shape != frame_shape]
+    if odd:
+        raise StackError(f"{folder}: frames of mixed sizes: {images[0].name} is "
+                         f"{frame_shape[1]}x{frame_shape[0]}, but {', '.join(odd[:3])}")
+    return Stack(folder, stack_name(folder), magnification, na, np.array(z_um), frame_shape, images=images)
+
+
+def image_shape(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header."""
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.series[0].shape
+                return (shape[-3], shape[-2]) if tif.series[0].axes.endswith("S") else (shape[-2], shape[-1])
+        with Image.open(path) as image:
+            return image.size[1], image.size[0]
+    except Exception as error:
+        raise StackError(f"{path}: not a readable image ({error})") from error
+
+
+def stack_name(path: Path) -> str:
+    """The source's name without .ome.tif / .tif, in characters safe for file names."""
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+OPEN_TIFFS: dict[Path, tifffile.TiffFile] = {}  # each process keeps the stacks it reads open
+
+
+def read_slice(stack: Stack, index: int) -> np.ndarray:
+    """Slice `index` of a stack as (H, W) grey or (H, W, 3) RGB in the file's own type."""
+    source = stack.images[index] if stack.images else stack.source
+    try:
+        if stack.images:
+            if source.suffix.lower() in TIFF_SUFFIXES:
+                pixels = tifffile.imread(source)
+            else:
+                with Image.open(source) as image:
+                    pixels = np.asarray(image.convert("RGB") if image.mode in ("P", "RGBA", "LA", "CMYK") else image)
+        else:
+            if source not in OPEN_TIFFS:
+                OPEN_TIFFS[source] = tifffile.TiffFile(source)
+            pages = OPEN_TIFFS[source].series[0].pages
+            planes = [pages[page].asarray() for page in stack.pages[index]]
+            pixels = np.stack(planes, axis=-1) if len(planes) == 3 else planes[0]
+            if stack.planar:
+                pixels = np.moveaxis(pixels, 0, -1)
+    except Exception as error:  # a truncated or damaged file fails in many ways
+        raise StackError(f"{source}: slice {index} cannot be read ({error})") from error
+    if pixels.ndim == 3 and pixels.shape[-1] == 4:
+        pixels = pixels[..., :3]  # alpha carries no image
+    if pixels.shape[:2] != stack.frame_shape or pixels.ndim not in (2, 3) or pixels.ndim == 3 and pixels.shape[-1] != 3:
+        raise StackError(f"{source}: slice {index} is {pixels.shape}, unlike the stack's frames "
+                         f"{stack.frame_shape}: frames of mixed sizes")
+    return pixels
+
+
+def find_stacks(source: Path, args) -> list[Stack]:
+    """The stacks of a table, or of a folder or one TIFF file (one objective, from the arguments)."""
+    if source.is_file() and source.suffix.lower() not in TIFF_SUFFIXES:
+        return stacks_from_table(source, args)
+    if not source.exists():
+        raise StackError(f"{source} does not exist")
+    if args.magnification is None or args.na is None:
+        raise StackError("stacks outside a table need --magnification and --na (a table gives them per stack)")
+    if source.is_file():
+        return [open_tiff_stack(source, args.magnification, args.na, args.z_step_um)]
+    stacks = []
+    for path in sorted(source.iterdir()):
+        if path.is_file() and path.suffix.lower() in TIFF_SUFFIXES:
+            stacks.append(open_tiff_stack(path, args.magnification, args.na, args.z_step_um))
+        elif path.is_dir() and (path / Z_POSITIONS_CSV).is_file():
+            stacks.append(open_folder_stack(path, args.magnification, args.na))
+    if not stacks:
+        raise StackError(f"{source}: no stack in it (TIFF files, or folders with {Z_POSITIONS_CSV})")
+    return stacks
+
+
+def stacks_from_table(table: Path, args) -> list[Stack]:
+    """The stacks a CSV table lists: stack, magnification, NA[, z_step_um]."""
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise StackError(f"{table}: cannot be read as a CSV table ({error})") from error
+    if not rows or not {"stack", "magnification", "NA"} <= set(rows[0]):
+        raise StackError(f"{table}: needs the columns stack,magnification,NA (and optionally z_step_um)")
+    stacks = []
+    for line, row in enumerate(rows, start=2):
+        where = f"{table} line {line}"
+        try:
+            magnification, na = float(row["magnification"]), float(row["NA"])
+        except (TypeError, ValueError):
+            raise StackError(f"{where}: the objective is missing or not numbers (magnification "
+                             f"{row.get('magnification')!r}, NA {row.get('NA')!r})") from None
+        if not (magnification > 0 and 0 < na < 2):
+            raise StackError(f"{where}: magnification must be above 0 and NA in (0, 2)")
+        step_text = (row.get("z_step_um") or "").strip()
+        z_step_um = float(step_text) if step_text else args.z_step_um
+        path = table.parent / (row["stack"] or "")
+        if path.is_dir():
+            stacks.append(open_folder_stack(path, magnification, na))
+        elif path.is_file():
+            stacks.append(open_tiff_stack(path, magnification, na, z_step_um))
+        else:
+            raise StackError(f"{where}: stack {row['stack']!r} does not exist ({path})")
+    return stacks
+
+
+def check_stacks(stacks: list[Stack]) -> None:
+    """Refuse what no analysis can use: too few slices, frames smaller than a tile, repeated names."""
+    seen = {}
+    for stack in stacks:
+        if len(stack.z_um) < MIN_SLICES:
+            raise StackError(f"{stack.source}: {len(stack.z_um)} z slices; at least {MIN_SLICES} are needed "
+                             "to find where focus is")
+        if min(stack.frame_shape) < IMAGE_SIZE:
+            raise StackError(f"{stack.source}: frames of {stack.frame_shape[1]}x{stack.frame_shape[0]}, smaller "
+                             f"than a {IMAGE_SIZE}x{IMAGE_SIZE} tile")
+        key = (stack.objective, stack.name)
+        if key in seen:
+            raise StackError(f"{stack.source} and {seen[key]} would share the name {stack.name}: rename one")
+        seen[key] = stack.source
+
+
+# ---------------------------------------------------------------- focus per region
+
+def tile_origins(frame_shape: tuple[int, int], stride: int) -> list[tuple[int, int]]:
+    """Top-left corners (y, x) of the tiles every `stride` pixels that fit in the frame."""
+    rows = range(0, frame_shape[0] - IMAGE_SIZE + 1, stride)
+    columns = range(0, frame_shape[1] - IMAGE_SIZE + 1, stride)
+    return [(y, x) for y in rows for x in columns]
+
+
+def focus_channel(pixels: np.ndarray) -> np.ndarray:
+    """The plane whose focus defines the labels, as float32: a grey frame, or an RGB frame's green
+    channel. Red and blue focus on either side of green in objectives not fully corrected for
+    colour, and green light (0.55 um) is the DOF formula's; a grey camera's focus is that of
+    its whole band."""
+    return (pixels[..., 1] if pixels.ndim == 3 else pixels).astype(np.float32)
+
+
+def tile_sums(image: np.ndarray, origins: list[tuple[int, int]]) -> np.ndarray:
+    """The sum of `image` over every tile, from one integral image."""
+    integral = np.zeros((image.shape[0] + 1, image.shape[1] + 1))
+    integral[1:, 1:] = image.cumsum(axis=0, dtype=np.float64).cumsum(axis=1)
+    y, x = np.array(origins).T
+    return integral[y + IMAGE_SIZE, x + IMAGE_SIZE] - integral[y, x + IMAGE_SIZE] - integral[y + IMAGE_SIZE, x] \
+        + integral[y, x]
+
+
+def normalized_variance(grey: np.ndarray, origins) -> np.ndarray:
+    """Variance / mean of each tile: robust to noise and to the lamp's brightness."""
+    n = IMAGE_SIZE * IMAGE_SIZE
+    mean = tile_sums(grey, origins) / n
+    variance = tile_sums(grey.astype(np.float64) ** 2, origins) / n - mean**2
+    return np.clip(variance, 0, None) / np.maximum(mean, 1e-9)
+
+
+def brenner(grey: np.ndarray, origins) -> np.ndarray:
+    """Mean squared difference between pixels two apart, across and down: sharp-peaked, noise-sensitive."""
+    energy = np.zeros_like(grey)
+    energy[:, :-2] += (grey[:, 2:] - grey[:, :-2]) ** 2
+    energy[:-2, :] += (grey[2:, :] - grey[:-2, :]) ** 2
+    return tile_sums(energy, origins) / IMAGE_SIZE**2
+
+
+def tenengrad(grey: np.ndarray, origins) -> np.ndarray:
+    """Mean squared Sobel gradient (Sobel energy)."""
+    p = np.pad(grey, 1, mode="edge")
+    gx = (p[:-2, 2:] + 2 * p[1:-1, 2:] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[1:-1, :-2] + p[2:, :-2])
+    gy = (p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[:-2, 1:-1] + p[:-2, 2:])
+    return tile_sums(gx**2 + gy**2, origins) / IMAGE_SIZE**2
+
+
+FOCUS_MEASURES = {"normalized_variance": normalized_variance, "brenner": brenner, "tenengrad": tenengrad}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the workers need besides the stack."""
+
+    stride: int
+    focus_measure: str
+    min_contrast: float
+    max_saturated: float
+
+
+def measure_slice(task: tuple[Stack, int, Settings]) -> tuple[np.ndarray, np.ndarray]:
+    """(focus measure of every tile, whether each tile has content) for one slice."""
+    stack, index, settings = task
+    pixels = read_slice(stack, index)
+    origins = tile_origins(stack.frame_shape, settings.stride)
+    measure = FOCUS_MEASURES[settings.focus_measure](focus_channel(pixels), origins)
+    float_max = float(pixels.max()) if pixels.dtype.kind == "f" else None
+    content = np.array([has_content(rgb_uint8(pixels[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE], float_max),
+                                    settings.min_contrast, settings.max_saturated) for y, x in origins])
+    return measure, content
+
+
+def curve_peak(z_um: np.ndarray, curve: np.ndarray, min_peak_contrast: float) -> tuple[float, str]:
+    """(z of the curve's peak, "ok") or (nan, why not): "edge" when the maximum is the first or
+    last slice, "flat" when it stands less than `min_peak_contrast` above the curve's lowest.
+
+    The peak lies between slices: the vertex of a parabola through the log of the curve at
+    the maximum and up to two slices on either side (a Gaussian-shaped peak is a parabola in
+    log), kept within one slice of the maximum.
+    """
+    top = int(np.argmax(curve))
+    if top in (0, len(curve) - 1):
+        return math.nan, "edge"
+    if curve[top] < (1 + min_peak_contrast) * max(curve.min(), 1e-12):
+        return math.nan, "flat"
+    around = slice(max(0, top - 2), min(len(curve), top + 3))
+    z, log_curve = z_um[around] - z_um[top], np.log(np.maximum(curve[around], 1e-12))
+    a, b, _ = np.polyfit(z, log_curve, 2)
+    low, high = sorted((z_um[top - 1] - z_um[top], z_um[top + 1] - z_um[top]))
+    vertex = -b / (2 * a) if a < 0 else 0.0
+    return float(z_um[top] + np.clip(vertex, low, high)), "ok"
+
+
+def surface_terms(centres: np.ndarray, frame_shape: tuple[int, int], order: str) -> np.ndarray:
+    """Design matrix of the focus surface at tile centres (y, x): 1, x, y [, x^2, xy, y^2] on a
+    frame scaled to [-0.5, 0.5]."""
+    y = centres[:, 0] / frame_shape[0] - 0.5
+    x = centres[:, 1] / frame_shape[1] - 0.5
+    terms = [np.ones_like(x), x, y]
+    if order == "quadratic":
+        terms += [x * x, x * y, y * y]
+    return np.stack(terms, axis=1)
+
+
+def fit_focus_surface(centres: np.ndarray, peaks: np.ndarray, frame_shape, order: str,
+                      z_step_um: float) -> tuple[np.ndarray, np.ndarray]:
+    """(coefficients, inlier mask) of the focus surface through the tiles' peaks.
+
+    A least-absolute-deviations fit (iteratively reweighted least squares) first: it passes
+    through the agreeing majority even when a column of tiles is fooled (dust, a tissue edge,
+    bare glass), where least squares would tilt the plane towards them. Tiles further from it
+    than 3 robust standard deviations (and half a z step) are left out, and the rest fitted
+    by least squares.
+    """
+    terms = surface_terms(centres, frame_shape, order)
+    floor = 0.05 * abs(z_step_um)
+    weights = np.ones(len(peaks))
+    for _ in range(30):
+        root = np.sqrt(weights)[:, None]
+        coefficients, *_ = np.linalg.lstsq(terms * root, peaks * root[:, 0], rcond=None)
+        residuals = np.abs(peaks - terms @ coefficients)
+        weights = 1 / np.maximum(residuals, floor)
+    inliers = residuals <= max(3 * 1.4826 * np.median(residuals), 0.5 * abs(z_step_um))
+    if inliers.sum() >= terms.shape[1]:
+        coefficients, *_ = np.linalg.lstsq(terms[inliers], peaks[inliers], rcond=None)
+    return coefficients, inliers
+
+
+@dataclass
+class Focus:
+    """Where a stack is in focus, tile by tile, or why that cannot be told."""
+
+    origins: list[tuple[int, int]]
+    curves: np.ndarray  # (slices, tiles) focus measure
+    content: np.ndarray  # (slices, tiles) whether the tile has content
+    peaks: np.ndarray  # (tiles,) z of each tile's own peak, nan where none
+    peak_status: list[str]  # per tile: "ok", "edge", "flat" or "empty"
+    surface_z: np.ndarray | None = None  # (tiles,) z of the fitted focus surface at each tile's centre
+    inliers: np.ndarray | None = None  # (tiles,) peaks the surface was fitted to
+    coefficients: np.ndarray | None = None
+    problem: str = ""  # why the stack is left out; empty if kept
+
+
+def find_focus(stack: Stack, curves: np.ndarray, content: np.ndarray, origins, args) -> Focus:
+    """Each tile's peak, the focus surface through them, or the reason the stack is left out."""
+    has_tissue = content.any(axis=0)
+    peaks, status = np.full(len(origins), math.nan), []
+    for tile in range(len(origins)):
+        if not has_tissue[tile]:
+            status.append("empty")
+            continue
+        peaks[tile], tile_status = curve_peak(stack.z_um, curves[:, tile], args.min_peak_contrast)
+        status.append(tile_status)
+    focus = Focus(origins, curves, content, peaks, status)
+    usable = np.array([s == "ok" for s in status])
+    needed = 6 if args.surface == "quadratic" else 3
+    if usable.sum() < needed:
+        counts = {kind: status.count(kind) for kind in ("empty", "edge", "flat")}
+        if counts["empty"] == len(origins):
+            focus.problem = "no tile has content (an empty field?)"
+        elif counts["edge"] >= counts["flat"]:
+            focus.problem = (f"the focus measure peaks at the first or last slice in {counts['edge']} of "
+                             f"{len(origins) - counts['empty']} tiles with content: focus is outside the z range")
+        else:
+            focus.problem = (f"no clear focus peak: {usable.sum()} of {len(origins) - counts['empty']} tiles "
+                             f"with content have one, {needed} are needed")
+        return focus
+    centres = np.array(origins, float) + IMAGE_SIZE / 2
+    step = float(np.median(np.abs(np.diff(stack.z_um))))
+    coefficients, inliers = fit_focus_surface(centres[usable], peaks[usable], stack.frame_shape, args.surface, step)
+    focus.coefficients = coefficients
+    focus.surface_z = surface_terms(centres, stack.frame_shape, args.surface) @ coefficients
+    focus.inliers = np.zeros(len(origins), bool)
+    focus.inliers[np.flatnonzero(usable)[inliers]] = True
+    return focus
+
+
+# ---------------------------------------------------------------- writing tiles
+
+@dataclass(frozen=True)
+class SliceJob:
+    stack: Stack
+    index: int
+    labels_um: np.ndarray  # (tiles,) defocus of each tile at this slice; nan: leave the tile out
+    origins: list[tuple[int, int]]
+    dof_um: float
+    folder: Path  # where this stack's tiles go
+    root: Path  # the dataset's root, for relative paths
+
+
+def tile_image(tile: np.ndarray) -> Image.Image:
+    """A tile as a PIL image the dataset classes read back: 8-bit grey or RGB as is, 16-bit grey
+    as 16-bit; other types (16-bit RGB, float) as 8-bit RGB, as the network sees them."""
+    if tile.dtype == np.uint8 or (tile.dtype == np.uint16 and tile.ndim == 2):
+        return Image.fromarray(np.ascontiguousarray(tile))
+    return Image.fromarray(rgb_uint8(tile))
+
+
+def write_slice_tiles(job: SliceJob) -> list[list]:
+    """Write the tiles of one slice that have a label; their CSV rows."""
+    pixels = read_slice(job.stack, job.index)
+    float_max = float(pixels.max()) if pixels.dtype.kind == "f" else None
+    rows = []
+    for (y, x), label in zip(job.origins, job.labels_um):
+        if math.isnan(label):
+            continue
+        tile = pixels[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE]
+        path = job.folder / f"z{job.index:03d}_y{y:05d}_x{x:05d}.png"
+        tile_image(tile).save(path, compress_level=1)  # fast; PNG stays lossless
+        rows.append([path.relative_to(job.root).as_posix(), f"{sobel_sharpness(rgb_uint8(tile, float_max)):.4f}",
+                     f"{label:.4f}", f"{job.stack.magnification:g}", f"{job.stack.na:g}",
+                     f"{label / job.dof_um:.6f}", job.stack.source.name, job.index, x, y])
+    return rows
+
+
+def slice_labels(stack: Stack, focus: Focus, index: int, dof_um: float, max_defocus_dof: float | None) -> np.ndarray:
+    """The defocus of every tile in slice `index` (z of the slice - z of focus there); nan for
+    tiles left out: no content in this slice, or beyond --max_defocus_dof."""
+    labels = stack.z_um[index] - focus.surface_z
+    labels[~focus.content[index]] = math.nan
+    if max_defocus_dof is not None:
+        labels[np.abs(labels) > max_defocus_dof * dof_um] = math.nan
+    return labels
+
+
+# ---------------------------------------------------------------- splits and reports
+
+def split_stacks(stacks: list[Stack], fractions: list[float], seed: int) -> dict[str, str]:
+    """{stack source: split}, per objective: shuffled, then shared out by the fractions; every
+    split with a fraction above 0 gets at least one stack of every objective."""
+    wanted = [split for split, fraction in zip(SPLITS, fractions) if fraction > 0]
+    rng = np.random.default_rng(seed)
+    assignment = {}
+    for objective in sorted({stack.objective for stack in stacks}):
+        group = [stack for stack in stacks if stack.objective == objective]
+        if len(group) < len(wanted):
+            raise StackError(f"{objective}: {len(group)} usable stack(s) cannot fill {len(wanted)} splits "
+                             f"({', '.join(wanted)}), and no stack may be in two; add stacks or set a "
+                             "split's fraction to 0 with --split")
+        counts = share_out(len(group), [fractions[SPLITS.index(split)] for split in wanted])
+        order = rng.permutation(len(group))
+        start = 0
+        for split, count in zip(wanted, counts):
+            for i in order[start:start + count]:
+                assignment[str(group[i].source)] = split
+            start += count
+    return assignment
+
+
+def share_out(total: int, fractions: list[float]) -> list[int]:
+    """`total` items in proportion to `fractions`, at least one each (largest remainders)."""
+    weights = np.array(fractions) / sum(fractions)
+    counts = np.maximum(1, np.floor(weights * total)).astype(int)
+    while counts.sum() > total:
+        counts[np.argmax(counts)] -= 1
+    remainders = weights * total - counts
+    while counts.sum() < total:
+        best = int(np.argmax(remainders))
+        counts[best] += 1
+        remainders[best] -= 1
+    return counts.tolist()
+
+
+def plot_stack_report(path: Path, stack: Stack, focus: Focus) -> None:
+    """Focus curves with each tile's peak, and the focus surface over the frame with the peaks on it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (curves_axis, surface_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
+    scale = focus.curves.max(axis=0, keepdims=True)
+    for tile, status in enumerate(focus.peak_status):
+        if status == "empty":
+            continue
+        curves_axis.plot(stack.z_um, focus.curves[:, tile] / max(scale[0, tile], 1e-12),
+                         color="C0" if status == "ok" else "0.7", lw=0.8, alpha=0.6)
+    if focus.surface_z is not None:
+        for z in np.nanpercentile(focus.surface_z, [0, 100]):
+            curves_axis.axvline(z, color="C3", lw=1, ls="--")
+        ok = ~np.isnan(focus.peaks)
+        curves_axis.plot(focus.peaks[ok], np.ones(ok.sum()), "v", color="C1", ms=4, label="tile peaks")
+        curves_axis.legend(loc="lower right", fontsize=8)
+    curves_axis.set(xlabel="z (um)", ylabel="focus measure / its maximum",
+                    title=f"{stack.source.name}: " + (focus.problem[:60] or "focus curves; dashed: focus surface's range"))
+    height, width = stack.frame_shape
+    if focus.surface_z is not None:
+        yy, xx = np.mgrid[0:height:complex(0, 32), 0:width:complex(0, 32)]
+        grid = surface_terms(np.stack([yy.ravel(), xx.ravel()], 1), stack.frame_shape, "quadratic"
+                             if len(focus.coefficients) == 6 else "plane") @ focus.coefficients
+        image = surface_axis.imshow(grid.reshape(yy.shape), extent=(0, width, height, 0), cmap="viridis")
+        figure.colorbar(image, ax=surface_axis, label="focus z (um)")
+        centres = np.array(focus.origins) + IMAGE_SIZE / 2
+        ok = ~np.isnan(focus.peaks)
+        surface_axis.scatter(centres[ok, 1], centres[ok, 0], c=focus.peaks[ok], cmap="viridis",
+                             vmin=grid.min(), vmax=grid.max(), edgecolors="w", s=40)
+        outliers = ok & ~focus.inliers
+        surface_axis.scatter(centres[outliers, 1], centres[outliers, 0], marker="x", color="r", s=40,
+                             label="left out of the fit")
+        if outliers.any():
+            surface_axis.legend(loc="lower right", fontsize=8)
+    surface_axis.set(xlim=(0, width), ylim=(height, 0), xlabel="x (px)", ylabel="y (px)",
+                     title="focus surface; dots: tile peaks")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------- main
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Turn focus stacks into an autofocus dataset (train/val/test CSVs "
+                                                 "and 224x224 tiles).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("stacks", type=Path, help="a folder of stacks or one TIFF stack (one objective), or a CSV table of stacks "
+                                                  "(stack,magnification,NA[,z_step_um])")
+    parser.add_argument("out", type=Path, help="folder to write the dataset into; must not hold one already")
+    parser.add_argument("--magnification", type=float, default=None, help="the objective, for a folder of stacks")
+    parser.add_argument("--na", type=float, default=None, help="the objective's NA, for a folder of stacks")
+    parser.add_argument("--z_step_um", type=float, default=None,
+                        help="z step of stacks whose file states none (the file's metadata wins)")
+    parser.add_argument("--flip_z", action="store_true",
+                        help="the stage's z falls as the slice index grows (the default: it rises)")
+    parser.add_argument("--stride", type=int, default=IMAGE_SIZE, help="pixels between tiles")
+    parser.add_argument("--focus_measure", choices=sorted(FOCUS_MEASURES), default="brenner",
+                        help="focus measure of the focus curves")
+    parser.add_argument("--surface", choices=("plane", "quadratic"), default="plane",
+                        help="shape of the focus surface fitted to the tiles' peaks")
+    parser.add_argument("--min_peak_contrast", type=float, default=0.3,
+                        help="a focus curve's maximum must stand this share above its lowest value to count")
+    parser.add_argument("--max_defocus_dof", type=float, default=None,
+                        help="leave out slices further than this many DOF from focus (default: keep all)")
+    parser.add_argument("--split", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"),
+                        help="share of each objective's stacks per split")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split")
+    parser.add_argument("--min_contrast", type=float, default=2.0,
+                        help="a tile has content when its 4x4-pixel blocks differ by this many grey levels (0-255)")
+    parser.add_argument("--max_saturated", type=float, default=0.25, help="share of clipped values a tile may have")
+    parser.add_argument("--wavelength_um", type=float, default=WAVELENGTH_UM, help="DOF formula: wavelength")
+    parser.add_argument("--refractive_index", type=float, default=REFRACTIVE_INDEX,
+                        help="DOF formula: refractive index of the objective's immersion medium")
+    parser.add_argument("--camera_pixel_um", type=float, default=CAMERA_PIXEL_UM, help="DOF formula: camera pixel")
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                        else os.cpu_count() or 1, help="processes reading and writing slices (default: usable cores)")
+    return parser
+
+
+def check_args(args) -> None:
+    if args.stride < 1 or args.workers < 1:
+        raise StackError("--stride and --workers must be at least 1")
+    if any(f < 0 for f in args.split) or sum(args.split) <= 0 or args.split[0] <= 0:
+        raise StackError(f"--split {args.split}: shares must be at least 0 and the training share above 0")
+    if args.z_step_um is not None and not args.z_step_um > 0:
+        raise StackError("--z_step_um must be above 0")
+    if args.max_defocus_dof is not None and not args.max_defocus_dof > 0:
+        raise StackError("--max_defocus_dof must be above 0")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        what = "holds a dataset" if (args.out / ".train").exists() else "is not an empty folder"
+        raise StackError(f"{args.out} {what}; nothing was written: choose a new folder")
+
+
+def progress(items, description: str, total: int):
+    from tqdm import tqdm
+    return tqdm(items, desc=description, total=total, leave=False, unit="slice", dynamic_ncols=True)
+
+
+def mapped(function, tasks: list, workers: int, description: str):
+    """function over tasks in order, in `workers` processes (in this one when 1), with a progress bar."""
+    if workers == 1 or len(tasks) == 1:
+        yield from progress(map(function, tasks), description, len(tasks))
+        return
+    with ProcessPoolExecutor(min(workers, len(tasks))) as pool:
+        yield from progress(pool.map(function, tasks), description, len(tasks))
+
+
+def analyse(stacks: list[Stack], args) -> dict[str, Focus]:
+    """Focus of every stack, read slice by slice (memory: a few slices per worker)."""
+    settings = Settings(args.stride, args.focus_measure, args.min_contrast, args.max_saturated)
+    results = {}
+    for stack in stacks:
+        origins = tile_origins(stack.frame_shape, args.stride)
+        measured = list(mapped(measure_slice, [(stack, i, settings) for i in range(len(stack.z_um))],
+                               args.workers, f"focus {stack.source.name}"))
+        curves = np.stack([m for m, _ in measured])
+        content = np.stack([c for _, c in measured])
+        results[str(stack.source)] = find_focus(stack, curves, content, origins, args)
+    return results
+
+
+def write_dataset(root: Path, stacks: list[Stack], focus: dict[str, Focus], splits: dict[str, str], args) -> list[dict]:
+    """Tiles, split CSVs and reports of every stack under `root`; a summary line per stack."""
+    (root / "reports").mkdir(parents=True)
+    summary = []
+    for stack in stacks:
+        found = focus[str(stack.source)]
+        plot_stack_report(root / "reports" / f"{stack.objective}_{stack.name}.png", stack, found)
+        line = {"stack": str(stack.source), "objective": stack.objective, "slices": len(stack.z_um),
+                "split": splits.get(str(stack.source), ""), "tiles": 0, "tile_positions": len(found.origins),
+                "empty_tiles": found.peak_status.count("empty"), "focus_z_um_centre": "", "tilt_um_across": "",
+                "problem": found.problem}
+        if not found.problem:
+            dof_um = depth_of_field_um(stack.magnification, stack.na, args.wavelength_um, args.refractive_index,
+                                       args.camera_pixel_um)
+            folder = root / "images" / stack.objective / stack.name
+            folder.mkdir(parents=True)
+            jobs = [SliceJob(stack, i, slice_labels(stack, found, i, dof_um, args.max_defocus_dof), found.origins,
+                             dof_um, folder, root) for i in range(len(stack.z_um))]
+            rows = [row for rows in mapped(write_slice_tiles, jobs, args.workers, f"tiles {stack.source.name}")
+                    for row in rows]
+            split_dir = root / f".{line['split']}"
+            split_dir.mkdir(exist_ok=True)
+            with open(split_dir / f"{stack.objective}_{stack.name}.csv", "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(COLUMNS)
+                writer.writerows(rows)
+            coefficients = found.coefficients
+            line.update(tiles=len(rows), focus_z_um_centre=f"{coefficients[0]:.3f}",
+                        tilt_um_across=f"{math.hypot(coefficients[1], coefficients[2]):.3f}")
+        summary.append(line)
+    with open(root / "reports" / "stacks.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(summary[0]))
+        writer.writeheader()
+        writer.writerows(summary)
+    return summary
+
+
+def print_summary(summary: list[dict]) -> None:
+    for line in summary:
+        if line["problem"]:
+            print(f"left out  {line['stack']}: {line['problem']}")
+        else:
+            print(f"{line['split']:5s}    {line['stack']}: {line['slices']} slices, {line['tiles']} tiles "
+                  f"({line['empty_tiles']} of {line['tile_positions']} tile positions empty), focus at "
+                  f"{line['focus_z_um_centre']} um in the centre, {line['tilt_um_across']} um tilt across the frame")
+    for split in SPLITS:
+        kept = [line for line in summary if line["split"] == split]
+        print(f"{split}: {len(kept)} stacks, {sum(line['slices'] for line in kept)} slices, "
+              f"{sum(line['tiles'] for line in kept)} tiles")
+
+
+def main(args) -> None:
+    check_args(args)
+    stacks = find_stacks(args.stacks, args)
+    check_stacks(stacks)
+    if args.flip_z:
+        for stack in stacks:
+            stack.z_um = -stack.z_um
+    focus = analyse(stacks, args)
+    usable = [stack for stack in stacks if not focus[str(stack.source)].problem]
+    if not usable:
+        problems = "\n  ".join(f"{stack.source}: {focus[str(stack.source)].problem}" for stack in stacks)
+        raise StackError(f"no stack has a focus to label tiles by; nothing was written:\n  {problems}")
+    splits = split_stacks(usable, args.split, args.seed)
+    staging = args.out.parent / f".{args.out.name}.incomplete"
+    if staging.exists():
+        shutil.rmtree(staging)  # left by a run that was killed outright
+    try:
+        summary = write_dataset(staging, stacks, focus, splits, args)
+        if args.out.exists():
+            args.out.rmdir()  # empty: checked before
+        staging.rename(args.out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    print_summary(summary)
+    print(f"dataset written to {args.out}; focus curves and surfaces in {args.out / 'reports'}")
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except StackError as error:
+        raise SystemExit(f"error: {error}")
+    except KeyboardInterrupt:
+        print("\nInterrupted; nothing was written.", file=sys.stderr)
+        raise SystemExit(130)

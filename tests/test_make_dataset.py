@@ -1,0 +1,182 @@
+"""make_dataset.py on focus stacks the demo renderer writes: labels against the known focus,
+empty tiles and stacks without focus left out, splits by stack, a dataset that loads and
+trains, and every bad input refused with a message and nothing written."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from PIL import Image
+
+import make_dataset
+from conftest import FAST, run_script, train_in_process
+from make_demo_data import strip_defocus_um, write_demo_stacks
+from myDataset import IMAGE_SIZE, MOAFDataset, SOAFDataset, depth_of_field_um
+
+DOF_UM = depth_of_field_um(20, 0.7)
+STRIDE = IMAGE_SIZE // 2  # 3x3 tile positions on the demo's 448x448 frames
+
+
+@pytest.fixture(scope="module")
+def stacks(tmp_path_factory) -> Path:
+    return write_demo_stacks(tmp_path_factory.mktemp("stacks"))
+
+
+@pytest.fixture(scope="module")
+def dataset(stacks, tmp_path_factory) -> tuple[Path, str]:
+    """The dataset made from every demo stack by the command line, and what it printed."""
+    out = tmp_path_factory.mktemp("made") / "dataset"
+    made = run_script("make_dataset.py", stacks, out, "--magnification", "20", "--na", "0.7", "--stride", STRIDE,
+                      "--split", "0.5", "0.25", "0.25", "--workers", "2", cwd=out.parent)
+    assert made.returncode == 0, made.stderr
+    return out, made.stdout
+
+
+def dataset_rows(out: Path) -> pd.DataFrame:
+    return pd.concat([pd.read_csv(path).assign(split=path.parent.name) for path in sorted(out.glob(".*/*.csv"))])
+
+
+def true_defocus_um(stacks: Path, rows: pd.DataFrame) -> np.ndarray:
+    """Each row's defocus as rendered: the stack's first slice, its z steps and the tilt over the tile's columns."""
+    truth = pd.read_csv(stacks / "truth.csv").set_index("stack")
+    values = []
+    for row in rows.itertuples():
+        stack = truth.loc[make_dataset.stack_name(Path(row.source_file))]
+        columns = strip_defocus_um(0.0, stack.tilt_um, int(stack["size"]))[row.tile_x:row.tile_x + IMAGE_SIZE]
+        values.append(stack.first_defocus_um + row.z_index * stack.z_step_um + columns.mean())
+    return np.array(values)
+
+
+def arguments(*args) -> object:
+    return make_dataset.get_args_parser().parse_args([str(arg) for arg in args])
+
+
+def test_labels_match_the_rendered_focus_per_tile(stacks, dataset):
+    rows = dataset_rows(dataset[0])
+    assert set(rows["source_file"]) == {"flat.ome.tif", "tilted.tif", "half_bare"}
+    error_dof = (rows["defocus_label"].to_numpy() - true_defocus_um(stacks, rows)) / DOF_UM
+    assert np.abs(error_dof).max() < 0.2  # measured: 0.1 on the grey camera's stack, 0.02 on RGB
+    tilted = rows[rows["source_file"] == "tilted.tif"]
+    left, right = (tilted[tilted["tile_x"] == x] for x in (0, 2 * STRIDE))
+    # the same slice is further from focus on the right edge, by the tilt between the tiles' centres
+    offset = right.set_index(["z_index", "tile_y"])["defocus_label"] - left.set_index(["z_index", "tile_y"])["defocus_label"]
+    assert offset.mean() == pytest.approx(1.5 * DOF_UM * 2 * STRIDE / 447, rel=0.15)
+    assert (rows["defocus_dof_label"] * DOF_UM - rows["defocus_label"]).abs().max() < 1e-3
+
+
+def test_empty_tiles_and_stacks_without_focus_are_left_out_and_reported(dataset):
+    out, printed = dataset
+    rows = dataset_rows(out)
+    bare = rows[rows["source_file"] == "half_bare"]
+    assert len(bare) > 0 and STRIDE not in set(bare["tile_x"])  # the bare glass band's tiles
+    report = pd.read_csv(out / "reports" / "stacks.csv")
+    report.index = [Path(stack).name for stack in report["stack"]]
+    assert report.loc["half_bare", "empty_tiles"] == 3
+    assert "outside the z range" in report.loc["no_focus.ome.tif", "problem"]
+    assert "no tile has content" in report.loc["empty.ome.tif", "problem"]
+    assert "left out" in printed and "no_focus.ome.tif" in printed
+    for stack in ("flat", "tilted", "half_bare", "no_focus", "empty"):
+        with Image.open(out / "reports" / f"20x_0.7_{stack}.png") as picture:
+            assert picture.format == "PNG" and picture.width > 500
+
+
+def test_splits_hold_whole_stacks_and_the_dataset_loads_and_trains(dataset, tmp_path, capsys):
+    out, printed = dataset
+    rows = dataset_rows(out)
+    assert rows.groupby("source_file")["split"].nunique().max() == 1
+    assert set(rows["split"]) == {".train", ".val", ".test"}
+    assert "train: 1 stacks, 17 slices" in printed
+    assert list(rows.columns[:10]) == list(make_dataset.COLUMNS)
+    soaf = SOAFDataset(out, "train", glob_pattern="20x_0.7*.csv", image_size=(IMAGE_SIZE, IMAGE_SIZE))
+    moaf = MOAFDataset(out, "test", image_size=(IMAGE_SIZE, IMAGE_SIZE))
+    image, label = soaf[0]
+    assert image.shape == (3, IMAGE_SIZE, IMAGE_SIZE) and moaf[0][1].tolist() == pytest.approx([20, 0.7])
+    grey = rows[rows["source_file"] == "tilted.tif"]["image_path"].iloc[0]
+    with Image.open(out / grey) as tile:
+        assert tile.mode in ("I;16", "I") and np.asarray(tile).max() > 255  # 16-bit grey stays 16-bit
+    printed = train_in_process(tmp_path, "--root_dir", out, "--glob", "20x_0.7*.csv", "--epochs", "1", *FAST,
+                               capsys=capsys)
+    assert "Epoch 0" in printed and (tmp_path / ".ckpts").is_dir()
+
+
+def test_a_table_gives_objectives_and_z_steps_and_flip_z_turns_the_labels(stacks, tmp_path):
+    frames = tifffile.imread(stacks / "flat.ome.tif")
+    tifffile.imwrite(tmp_path / "plain.tif", frames, photometric="rgb")  # no z step in the file
+    table = tmp_path / "stacks.csv"
+    table.write_text("stack,magnification,NA,z_step_um\nplain.tif,20,0.7,0.25\n")
+    with pytest.raises(make_dataset.StackError, match="plain.tif: the file states no z step"):
+        make_dataset.find_stacks(tmp_path / "plain.tif", arguments(tmp_path / "plain.tif", tmp_path / "o",
+                                                                   "--magnification", 20, "--na", 0.7))
+    stack, = make_dataset.find_stacks(table, arguments(table, tmp_path / "out"))
+    assert (stack.magnification, stack.na) == (20, 0.7) and np.diff(stack.z_um) == pytest.approx(0.25)
+
+    shutil.copytree(stacks / "half_bare", tmp_path / "folder" / "half_bare")
+    for name in ("flat.ome.tif", "tilted.tif"):
+        shutil.copy(stacks / name, tmp_path / "folder" / name)
+    for flip, out in (((), tmp_path / "up"), (("--flip_z",), tmp_path / "down")):
+        make_dataset.main(arguments(tmp_path / "folder", out, "--magnification", 20, "--na", 0.7, "--stride",
+                                    IMAGE_SIZE, "--workers", 1, *flip))
+    up, down = (dataset_rows(out).set_index("image_path")["defocus_label"].sort_index()
+                for out in (tmp_path / "up", tmp_path / "down"))
+    assert down.to_numpy() == pytest.approx(-up.to_numpy(), abs=1e-3)
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("truncated", "truncated.ome.tif"),
+    ("few_slices", "4 z slices; at least 5"),
+    ("mixed_sizes", "frames of mixed sizes"),
+    ("no_objective", "line 2: the objective is missing"),
+    ("holds_dataset", "holds a dataset"),
+    ("too_few_stacks", "cannot fill 3 splits"),
+])
+def test_bad_input_is_refused_by_name_and_nothing_is_written(stacks, tmp_path, problem, message):
+    source, out = tmp_path / "stacks", tmp_path / "out"
+    source.mkdir()
+    extra = ["--magnification", 20, "--na", 0.7]
+    if problem == "truncated":
+        data = (stacks / "flat.ome.tif").read_bytes()
+        (source / "truncated.ome.tif").write_bytes(data[: len(data) // 2])
+    elif problem == "few_slices":
+        tifffile.imwrite(source / "short.tif", tifffile.imread(stacks / "tilted.tif")[:4], imagej=True,
+                         metadata={"axes": "ZYX", "spacing": 0.8})
+    elif problem == "mixed_sizes":
+        shutil.copytree(stacks / "half_bare", source / "half_bare")
+        Image.open(source / "half_bare" / "z003.png").crop((0, 0, 300, 300)).save(source / "half_bare" / "z003.png")
+    elif problem == "no_objective":
+        shutil.copy(stacks / "flat.ome.tif", source)
+        (source / "table.csv").write_text("stack,magnification,NA\nflat.ome.tif,,0.7\n")
+        source, extra = source / "table.csv", []
+    elif problem == "holds_dataset":
+        (out / ".train").mkdir(parents=True)
+        (out / ".train" / "mine.csv").write_text("kept")
+    else:
+        shutil.copy(stacks / "flat.ome.tif", source)
+    result = run_script("make_dataset.py", source, out, *extra, "--workers", 1, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert message in result.stderr
+    if problem == "holds_dataset":
+        assert (out / ".train" / "mine.csv").read_text() == "kept"
+    else:
+        assert not out.exists()
+    assert [path.name for path in tmp_path.iterdir() if "incomplete" in path.name] == []
+
+
+def test_focus_curve_peak_lies_between_slices_and_refuses_edges_and_flat_curves():
+    z = np.arange(9) * 0.5
+    curve = np.exp(-((z - 2.15) ** 2) / 0.8)  # a Gaussian peak: a parabola in log
+    assert make_dataset.curve_peak(z, curve, 0.3) == (pytest.approx(2.15, abs=1e-6), "ok")
+    assert make_dataset.curve_peak(z, curve[::-1], 0.3)[0] == pytest.approx(4 - 2.15, abs=1e-6)
+    assert make_dataset.curve_peak(z, np.exp(-z), 0.3)[1] == "edge"
+    assert make_dataset.curve_peak(z, 1 + 0.01 * curve, 0.3)[1] == "flat"
+
+
+def test_surface_fit_ignores_a_column_of_fooled_tiles():
+    centres = np.array([(y, x) for y in range(100, 1000, 200) for x in range(100, 1000, 200)], float)
+    peaks = 5.0 + 0.002 * centres[:, 1]  # a tilted slide
+    peaks[centres[:, 1] == 100] = 1.0  # a column of tiles on bare glass or dust
+    coefficients, inliers = make_dataset.fit_focus_surface(centres, peaks, (1000, 1000), "plane", 0.5)
+    assert inliers.tolist() == [x != 100 for x in centres[:, 1]]
+    terms = make_dataset.surface_terms(centres, (1000, 1000), "plane")
+    assert terms @ coefficients == pytest.approx(5.0 + 0.002 * centres[:, 1])
