@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from checkpoints import CheckpointError
-from myDataset import IMAGE_SIZE, MOAF_GLOB, SOAF_GLOB, DatasetError, MOAFDataset, SOAFDataset
+from imaging import IMAGE_SIZE
+from myDataset import MOAF_GLOB, SOAF_GLOB, DatasetError, MOAFDataset, SOAFDataset
 from myModel import ModelCreationError, MOAFModel, SOAFModel
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from myDataset import (CAMERA_PIXEL_UM, IMAGE_SIZE, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um, has_content,
-                       rgb_uint8)
+from imaging import (CAMERA_PIXEL_UM, IMAGE_SIZE, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um, has_content,
+                     rgb_uint8)
 
 
 class FocusError(ValueError):
@@ -198,7 +198,8 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
     - "out_of_range": a move of at most `max_step_um` toward the predicted side.
     - Each move is checked against what blur shows next, as a person would: the distance
       should shrink by about the move. If it grew by about the move, the move went the
-      wrong way and the next one goes back, whatever the network says of the side. If it
+      wrong way and the next one goes back by the move and on by the distance seen before
+      it, whatever the network says of the side or distance now. If it
       did not change by half the move either, the stage is closer to focus than the
       network can resolve (its distance has a floor near focus): the loop stops there,
       converged, instead of stepping back and forth around focus.
@@ -216,10 +217,12 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
         if (estimate.status == "ok" and abs(estimate.defocus_um) <= tolerance_um) or effect == "unchanged":
             result.converged = True
             break
-        side = math.copysign(1.0, estimate.defocus_um)
+        side, distance = math.copysign(1.0, estimate.defocus_um), estimate.distance_um
         if effect == "further":
-            side = math.copysign(1.0, last_move)  # the last move added defocus: its own direction is the error's
-        move = -side * (estimate.distance_um if max_step_um is None else min(estimate.distance_um, max_step_um))
+            # the last move went the wrong way: go back, and on by the distance seen before it,
+            # which was nearer focus than this frame and within what the network was trained on
+            side, distance = math.copysign(1.0, last_move), abs(last_move) + previous_distance
+        move = -side * (distance if max_step_um is None else min(distance, max_step_um))
         move_by(move)
         result.moves_um.append(move)
         previous_distance, last_move = estimate.distance_um, move

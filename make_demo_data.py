@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from myDataset import CAMERA_PIXEL_UM, GREY_WEIGHTS, IMAGE_SIZE, depth_of_field_um, sobel_sharpness
+from imaging import CAMERA_PIXEL_UM, GREY_WEIGHTS, IMAGE_SIZE, depth_of_field_um, sobel_sharpness
 
 OBJECTIVE_MEDIUM_INDEX = 1.0  # between objective and coverslip: air
 CHANNEL_WAVELENGTHS_UM = (0.60, 0.54, 0.46)  # centre of the camera's red, green and blue bands
@@ -361,10 +361,10 @@ DEMO_STACKS = (
 
 
 def write_demo_stacks(root: Path, magnification: float = 20.0, na: float = 0.7, size: int = 448,
-                      n_slices: int = 17, z_step_dof: float = 0.5, seed: int = 0,
-                      optics: Optics = Optics()) -> Path:
-    """Write the focus stacks of DEMO_STACKS under `root` as a microscope would, and
-    `root/truth.csv` for checking a dataset made from them.
+                      n_slices: int = 17, z_step_dof: float = 0.5, seed: int = 0, optics: Optics = Optics(),
+                      names: tuple[str, ...] = tuple(stack[0] for stack in DEMO_STACKS)) -> Path:
+    """Write the focus stacks of DEMO_STACKS (those in `names`) under `root` as a microscope
+    would, slice by slice, and `root/truth.csv` for checking a dataset made from them.
 
     Slice i is imaged with the stage i x z step further along z, so its defocus is the first
     slice's plus i x z step (the sign of defocus_label). truth.csv gives per stack the first
@@ -376,33 +376,38 @@ def write_demo_stacks(root: Path, magnification: float = 20.0, na: float = 0.7, 
     z_step_um = z_step_dof * dof_um
     truth = ["stack,first_defocus_um,tilt_um,z_step_um,size"]
     for number, (name, first_dof, tilt_dof, bare_share, kind) in enumerate(DEMO_STACKS):
+        if name not in names:
+            continue
         scope = VirtualMicroscope(magnification, na, size, first_dof * dof_um, seed + number, optics,
                                   tilt_dof * dof_um, empty=bare_share == 1.0, bare_share=bare_share)
-        slices = []
-        for _ in range(n_slices):
-            slices.append(scope.acquire(bits=16, grey=True) if kind == "imagej" else scope.acquire())
-            scope.move_by(z_step_um)
-        write_stack(root, name, kind, np.stack(slices), z_step_um)
+
+        def slices():
+            for _ in range(n_slices):
+                yield scope.acquire(bits=16, grey=True) if kind == "imagej" else scope.acquire()
+                scope.move_by(z_step_um)
+        write_stack(root, name, kind, slices(), n_slices, size, z_step_um)
         truth.append(f"{name},{first_dof * dof_um:.6f},{tilt_dof * dof_um:.6f},{z_step_um:.6f},{size}")
     (root / "truth.csv").write_text("\n".join(truth) + "\n")
     return root
 
 
-def write_stack(root: Path, name: str, kind: str, stack: np.ndarray, z_step_um: float) -> None:
-    """One stack as an OME-TIFF, an ImageJ hyperstack or a folder of PNG files with z_positions.csv."""
+def write_stack(root: Path, name: str, kind: str, slices, n_slices: int, size: int, z_step_um: float) -> None:
+    """One stack, its slices written as they come: an RGB OME-TIFF, a 16-bit grey ImageJ
+    hyperstack, or a folder of RGB PNG files with z_positions.csv."""
     import tifffile  # only the stacks need it
 
     if kind == "ome":
-        tifffile.imwrite(root / f"{name}.ome.tif", stack, ome=True, photometric="rgb",
+        tifffile.imwrite(root / f"{name}.ome.tif", slices, shape=(n_slices, size, size, 3), dtype=np.uint8,
+                         ome=True, photometric="rgb",
                          metadata={"axes": "ZYXS", "PhysicalSizeZ": z_step_um, "PhysicalSizeZUnit": "µm"})
     elif kind == "imagej":
-        tifffile.imwrite(root / f"{name}.tif", stack, imagej=True,
+        tifffile.imwrite(root / f"{name}.tif", slices, shape=(n_slices, size, size), dtype=np.uint16, imagej=True,
                          metadata={"axes": "ZYX", "spacing": z_step_um, "unit": "um"})
     else:
         folder = root / name
         folder.mkdir()
         lines = ["image,z_um"]
-        for index, image in enumerate(stack):
+        for index, image in enumerate(slices):
             Image.fromarray(image).save(folder / f"z{index:03d}.png")
             lines.append(f"z{index:03d}.png,{index * z_step_um:.6f}")
         (folder / "z_positions.csv").write_text("\n".join(lines) + "\n")
@@ -438,6 +443,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "aberration (default: %(default)s)")
     parser.add_argument("--specimen_index", type=float, default=Optics.specimen_index,
                         help="refractive index of the specimen's medium (default: %(default)s, water)")
+    stacks = parser.add_argument_group("focus stacks, the input of make_dataset.py, instead of a dataset")
+    stacks.add_argument("--stacks", nargs="*", choices=[stack[0] for stack in DEMO_STACKS], default=None,
+                        metavar="NAME", help="write these focus stacks of one objective (the first of "
+                        f"--objectives); none named: all of {', '.join(stack[0] for stack in DEMO_STACKS)}")
+    stacks.add_argument("--stack_size", type=int, default=448, help="frame width and height (default: %(default)s)")
+    stacks.add_argument("--stack_slices", type=int, default=17, help="slices per stack (default: %(default)s)")
+    stacks.add_argument("--z_step_dof", type=float, default=0.5, help="z step in DOF (default: %(default)s)")
     return parser
 
 
@@ -447,16 +459,33 @@ def main(args: argparse.Namespace) -> None:
     if not args.max_defocus_dof > 0 or args.specimen_depth_um < 0 or args.specimen_index < 1:
         raise SystemExit("error: --max_defocus_dof must be above 0, --specimen_depth_um at least 0 "
                          "and --specimen_index at least 1")
-    if (args.root_dir / ".train").exists():
+    if args.stacks is None and (args.root_dir / ".train").exists():
         print(f"{args.root_dir} already holds a dataset; leaving it as it is (delete it to write a new one)")
         return
     optics = Optics(args.chromatic_shift_dof, args.specimen_depth_um, args.specimen_index)
+    if args.stacks is not None:
+        write_stacks(args, optics)
+        return
     make_demo_dataset(args.root_dir, args.train, args.val, args.test, args.seed, tuple(args.objectives),
                       optics, args.max_defocus_dof)
     for magnification, na in args.objectives:
         print(f"{magnification:g}x/{na:g}: depth of field {depth_of_field_um(magnification, na):.2f} um, "
               f"defocus within +-{args.max_defocus_dof:g} DOF")
     print(f"{optics}\ndemo dataset written to {args.root_dir}")
+
+
+def write_stacks(args: argparse.Namespace, optics: Optics) -> None:
+    if args.stack_size < IMAGE_SIZE or args.stack_slices < 1 or not args.z_step_dof > 0:
+        raise SystemExit(f"error: --stack_size must be at least {IMAGE_SIZE}, --stack_slices at least 1 and "
+                         "--z_step_dof above 0")
+    if (args.root_dir / "truth.csv").exists():
+        print(f"{args.root_dir} already holds demo stacks; leaving them as they are")
+        return
+    magnification, na = args.objectives[0]
+    write_demo_stacks(args.root_dir, magnification, na, args.stack_size, args.stack_slices, args.z_step_dof,
+                      args.seed, optics, tuple(args.stacks) or tuple(stack[0] for stack in DEMO_STACKS))
+    print(f"{optics}\nfocus stacks of a {magnification:g}x/{na:g} objective written to {args.root_dir}; "
+          f"their true focus is in {args.root_dir / 'truth.csv'}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import timm
 import torch
 from torch import nn
 
-from myDataset import IMAGE_SIZE
+from imaging import IMAGE_SIZE
 
 DEFAULT_BACKBONE = "mobilenetv4_conv_small"
 ONNX_OPSET = 17

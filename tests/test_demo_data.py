@@ -5,7 +5,7 @@ import pytest
 
 import make_demo_data as demo
 from make_demo_data import Optics, defocused_channels, depth_of_field_um
-from myDataset import sobel_sharpness
+from imaging import sobel_sharpness
 
 NO_CUES = Optics(chromatic_shift_dof=0.0, specimen_depth_um=0.0)
 

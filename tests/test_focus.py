@@ -11,7 +11,7 @@ from torch import nn
 from conftest import ROOT, run_script
 from focus import FocusError, FocusEstimate, FocusPredictor, focus_loop, tile_origins
 from make_demo_data import VirtualMicroscope, depth_of_field_um
-from myDataset import has_content
+from imaging import has_content
 from myModel import MOAFModel, SOAFModel, export_onnx
 
 
@@ -126,6 +126,26 @@ def test_a_wrong_side_is_undone_when_the_distance_grows():
     """The side cue is wrong twice in a row; the blur grew after the first move, so the loop reverses."""
     result, end = scripted_loop(10.0, [False, False, True], tolerance_um=1.0)
     assert result.moves_um == [10.0, -20.0] and end == 0.0 and result.converged
+
+
+class SaturatingPredictor(ScriptedPredictor):
+    """Trained within +-12 um: beyond, its distance stays at 12 um."""
+
+    def predict(self, frame):
+        estimate = super().predict(frame)
+        estimate.distance_um = min(estimate.distance_um, 12.0)
+        estimate.defocus_um = math.copysign(estimate.distance_um, estimate.defocus_um)
+        return estimate
+
+
+def test_after_a_wrong_move_the_loop_trusts_the_distance_seen_before_it():
+    """10 um the wrong way leaves the stage 20 um out, where the network says 12: back by 10 and on by 10."""
+    stage = {"z": 10.0}
+
+    def move_by(delta):
+        stage["z"] += delta
+    result = focus_loop(lambda: stage, move_by, SaturatingPredictor(stage, [False, True, True]), tolerance_um=1.0)
+    assert result.moves_um == [10.0, -20.0] and stage["z"] == 0.0 and result.converged
 
 
 class FlooredPredictor(ScriptedPredictor):

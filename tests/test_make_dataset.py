@@ -13,7 +13,8 @@ from PIL import Image
 import make_dataset
 from conftest import FAST, run_script, train_in_process
 from make_demo_data import strip_defocus_um, write_demo_stacks
-from myDataset import IMAGE_SIZE, MOAFDataset, SOAFDataset, depth_of_field_um
+from imaging import IMAGE_SIZE, depth_of_field_um
+from myDataset import MOAFDataset, SOAFDataset
 
 DOF_UM = depth_of_field_um(20, 0.7)
 STRIDE = IMAGE_SIZE // 2  # 3x3 tile positions on the demo's 448x448 frames

@@ -169,6 +169,13 @@ def test_importing_the_modules_prints_nothing(tmp_path):
     assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
 
 
+def test_deployment_and_data_tools_do_not_load_torch():
+    """focus.py runs on a microscope's computer, make_dataset.py on a data server: numpy, not 700 MB of torch."""
+    check = "import sys, focus, make_dataset, make_demo_data; print(sorted({'torch', 'torchvision'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
 def test_target_scale_maps_the_head_output_to_physical_units(tmp_path):
     torch.manual_seed(0)
     model = SOAFModel(pretrained=False).eval()

@@ -1,0 +1,60 @@
+"""What a dataset's images and labels are, without torch: the splits, the network's input
+size, the depth of field that is the MOAF unit, camera pixels to the network's 8-bit RGB,
+the Sobel column and the test for tiles worth using. focus.py, make_dataset.py and make_demo_data.py need only this
+and numpy, so a focus loop on a microscope's computer does not load torch.
+"""
+import numpy as np
+
+SPLITS = ("train", "val", "test")  # a dataset root holds .train, .val and .test
+IMAGE_SIZE = 224  # the networks' input is IMAGE_SIZE x IMAGE_SIZE; other sizes are refused, not resized
+# the depth-of-field formula's defaults: green light, a dry objective, a common camera pixel
+WAVELENGTH_UM, REFRACTIVE_INDEX, CAMERA_PIXEL_UM = 0.55, 1.0, 6.5
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # luma of red, green and blue (ITU-R BT.601), as PIL's convert('L')
+
+
+def depth_of_field_um(magnification: float, na: float, wavelength_um: float = WAVELENGTH_UM,
+                      refractive_index: float = REFRACTIVE_INDEX, camera_pixel_um: float = CAMERA_PIXEL_UM) -> float:
+    """DOF = lambda*n/NA^2 + n*e/(M*NA), the unit of defocus_dof_label: the wave-optical plus the
+    camera-pixel term."""
+    return wavelength_um * refractive_index / na**2 + refractive_index * camera_pixel_um / (magnification * na)
+
+
+def rgb_uint8(pixels: np.ndarray, float_max: float | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 from grey (H, W) or RGB (H, W, 3) pixels of any integer or float type.
+
+    Microscope cameras write 12-16 bit images: every integer type but uint8 is divided by 257,
+    so 65535 maps to 255 for every image alike and brightness keeps its meaning between
+    images. Floats count as [0, 1] when their maximum (`float_max`, else the array's) is at
+    most 1, else as 8-bit values.
+    """
+    if pixels.dtype != np.uint8:
+        if np.issubdtype(pixels.dtype, np.integer):
+            scale = 1 / 257.0
+        else:
+            maximum = float(pixels.max(initial=0.0)) if float_max is None else float_max
+            scale = 255.0 if maximum <= 1.0 else 1.0
+        pixels = np.clip(pixels.astype(np.float64) * scale + 0.5, 0, 255).astype(np.uint8)
+    return np.repeat(pixels[..., None], 3, axis=-1) if pixels.ndim == 2 else pixels
+
+
+def sobel_sharpness(image: np.ndarray) -> float:
+    """Mean Sobel gradient magnitude of the grey image (0-255 scale) of a uint8 RGB tile: the
+    CSV's sobel_sharpness column, a classical focus measure (the datasets the project writes
+    all compute it here)."""
+    grey = image.astype(np.float64) @ np.array(GREY_WEIGHTS)
+    p = np.pad(grey, 1, mode="edge")
+    gx = (p[:-2, 2:] + 2 * p[1:-1, 2:] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[1:-1, :-2] + p[2:, :-2])
+    gy = (p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[:-2, 1:-1] + p[:-2, 2:])
+    return float(np.hypot(gx, gy).mean())
+
+
+def has_content(tile: np.ndarray, min_contrast: float, max_saturated: float) -> bool:
+    """Whether a uint8 RGB tile shows something to focus on (focus.py and make_dataset.py use
+    only such tiles): contrast above `min_contrast` grey
+    levels between its 4x4-pixel blocks (above the camera's noise, which averaging removes,
+    and kept by tissue even when blurred) and at most `max_saturated` of its values clipped."""
+    if np.count_nonzero(tile == 255) > max_saturated * tile.size:
+        return False
+    # sums over 4x4 pixels and the 3 channels: rows of 4 pixels x 3 channels are contiguous
+    block_sums = tile.reshape(IMAGE_SIZE // 4, 4, IMAGE_SIZE // 4, 12).sum(axis=3, dtype=np.uint32).sum(axis=1)
+    return float(block_sums.std()) / 48 >= min_contrast
