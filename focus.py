@@ -202,7 +202,9 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
       it, whatever the network says of the side or distance now. If it
       did not change by half the move either, the stage is closer to focus than the
       network can resolve (its distance has a floor near focus): the loop stops there,
-      converged, instead of stepping back and forth around focus.
+      converged, instead of stepping back and forth around focus. No change in the upper
+      half of the trained range is the other end, where the network saturates: the move
+      went the wrong way.
     - Every move is at most `max_step_um`. An error (a bad frame) propagates before any move.
     """
     result = FocusResult(converged=False, images=0)
@@ -214,6 +216,8 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
         if estimate.status == "no_sample":
             break
         effect = move_effect(estimate.distance_um, previous_distance, last_move)
+        if effect == "unchanged" and predictor.max_distance_um and estimate.distance_um > predictor.max_distance_um / 2:
+            effect = "further"  # no change high in the trained range: beyond it, where the network saturates
         if (estimate.status == "ok" and abs(estimate.defocus_um) <= tolerance_um) or effect == "unchanged":
             result.converged = True
             break

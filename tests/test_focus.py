@@ -131,6 +131,9 @@ def test_a_wrong_side_is_undone_when_the_distance_grows():
 class SaturatingPredictor(ScriptedPredictor):
     """Trained within +-12 um: beyond, its distance stays at 12 um."""
 
+    def __init__(self, stage, sides):
+        super().__init__(stage, sides, max_distance_um=12.0)
+
     def predict(self, frame):
         estimate = super().predict(frame)
         estimate.distance_um = min(estimate.distance_um, 12.0)
@@ -139,7 +142,8 @@ class SaturatingPredictor(ScriptedPredictor):
 
 
 def test_after_a_wrong_move_the_loop_trusts_the_distance_seen_before_it():
-    """10 um the wrong way leaves the stage 20 um out, where the network says 12: back by 10 and on by 10."""
+    """10 um the wrong way leaves the stage 20 um out, where the network says 12 (no visible change,
+    but high in its range: saturated, not at its floor): back by 10 and on by 10."""
     stage = {"z": 10.0}
 
     def move_by(delta):
