@@ -10,9 +10,9 @@ hyperstack (z step from the file's metadata where it has it), or a folder of ima
 table), magnification, NA and optionally z_step_um.
 
 For every stack:
-1. Focus per region: each tile position gets a focus curve over z (normalised variance by
-   default), whose peak is placed between slices by a parabola through the log of the curve
-   around its maximum. A plane (or quadratic) fitted robustly to the peaks of the tiles with
+1. Focus per region: each tile position gets a focus curve over z (the Brenner measure by
+   default, on the green channel of RGB frames), whose peak is placed between slices by a
+   parabola through the log of the curve around its maximum. A plane (or quadratic) fitted robustly to the peaks of the tiles with
    content is the stack's focus surface, so that a tilted slide gets the right focus per tile.
    Stacks without a clear peak, or whose peaks lie at the first or last slice, are left out.
 2. Labels: defocus_label = z of the slice - z of the focus surface at the tile's centre, in
@@ -141,8 +141,7 @@ def open_tiff_stack(path: Path, magnification: float, na: float, z_step_um: floa
         raise StackError(f"{path}: the file states no z step; give --z_step_um (or a z_step_um column in the table)")
     if metadata_step and z_step_um and not math.isclose(metadata_step, z_step_um, rel_tol=1e-3):
         print(f"warning: {path}: the file's z step {metadata_step:g} um is used, not {z_step_um:g} um")
-    height, width = (series.shape[-2], series.shape[-1]) if page_axes == "SYX" else series.shape[-3:-1] \
-        if page_axes == "YXS" else series.shape[-2:]
+    height, width = series.shape[-3:-1] if page_axes == "YXS" else series.shape[-2:]
     return Stack(path, stack_name(path), magnification, na, np.arange(len(pages)) * step, (height, width),
                  pages=pages, planar=page_axes == "SYX")
 
@@ -229,7 +228,7 @@ def read_slice(stack: Stack, index: int) -> np.ndarray:
         raise StackError(f"{source}: slice {index} cannot be read ({error})") from error
     if pixels.ndim == 3 and pixels.shape[-1] == 4:
         pixels = pixels[..., :3]  # alpha carries no image
-    if pixels.shape[:2] != stack.frame_shape or pixels.ndim not in (2, 3) or pixels.ndim == 3 and pixels.shape[-1] != 3:
+    if pixels.shape[:2] != stack.frame_shape or (pixels.ndim == 3 and pixels.shape[-1] != 3) or pixels.ndim > 3:
         raise StackError(f"{source}: slice {index} is {pixels.shape}, unlike the stack's frames "
                          f"{stack.frame_shape}: frames of mixed sizes")
     return pixels
@@ -587,7 +586,8 @@ def plot_stack_report(path: Path, stack: Stack, focus: Focus) -> None:
         curves_axis.plot(focus.peaks[ok], np.ones(ok.sum()), "v", color="C1", ms=4, label="tile peaks")
         curves_axis.legend(loc="lower right", fontsize=8)
     curves_axis.set(xlabel="z (um)", ylabel="focus measure / its maximum",
-                    title=f"{stack.source.name}: " + (focus.problem[:60] or "focus curves; dashed: focus surface's range"))
+                    title=f"{stack.source.name}: "
+                    + (focus.problem[:60] or "focus curves; dashed: focus surface's range"))
     height, width = stack.frame_shape
     if focus.surface_z is not None:
         yy, xx = np.mgrid[0:height:complex(0, 32), 0:width:complex(0, 32)]
@@ -617,8 +617,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Turn focus stacks into an autofocus dataset (train/val/test CSVs "
                                                  "and 224x224 tiles).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("stacks", type=Path, help="a folder of stacks or one TIFF stack (one objective), or a CSV table of stacks "
-                                                  "(stack,magnification,NA[,z_step_um])")
+    parser.add_argument("stacks", type=Path, help="a folder of stacks or one TIFF stack (one objective), or a "
+                                                  "CSV table of stacks (stack,magnification,NA[,z_step_um])")
     parser.add_argument("out", type=Path, help="folder to write the dataset into; must not hold one already")
     parser.add_argument("--magnification", type=float, default=None, help="the objective, for a folder of stacks")
     parser.add_argument("--na", type=float, default=None, help="the objective's NA, for a folder of stacks")

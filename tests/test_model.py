@@ -171,7 +171,8 @@ def test_importing_the_modules_prints_nothing(tmp_path):
 
 def test_deployment_and_data_tools_do_not_load_torch():
     """focus.py runs on a microscope's computer, make_dataset.py on a data server: numpy, not 700 MB of torch."""
-    check = "import sys, focus, make_dataset, make_demo_data; print(sorted({'torch', 'torchvision'} & set(sys.modules)))"
+    check = ("import sys, focus, make_dataset, make_demo_data; "
+             "print(sorted({'torch', 'torchvision'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
 
