@@ -199,10 +199,11 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
     - Each move is checked against what blur shows next, as a person would: the distance
       should shrink by about the move. If it grew by about the move, the move went the
       wrong way and the next one goes back by the move and on by the distance seen before
-      it, whatever the network says of the side or distance now. If it
+      it (or by the distance seen now, if larger), whatever the network says of the side. If it
       did not change by half the move either, the stage is closer to focus than the
-      network can resolve (its distance has a floor near focus): the loop stops there,
-      converged, instead of stepping back and forth around focus. No change in the upper
+      network can resolve (its distance has a floor near focus): the loop stops, converged,
+      at whichever of the two places it rated closer, instead of stepping back and forth
+      around focus. No change in the upper
       half of the trained range is the other end, where the network saturates: the move
       went the wrong way.
     - Every move is at most `max_step_um`. An error (a bad frame) propagates before any move.
@@ -218,14 +219,20 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
         effect = move_effect(estimate.distance_um, previous_distance, last_move)
         if effect == "unchanged" and predictor.max_distance_um and estimate.distance_um > predictor.max_distance_um / 2:
             effect = "further"  # no change high in the trained range: beyond it, where the network saturates
+        if effect == "unchanged" and estimate.distance_um > previous_distance:
+            move_by(-last_move)  # the network cannot tell the two places apart but rated the last one closer
+            result.moves_um.append(-last_move)
         if (estimate.status == "ok" and abs(estimate.defocus_um) <= tolerance_um) or effect == "unchanged":
             result.converged = True
             break
         side, distance = math.copysign(1.0, estimate.defocus_um), estimate.distance_um
         if effect == "further":
-            # the last move went the wrong way: go back, and on by the distance seen before it,
-            # which was nearer focus than this frame and within what the network was trained on
-            side, distance = math.copysign(1.0, last_move), abs(last_move) + previous_distance
+            # the last move went the wrong way: go back, and on by the larger of the distance seen
+            # now and the move plus the distance seen before it; each can only fall short (beyond
+            # the trained range the network saturates; a signed head unsure of the side
+            # predicts near zero)
+            side = math.copysign(1.0, last_move)
+            distance = max(distance, abs(last_move) + previous_distance)
         move = -side * (distance if max_step_um is None else min(distance, max_step_um))
         move_by(move)
         result.moves_um.append(move)

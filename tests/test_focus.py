@@ -176,6 +176,25 @@ def test_the_loop_stops_where_the_network_cannot_resolve_the_distance():
     assert abs(stage["z"]) == 6.0 and result.images == 3
 
 
+def test_where_the_network_cannot_tell_two_places_apart_the_loop_keeps_the_one_it_rated_closer():
+    """At 4 um it says -6 (its floor, the wrong side); at 10 um it says 8: less than half the 6 um
+    move more, so no visible change, and 6 < 8: back to 4 um."""
+    stage = {"z": 4.0}
+    said = {4.0: -6.0, 10.0: 8.0}
+
+    class Predictor:
+        max_distance_um = 50.0
+
+        def predict(self, frame):
+            defocus = said[stage["z"]]
+            return FocusEstimate(defocus, "ok", abs(defocus), None, 0.0, 16, 16)
+
+    def move_by(delta):
+        stage["z"] += delta
+    result = focus_loop(lambda: stage, move_by, Predictor(), tolerance_um=1.0)
+    assert result.moves_um == [6.0, -6.0] and stage["z"] == 4.0 and result.converged and result.images == 2
+
+
 def test_every_move_is_bounded_and_out_of_range_moves_toward_the_side():
     result, end = scripted_loop(-120.0, [True] * 5, tolerance_um=1.0, max_images=3, max_step_um=30.0)
     assert result.moves_um == [30.0, 30.0, 30.0] and result.estimates[0].status == "out_of_range"
