@@ -114,6 +114,15 @@ def test_a_table_gives_objectives_and_z_steps_and_flip_z_turns_the_labels(stacks
                                                                    "--magnification", 20, "--na", 0.7))
     stack, = make_dataset.find_stacks(table, arguments(table, tmp_path / "out"))
     assert (stack.magnification, stack.na) == (20, 0.7) and np.diff(stack.z_um) == pytest.approx(0.25)
+    # colour as a channel axis of grey planes, 16 bits, z step in nanometres
+    tifffile.imwrite(tmp_path / "planes.ome.tif", np.moveaxis(frames, -1, 1).astype(np.uint16) * 257, ome=True,
+                     metadata={"axes": "ZCYX", "PhysicalSizeZ": 250, "PhysicalSizeZUnit": "nm"})
+    planes_file = tmp_path / "planes.ome.tif"
+    planes, = make_dataset.find_stacks(planes_file, arguments(planes_file, tmp_path / "o", "--magnification", 20,
+                                                               "--na", 0.7))
+    assert np.diff(planes.z_um) == pytest.approx(0.25)
+    assert (make_dataset.read_slice(planes, 3) == frames[3].astype(np.uint16) * 257).all()
+    assert (make_dataset.tile_pixels(make_dataset.read_slice(planes, 3)) == frames[3]).all()
 
     shutil.copytree(stacks / "half_bare", tmp_path / "folder" / "half_bare")
     for name in ("flat.ome.tif", "tilted.tif"):
