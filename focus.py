@@ -13,8 +13,9 @@
 A frame is cut into a grid of 224x224 tiles, brought to the network's input as the
 dataset classes do (16-bit scaled by 1/257, grey to RGB), tiles without content (blank,
 background, saturated) are left out and the rest run as one ONNX batch. Their predictions
-are combined robustly: the median distance and, for the split head, the mean log-odds of
-the side; the spread between tiles is reported with the estimate.
+are combined robustly: the median distance (for the signed head, the median |prediction|)
+and the side from the mean log-odds (split head) or the median prediction (signed head);
+the spread between tiles is reported with the estimate.
 """
 import argparse
 import json
@@ -132,8 +133,9 @@ class FocusPredictor:
         return self.combine(self.run_tiles(tiles), total)
 
     def combine(self, outputs: dict, total: int) -> FocusEstimate:
-        """One estimate from the tiles' predictions: median distance; the side from the mean
-        log-odds (split head) or the median signed prediction (signed head)."""
+        """One estimate from the tiles' predictions: the median distance (the split head's, or
+        the signed head's |prediction|: tiles unsure of the side still see the blur); the side
+        from the mean log-odds (split head) or the median signed prediction (signed head)."""
         signed = outputs["output"]
         if "p_positive" in outputs:
             distance = float(np.median(outputs["distance"]))
@@ -141,8 +143,8 @@ class FocusPredictor:
             p_positive = float(1 / (1 + np.exp(-np.mean(np.log(probabilities / (1 - probabilities))))))
             defocus = distance if p_positive >= 0.5 else -distance
         else:
-            defocus, p_positive = float(np.median(signed)), None
-            distance = abs(defocus)
+            distance, p_positive = float(np.median(np.abs(signed))), None
+            defocus = math.copysign(distance, float(np.median(signed)))
         spread = float(1.4826 * np.median(np.abs(signed - np.median(signed))))
         beyond = self.max_distance_um is not None and distance > self.max_distance_um
         return FocusEstimate(defocus, "out_of_range" if beyond else "ok", distance, p_positive, spread,
