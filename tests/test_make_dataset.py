@@ -135,6 +135,14 @@ def test_a_table_gives_objectives_and_z_steps_and_flip_z_turns_the_labels(stacks
     assert down.to_numpy() == pytest.approx(-up.to_numpy(), abs=1e-3)
 
 
+def test_a_twelve_bit_camera_in_sixteen_bit_files_is_warned_about(stacks, tmp_path, capsys):
+    frames = tifffile.imread(stacks / "tilted.tif") // 16  # the values a 12-bit camera gives
+    tifffile.imwrite(tmp_path / "dim.tif", frames, imagej=True, metadata={"axes": "ZYX", "spacing": 0.8})
+    make_dataset.check_stacks(make_dataset.find_stacks(tmp_path / "dim.tif", arguments(
+        tmp_path / "dim.tif", tmp_path / "out", "--magnification", 20, "--na", 0.7)))
+    assert "dim.tif: 16-bit frames whose brightest value is" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("problem, message", [
     ("truncated", "truncated.ome.tif"),
     ("few_slices", "4 z slices; at least 5"),
