@@ -502,12 +502,13 @@ class SliceJob:
     root: Path  # the dataset's root, for relative paths
 
 
-def tile_pixels(tile: np.ndarray) -> np.ndarray:
+def tile_pixels(tile: np.ndarray, float_max: float | None = None) -> np.ndarray:
     """A tile as it is stored: 8-bit grey or RGB as is, 16-bit grey as 16-bit; other types
-    (16-bit RGB, float) as the 8-bit RGB the dataset classes would make of them."""
+    (16-bit RGB, float, scaled by the frame's `float_max`) as the 8-bit RGB the dataset classes
+    would make of them."""
     if tile.dtype == np.uint8 or (tile.dtype == np.uint16 and tile.ndim == 2):
         return tile
-    return rgb_uint8(tile)
+    return rgb_uint8(tile, float_max)
 
 
 def write_slice_tiles(job: SliceJob) -> list[list]:
@@ -522,7 +523,8 @@ def write_slice_tiles(job: SliceJob) -> list[list]:
         path = job.folder / f"z{job.index:03d}_y{y:05d}_x{x:05d}.tif"
         # uncompressed TIFF: lossless, 16 bits kept, and 30x faster to write than PNG, which
         # gains little on noisy camera tiles
-        tifffile.imwrite(path, tile_pixels(tile), photometric="minisblack" if tile.ndim == 2 else "rgb")
+        stored = tile_pixels(tile, float_max)
+        tifffile.imwrite(path, stored, photometric="minisblack" if stored.ndim == 2 else "rgb")
         rows.append([path.relative_to(job.root).as_posix(), f"{sobel_sharpness(rgb_uint8(tile, float_max)):.4f}",
                      f"{label:.4f}", f"{job.stack.magnification:g}", f"{job.stack.na:g}",
                      f"{label / job.dof_um:.6f}", job.stack.source.name, job.index, x, y])
