@@ -4,6 +4,7 @@
     python make_demo_data.py demo_data --train 400 --seed 1              # more training images
     python make_demo_data.py weak_cue --chromatic_shift_dof 0            # the side of focus barely shows
     python make_demo_data.py demo40 --objectives 10x_0.3 40x_0.75 --max_defocus_dof 8
+    python make_demo_data.py stacks --stacks --objectives 20x_0.7        # focus stacks for make_dataset.py
 
 What the images model, so that a network trained on them has learnt defocus as real optics show it:
 - H&E-like tissue (nuclei, fibrous stroma) drawn in micrometres and sampled at the
