@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from imaging import (CAMERA_PIXEL_UM, IMAGE_SIZE, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um, has_content,
-                     rgb_uint8)
+                     image_pixels, rgb_uint8, tile_origins)
 
 
 class FocusError(ValueError):
@@ -54,17 +54,6 @@ class FocusResult:
     images: int  # frames acquired
     moves_um: list[float] = field(default_factory=list)
     estimates: list[FocusEstimate] = field(default_factory=list)
-
-
-def tile_origins(height: int, width: int, tiles_per_side: int, stride: int | None) -> list[tuple[int, int]]:
-    """Top-left corners of the tiles: every `stride` pixels, or `tiles_per_side` evenly spread
-    over each axis (overlapping where the frame is small, gaps where it is large)."""
-    def axis(length: int) -> np.ndarray:
-        last = length - IMAGE_SIZE
-        if stride is not None:
-            return np.arange(0, last + 1, stride)
-        return np.unique(np.linspace(0, last, tiles_per_side).round().astype(int))
-    return [(int(y), int(x)) for y in axis(height) for x in axis(width)]
 
 
 class FocusPredictor:
@@ -201,13 +190,12 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
     - Each move is checked against what blur shows next, as a person would: the distance
       should shrink by about the move. If it grew by about the move, the move went the
       wrong way and the next one goes back by the move and on by the distance seen before
-      it (or by the distance seen now, if larger), whatever the network says of the side. If it
-      did not change by half the move either, the stage is closer to focus than the
+      it (or by the distance seen now, if larger), whatever the network says of the side.
+      If it did not change by half the move either, the stage is closer to focus than the
       network can resolve (its distance has a floor near focus): the loop stops, converged,
       at whichever of the two places it rated closer, instead of stepping back and forth
-      around focus. No change in the upper
-      half of the trained range is the other end, where the network saturates: the move
-      went the wrong way.
+      around focus. No change in the upper half of the trained range is the other end,
+      where the network saturates: the move went the wrong way.
     - Every move is at most `max_step_um`. An error (a bad frame) propagates before any move.
     """
     result = FocusResult(converged=False, images=0)
@@ -264,7 +252,7 @@ def read_frame(path: Path) -> np.ndarray:
         raise FocusError(f"image file {path} does not exist")
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB") if image.mode in ("P", "RGBA", "CMYK", "LA", "1") else image)
+            return image_pixels(image)
     except (OSError, ValueError, SyntaxError) as error:
         raise FocusError(f"cannot read image {path}: {error}") from None
 

@@ -1,7 +1,8 @@
 """What a dataset's images and labels are, without torch: the splits, the network's input
 size, the depth of field that is the MOAF unit, camera pixels to the network's 8-bit RGB,
-the Sobel column and the test for tiles worth using. focus.py, make_dataset.py and make_demo_data.py need only this
-and numpy, so a focus loop on a microscope's computer does not load torch.
+tiles of a frame, the Sobel column and the test for tiles worth using. focus.py,
+make_dataset.py and make_demo_data.py need only this and numpy, so a focus loop on a
+microscope's computer does not load torch.
 """
 import numpy as np
 
@@ -37,22 +38,44 @@ def rgb_uint8(pixels: np.ndarray, float_max: float | None = None) -> np.ndarray:
     return np.repeat(pixels[..., None], 3, axis=-1) if pixels.ndim == 2 else pixels
 
 
+def image_pixels(image) -> np.ndarray:
+    """An open PIL image as a numpy array: grey and RGB as they are (16-bit grey stays 16-bit),
+    palette, alpha, CMYK and 1-bit images as RGB."""
+    return np.asarray(image.convert("RGB") if image.mode in ("P", "RGBA", "CMYK", "LA", "1") else image)
+
+
+def tile_origins(height: int, width: int, tiles_per_side: int = 4, stride: int | None = None) -> list[tuple[int, int]]:
+    """Top-left corners (y, x) of IMAGE_SIZE tiles of a frame: every `stride` pixels, or
+    `tiles_per_side` evenly spread over each axis (overlapping where the frame is small, gaps
+    where it is large)."""
+    def axis(length: int) -> np.ndarray:
+        last = length - IMAGE_SIZE
+        if stride is not None:
+            return np.arange(0, last + 1, stride)
+        return np.unique(np.linspace(0, last, tiles_per_side).round().astype(int))
+    return [(int(y), int(x)) for y in axis(height) for x in axis(width)]
+
+
+def sobel_gradients(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Sobel derivatives (across, down) of a grey image, its edges repeated outward."""
+    p = np.pad(grey, 1, mode="edge")
+    gx = (p[:-2, 2:] + 2 * p[1:-1, 2:] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[1:-1, :-2] + p[2:, :-2])
+    gy = (p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[:-2, 1:-1] + p[:-2, 2:])
+    return gx, gy
+
+
 def sobel_sharpness(image: np.ndarray) -> float:
     """Mean Sobel gradient magnitude of the grey image (0-255 scale) of a uint8 RGB tile: the
     CSV's sobel_sharpness column, a classical focus measure (the datasets the project writes
     all compute it here)."""
-    grey = image.astype(np.float64) @ np.array(GREY_WEIGHTS)
-    p = np.pad(grey, 1, mode="edge")
-    gx = (p[:-2, 2:] + 2 * p[1:-1, 2:] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[1:-1, :-2] + p[2:, :-2])
-    gy = (p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[:-2, 1:-1] + p[:-2, 2:])
-    return float(np.hypot(gx, gy).mean())
+    return float(np.hypot(*sobel_gradients(image.astype(np.float64) @ np.array(GREY_WEIGHTS))).mean())
 
 
 def has_content(tile: np.ndarray, min_contrast: float, max_saturated: float) -> bool:
     """Whether a uint8 RGB tile shows something to focus on (focus.py and make_dataset.py use
-    only such tiles): contrast above `min_contrast` grey
-    levels between its 4x4-pixel blocks (above the camera's noise, which averaging removes,
-    and kept by tissue even when blurred) and at most `max_saturated` of its values clipped."""
+    only such tiles): contrast above `min_contrast` grey levels between its 4x4-pixel blocks
+    (above the camera's noise, which averaging removes, and kept by tissue even when blurred)
+    and at most `max_saturated` of its values clipped."""
     if np.count_nonzero(tile == 255) > max_saturated * tile.size:
         return False
     # sums over 4x4 pixels and the 3 channels: rows of 4 pixels x 3 channels are contiguous

@@ -12,8 +12,9 @@ table), magnification, NA and optionally z_step_um.
 For every stack:
 1. Focus per region: each tile position gets a focus curve over z (the Brenner measure by
    default, on the green channel of RGB frames), whose peak is placed between slices by a
-   parabola through the log of the curve around its maximum. A plane (or quadratic) fitted robustly to the peaks of the tiles with
-   content is the stack's focus surface, so that a tilted slide gets the right focus per tile.
+   parabola through the log of the curve around its maximum. A plane (or quadratic) fitted
+   robustly to the peaks of the tiles with content is the stack's focus surface, so that a
+   tilted slide gets the right focus per tile.
    Stacks without a clear peak, or whose peaks lie at the first or last slice, are left out.
 2. Labels: defocus_label = z of the slice - z of the focus surface at the tile's centre, in
    um. z grows with the slice index (--flip_z for stages that count the other way), so
@@ -43,7 +44,7 @@ import tifffile
 from PIL import Image
 
 from imaging import (CAMERA_PIXEL_UM, IMAGE_SIZE, REFRACTIVE_INDEX, SPLITS, WAVELENGTH_UM, depth_of_field_um,
-                     has_content, rgb_uint8, sobel_sharpness)
+                     has_content, image_pixels, rgb_uint8, sobel_gradients, sobel_sharpness, tile_origins)
 
 MIN_SLICES = 5  # fewer cannot place a peak between slices and tell it from the ends
 Z_POSITIONS_CSV = "z_positions.csv"  # in a folder stack: image,z_um per slice, in the stack's order
@@ -215,7 +216,7 @@ def read_slice(stack: Stack, index: int) -> np.ndarray:
                 pixels = tifffile.imread(source)
             else:
                 with Image.open(source) as image:
-                    pixels = np.asarray(image.convert("RGB") if image.mode in ("P", "RGBA", "LA", "CMYK") else image)
+                    pixels = image_pixels(image)
         else:
             if source not in OPEN_TIFFS:
                 OPEN_TIFFS[source] = tifffile.TiffFile(source)
@@ -315,13 +316,6 @@ def warn_if_dark(stack: Stack) -> None:
 
 # ---------------------------------------------------------------- focus per region
 
-def tile_origins(frame_shape: tuple[int, int], stride: int) -> list[tuple[int, int]]:
-    """Top-left corners (y, x) of the tiles every `stride` pixels that fit in the frame."""
-    rows = range(0, frame_shape[0] - IMAGE_SIZE + 1, stride)
-    columns = range(0, frame_shape[1] - IMAGE_SIZE + 1, stride)
-    return [(y, x) for y in rows for x in columns]
-
-
 def focus_channel(pixels: np.ndarray) -> np.ndarray:
     """The plane whose focus defines the labels, as float32: a grey frame, or an RGB frame's green
     channel. Red and blue focus on either side of green in objectives not fully corrected for
@@ -353,9 +347,7 @@ def brenner(grey: np.ndarray, origins) -> np.ndarray:
 
 def tenengrad(grey: np.ndarray, origins) -> np.ndarray:
     """Mean squared Sobel gradient (Sobel energy)."""
-    p = np.pad(grey, 1, mode="edge")
-    gx = (p[:-2, 2:] + 2 * p[1:-1, 2:] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[1:-1, :-2] + p[2:, :-2])
-    gy = (p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[:-2, 1:-1] + p[:-2, 2:])
+    gx, gy = sobel_gradients(grey)
     return tile_sums(gx**2 + gy**2, origins) / IMAGE_SIZE**2
 
 
@@ -364,19 +356,17 @@ FOCUS_MEASURES = {"normalized_variance": normalized_variance, "brenner": brenner
 
 @dataclass(frozen=True)
 class Settings:
-    """What the workers need besides the stack."""
+    """What the workers need besides the stack and its tiles."""
 
-    stride: int
     focus_measure: str
     min_contrast: float
     max_saturated: float
 
 
-def measure_slice(task: tuple[Stack, int, Settings]) -> tuple[np.ndarray, np.ndarray]:
+def measure_slice(task: tuple[Stack, int, list[tuple[int, int]], Settings]) -> tuple[np.ndarray, np.ndarray]:
     """(focus measure of every tile, whether each tile has content) for one slice."""
-    stack, index, settings = task
+    stack, index, origins, settings = task
     pixels = read_slice(stack, index)
-    origins = tile_origins(stack.frame_shape, settings.stride)
     measure = FOCUS_MEASURES[settings.focus_measure](focus_channel(pixels), origins)
     float_max = float(pixels.max()) if pixels.dtype.kind == "f" else None
     content = np.array([has_content(rgb_uint8(pixels[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE], float_max),
@@ -699,11 +689,11 @@ def mapped(function, tasks: list, workers: int, description: str):
 
 def analyse(stacks: list[Stack], args) -> dict[str, Focus]:
     """Focus of every stack, read slice by slice (memory: a few slices per worker)."""
-    settings = Settings(args.stride, args.focus_measure, args.min_contrast, args.max_saturated)
+    settings = Settings(args.focus_measure, args.min_contrast, args.max_saturated)
     results = {}
     for stack in stacks:
-        origins = tile_origins(stack.frame_shape, args.stride)
-        measured = list(mapped(measure_slice, [(stack, i, settings) for i in range(len(stack.z_um))],
+        origins = tile_origins(*stack.frame_shape, stride=args.stride)
+        measured = list(mapped(measure_slice, [(stack, i, origins, settings) for i in range(len(stack.z_um))],
                                args.workers, f"focus {stack.source.name}"))
         curves = np.stack([m for m, _ in measured])
         content = np.stack([c for _, c in measured])
