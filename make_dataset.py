@@ -673,9 +673,12 @@ def progress(items, description: str, total: int):
     return tqdm(items, desc=description, total=total, leave=False, unit="slice", dynamic_ncols=True, disable=None)
 
 
-def ignore_interrupts() -> None:
-    """Workers leave Ctrl-C to the main process, which stops them and removes the partial output."""
+def start_worker() -> None:
+    """Workers leave Ctrl-C to the main process, which stops them and removes the partial output,
+    and open the stacks themselves: a file inherited open from the main process shares its read
+    position with it and with every other worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    OPEN_TIFFS.clear()
 
 
 def mapped(function, tasks: list, workers: int, description: str):
@@ -683,7 +686,7 @@ def mapped(function, tasks: list, workers: int, description: str):
     if workers == 1 or len(tasks) == 1:
         yield from progress(map(function, tasks), description, len(tasks))
         return
-    with ProcessPoolExecutor(min(workers, len(tasks)), initializer=ignore_interrupts) as pool:
+    with ProcessPoolExecutor(min(workers, len(tasks)), initializer=start_worker) as pool:
         yield from progress(pool.map(function, tasks), description, len(tasks))
 
 
