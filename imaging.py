@@ -21,21 +21,33 @@ def depth_of_field_um(magnification: float, na: float, wavelength_um: float = WA
 
 
 def rgb_uint8(pixels: np.ndarray, float_max: float | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 from grey (H, W) or RGB (H, W, 3) pixels of any integer or float type.
+    """(H, W, 3) uint8 from grey (H, W) or RGB (H, W, 3) pixels of any integer or float type,
+    as `as_uint8` scales them."""
+    pixels = as_uint8(pixels, float_max)
+    return np.repeat(pixels[..., None], 3, axis=-1) if pixels.ndim == 2 else pixels
+
+
+def as_uint8(pixels: np.ndarray, float_max: float | None = None) -> np.ndarray:
+    """Pixels of any integer or float type on the network's 8-bit scale, grey or RGB as they are.
 
     Microscope cameras write 12-16 bit images: every integer type but uint8 is divided by 257,
     so 65535 maps to 255 for every image alike and brightness keeps its meaning between
     images. Floats count as [0, 1] when their maximum (`float_max`, else the array's) is at
     most 1, else as 8-bit values.
     """
-    if pixels.dtype != np.uint8:
-        if np.issubdtype(pixels.dtype, np.integer):
-            scale = 1 / 257.0
-        else:
-            maximum = float(pixels.max(initial=0.0)) if float_max is None else float_max
-            scale = 255.0 if maximum <= 1.0 else 1.0
-        pixels = np.clip(pixels.astype(np.float64) * scale + 0.5, 0, 255).astype(np.uint8)
-    return np.repeat(pixels[..., None], 3, axis=-1) if pixels.ndim == 2 else pixels
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype == np.uint16:
+        return UINT16_TO_UINT8[pixels]  # the same values as below, looked up: a frame at a time is common
+    if np.issubdtype(pixels.dtype, np.integer):
+        scale = 1 / 257.0
+    else:
+        maximum = float(pixels.max(initial=0.0)) if float_max is None else float_max
+        scale = 255.0 if maximum <= 1.0 else 1.0
+    return np.clip(pixels.astype(np.float64) * scale + 0.5, 0, 255).astype(np.uint8)
+
+
+UINT16_TO_UINT8 = as_uint8(np.arange(2**16, dtype=np.uint32))
 
 
 def image_pixels(image) -> np.ndarray:
@@ -57,27 +69,34 @@ def tile_origins(height: int, width: int, tiles_per_side: int = 4, stride: int |
 
 
 def sobel_gradients(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The Sobel derivatives (across, down) of a grey image, its edges repeated outward."""
+    """The Sobel derivatives (across, down) of a grey image, its edges repeated outward: a
+    difference two pixels apart, smoothed (1, 2, 1) the other way."""
     p = np.pad(grey, 1, mode="edge")
-    gx = (p[:-2, 2:] + 2 * p[1:-1, 2:] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[1:-1, :-2] + p[2:, :-2])
-    gy = (p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[:-2, 1:-1] + p[:-2, 2:])
-    return gx, gy
+    across, down = p[:, 2:] - p[:, :-2], p[2:] - p[:-2]
+    return across[:-2] + 2 * across[1:-1] + across[2:], down[:, :-2] + 2 * down[:, 1:-1] + down[:, 2:]
 
 
 def sobel_sharpness(image: np.ndarray) -> float:
-    """Mean Sobel gradient magnitude of the grey image (0-255 scale) of a uint8 RGB tile: the
-    CSV's sobel_sharpness column, a classical focus measure (the datasets the project writes
-    all compute it here)."""
-    return float(np.hypot(*sobel_gradients(image.astype(np.float64) @ np.array(GREY_WEIGHTS))).mean())
+    """Mean Sobel gradient magnitude of the grey image (0-255 scale) of a tile, grey (H, W) or
+    RGB (H, W, 3), such as a uint8 tile as the network sees it: the CSV's sobel_sharpness
+    column, a classical focus measure (the datasets the project writes all compute it here)."""
+    grey = image.astype(np.float64)
+    if grey.ndim == 3:
+        grey = grey @ np.array(GREY_WEIGHTS)
+    gx, gy = sobel_gradients(grey)
+    return float(np.sqrt(gx * gx + gy * gy).mean())
 
 
 def has_content(tile: np.ndarray, min_contrast: float, max_saturated: float) -> bool:
-    """Whether a uint8 RGB tile shows something to focus on (focus.py and make_dataset.py use
-    only such tiles): contrast above `min_contrast` grey levels between its 4x4-pixel blocks
-    (above the camera's noise, which averaging removes, and kept by tissue even when blurred)
-    and at most `max_saturated` of its values clipped."""
+    """Whether a uint8 tile, grey or RGB, shows something to focus on (focus.py and
+    make_dataset.py use only such tiles): contrast above `min_contrast` grey levels between
+    its 4x4-pixel blocks (above the camera's noise, which averaging removes, and kept by
+    tissue even when blurred) and at most `max_saturated` of its values clipped. A grey tile
+    and its RGB copy get the same answer."""
     if np.count_nonzero(tile == 255) > max_saturated * tile.size:
         return False
-    # sums over 4x4 pixels and the 3 channels: rows of 4 pixels x 3 channels are contiguous
-    block_sums = tile.reshape(IMAGE_SIZE // 4, 4, IMAGE_SIZE // 4, 12).sum(axis=3, dtype=np.uint32).sum(axis=1)
-    return float(block_sums.std()) / 48 >= min_contrast
+    channels = tile.shape[2] if tile.ndim == 3 else 1
+    # sums over 4x4 pixels and the channels: rows of 4 pixels x channels are contiguous
+    block_sums = (tile.reshape(IMAGE_SIZE // 4, 4, IMAGE_SIZE // 4, 4 * channels)
+                  .sum(axis=3, dtype=np.uint32).sum(axis=1))
+    return float(block_sums.std()) / (16 * channels) >= min_contrast

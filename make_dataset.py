@@ -43,8 +43,9 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from imaging import (CAMERA_PIXEL_UM, IMAGE_SIZE, REFRACTIVE_INDEX, SPLITS, WAVELENGTH_UM, depth_of_field_um,
-                     has_content, image_pixels, rgb_uint8, sobel_gradients, sobel_sharpness, tile_origins)
+from imaging import (CAMERA_PIXEL_UM, IMAGE_SIZE, REFRACTIVE_INDEX, SPLITS, WAVELENGTH_UM, as_uint8,
+                     depth_of_field_um, has_content, image_pixels, rgb_uint8, sobel_gradients, sobel_sharpness,
+                     tile_origins)
 
 MIN_SLICES = 5  # fewer cannot place a peak between slices and tell it from the ends
 Z_POSITIONS_CSV = "z_positions.csv"  # in a folder stack: image,z_um per slice, in the stack's order
@@ -368,9 +369,9 @@ def measure_slice(task: tuple[Stack, int, list[tuple[int, int]], Settings]) -> t
     stack, index, origins, settings = task
     pixels = read_slice(stack, index)
     measure = FOCUS_MEASURES[settings.focus_measure](focus_channel(pixels), origins)
-    float_max = float(pixels.max()) if pixels.dtype.kind == "f" else None
-    content = np.array([has_content(rgb_uint8(pixels[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE], float_max),
-                                    settings.min_contrast, settings.max_saturated) for y, x in origins])
+    seen = as_uint8(pixels)  # as the network sees it (a float frame scaled by its own maximum)
+    content = np.array([has_content(seen[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE], settings.min_contrast,
+                                    settings.max_saturated) for y, x in origins])
     return measure, content
 
 
@@ -492,30 +493,31 @@ class SliceJob:
     root: Path  # the dataset's root, for relative paths
 
 
-def tile_pixels(tile: np.ndarray, float_max: float | None = None) -> np.ndarray:
+def tile_pixels(tile: np.ndarray, seen: np.ndarray) -> np.ndarray:
     """A tile as it is stored: 8-bit grey or RGB as is, 16-bit grey as 16-bit; other types
-    (16-bit RGB, float, scaled by the frame's `float_max`) as the 8-bit RGB the dataset classes
+    (16-bit RGB, float) as `seen`, the tile on the 8-bit scale, in RGB as the dataset classes
     would make of them."""
     if tile.dtype == np.uint8 or (tile.dtype == np.uint16 and tile.ndim == 2):
         return tile
-    return rgb_uint8(tile, float_max)
+    return rgb_uint8(seen)
 
 
 def write_slice_tiles(job: SliceJob) -> list[list]:
     """Write the tiles of one slice that have a label; their CSV rows."""
     pixels = read_slice(job.stack, job.index)
-    float_max = float(pixels.max()) if pixels.dtype.kind == "f" else None
+    seen = as_uint8(pixels)  # as the network sees it (a float frame scaled by its own maximum)
     rows = []
     for (y, x), label in zip(job.origins, job.labels_um):
         if math.isnan(label):
             continue
         tile = pixels[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE]
+        seen_tile = seen[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE]
         path = job.folder / f"z{job.index:03d}_y{y:05d}_x{x:05d}.tif"
         # uncompressed TIFF: lossless, 16 bits kept, and 30x faster to write than PNG, which
         # gains little on noisy camera tiles
-        stored = tile_pixels(tile, float_max)
+        stored = tile_pixels(tile, seen_tile)
         tifffile.imwrite(path, stored, photometric="minisblack" if stored.ndim == 2 else "rgb")
-        rows.append([path.relative_to(job.root).as_posix(), f"{sobel_sharpness(rgb_uint8(tile, float_max)):.4f}",
+        rows.append([path.relative_to(job.root).as_posix(), f"{sobel_sharpness(seen_tile):.4f}",
                      f"{label:.4f}", f"{job.stack.magnification:g}", f"{job.stack.na:g}",
                      f"{label / job.dof_um:.6f}", job.stack.source.name, job.index, x, y])
     return rows

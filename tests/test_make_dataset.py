@@ -11,6 +11,7 @@ import tifffile
 from PIL import Image
 
 import make_dataset
+from imaging import as_uint8
 from conftest import FAST, run_script, train_in_process
 from make_demo_data import strip_defocus_um, write_demo_stacks
 from imaging import IMAGE_SIZE, depth_of_field_um
@@ -122,9 +123,10 @@ def test_a_table_gives_objectives_and_z_steps_and_flip_z_turns_the_labels(stacks
                                                                "--na", 0.7))
     assert np.diff(planes.z_um) == pytest.approx(0.25)
     assert (make_dataset.read_slice(planes, 3) == frames[3].astype(np.uint16) * 257).all()
-    assert (make_dataset.tile_pixels(make_dataset.read_slice(planes, 3)) == frames[3]).all()
+    sixteen_bit_rgb = make_dataset.read_slice(planes, 3)
+    assert (make_dataset.tile_pixels(sixteen_bit_rgb, as_uint8(sixteen_bit_rgb)) == frames[3]).all()
     grey = frames[3, ..., 1].astype(np.float32) / 255  # floats in [0, 1], as the frame's maximum says
-    assert (make_dataset.tile_pixels(grey, float_max=1.0) == np.repeat(frames[3, ..., 1:2], 3, axis=2)).all()
+    assert (make_dataset.tile_pixels(grey, as_uint8(grey, float_max=1.0)) == np.repeat(frames[3, ..., 1:2], 3, axis=2)).all()
 
     shutil.copytree(stacks / "half_bare", tmp_path / "folder" / "half_bare")
     for name in ("flat.ome.tif", "tilted.tif"):
