@@ -180,10 +180,13 @@ def check_frame(frame) -> np.ndarray:
 
 
 def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float, max_images: int = 5,
-               max_step_um: float | None = None) -> FocusResult:
+               max_step_um: float | None = None, confident_p: float = 0.9) -> FocusResult:
     """Acquire, predict, move the stage by -defocus; repeat until an estimate is within
-    `tolerance_um` or `max_images` frames were taken. `acquire()` returns a frame,
-    `move_by(delta_um)` moves the stage relative to where it is.
+    `tolerance_um` or `max_images` frames were taken. The last, small move is made too when
+    the side is known (a signed head, or a split head's p beyond `confident_p`): it costs no
+    image, and networks tend to underestimate distances near focus; a coin-flip side would
+    as often double the distance. `acquire()` returns a frame, `move_by(delta_um)` moves the
+    stage relative to where it is.
 
     - "no_sample": no move, the loop stops (it never invents a target).
     - "out_of_range": a move of at most `max_step_um` toward the predicted side.
@@ -195,7 +198,9 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
       network can resolve (its distance has a floor near focus): the loop stops, converged,
       at whichever of the two places it rated closer, instead of stepping back and forth
       around focus. No change in the upper half of the trained range is the other end,
-      where the network saturates: the move went the wrong way.
+      where the network saturates: the move went the wrong way. A drop by less than half
+      the move from the upper half of the range still counts as closer: the distance seen
+      there may have been saturated, short of the true one.
     - Every move is at most `max_step_um`. An error (a bad frame) propagates before any move.
     """
     result = FocusResult(converged=False, images=0)
@@ -207,12 +212,23 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
         if estimate.status == "no_sample":
             break
         effect = move_effect(estimate.distance_um, previous_distance, last_move)
-        if effect == "unchanged" and predictor.max_distance_um and estimate.distance_um > predictor.max_distance_um / 2:
+        high = predictor.max_distance_um / 2 if predictor.max_distance_um else math.inf
+        if effect == "unchanged" and estimate.distance_um > high:
             effect = "further"  # no change high in the trained range: beyond it, where the network saturates
-        if effect == "unchanged" and estimate.distance_um > previous_distance:
-            move_by(-last_move)  # the network cannot tell the two places apart but rated the last one closer
-            result.moves_um.append(-last_move)
-        if (estimate.status == "ok" and abs(estimate.defocus_um) <= tolerance_um) or effect == "unchanged":
+        elif effect == "unchanged" and estimate.distance_um < previous_distance and previous_distance > high:
+            effect = "closer"  # in from where the network may have saturated
+        if effect == "unchanged":
+            if estimate.distance_um > previous_distance:
+                move_by(-last_move)  # the network cannot tell the two places apart but rated the last one closer
+                result.moves_um.append(-last_move)
+            result.converged = True
+            break
+        if estimate.status == "ok" and abs(estimate.defocus_um) <= tolerance_um:
+            side_known = estimate.p_positive is None or abs(estimate.p_positive - 0.5) >= confident_p - 0.5
+            if estimate.defocus_um and side_known:
+                move = bounded(-estimate.defocus_um, max_step_um)
+                move_by(move)
+                result.moves_um.append(move)
             result.converged = True
             break
         side, distance = math.copysign(1.0, estimate.defocus_um), estimate.distance_um
@@ -223,11 +239,15 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
             # predicts near zero)
             side = math.copysign(1.0, last_move)
             distance = max(distance, abs(last_move) + previous_distance)
-        move = -side * (distance if max_step_um is None else min(distance, max_step_um))
+        move = bounded(-side * distance, max_step_um)
         move_by(move)
         result.moves_um.append(move)
         previous_distance, last_move = estimate.distance_um, move
     return result
+
+
+def bounded(move_um: float, max_step_um: float | None) -> float:
+    return move_um if max_step_um is None else math.copysign(min(abs(move_um), max_step_um), move_um)
 
 
 def move_effect(distance_um: float, previous_um: float | None, move_um: float) -> str | None:

@@ -96,10 +96,12 @@ def test_moaf_predictions_are_converted_to_micrometres(tmp_path, tissue_frame):
 
 
 class ScriptedPredictor:
-    """Knows the true defocus of a simulated stage; says the side `side_right` of the time it is asked."""
+    """Knows the true defocus of a simulated stage; says the right side when `sides` says so (a
+    signed head's estimate unless `p_positive` is given)."""
 
-    def __init__(self, stage, sides, max_distance_um=50.0):
+    def __init__(self, stage, sides, max_distance_um=50.0, p_positive=None):
         self.stage, self.sides, self.max_distance_um = stage, iter(sides), max_distance_um
+        self.p_positive = p_positive
 
     def predict(self, frame):
         true = self.stage["z"]
@@ -107,21 +109,32 @@ class ScriptedPredictor:
             return FocusEstimate(math.nan, "no_sample", math.nan, None, math.nan, 0, 16)
         side = math.copysign(1, true) * (1 if next(self.sides) else -1)
         status = "out_of_range" if abs(true) > self.max_distance_um else "ok"
-        return FocusEstimate(side * abs(true), status, abs(true), 0.5, 0.0, 16, 16)
+        return FocusEstimate(side * abs(true), status, abs(true), self.p_positive, 0.0, 16, 16)
 
 
-def scripted_loop(start, sides, **options):
+def scripted_loop(start, sides, p_positive=None, **options):
     stage = {"z": start}
 
     def move_by(delta):
         stage["z"] += delta
-    result = focus_loop(lambda: stage, move_by, ScriptedPredictor(stage, sides), **options)
+    result = focus_loop(lambda: stage, move_by, ScriptedPredictor(stage, sides, p_positive=p_positive), **options)
     return result, stage["z"]
 
 
 def test_loop_moves_by_minus_the_defocus_and_stops_within_tolerance():
     result, end = scripted_loop(10.0, [True] * 5, tolerance_um=1.0)
     assert result.moves_um == [-10.0] and result.converged and result.images == 2 and end == 0.0
+
+
+def test_an_estimate_within_tolerance_still_gets_its_move_bounded_by_the_largest_step():
+    result, end = scripted_loop(0.8, [True] * 5, tolerance_um=1.0)
+    assert result.moves_um == [-0.8] and result.converged and result.images == 1 and end == 0.0
+    result, end = scripted_loop(-0.8, [True] * 5, tolerance_um=1.0, max_step_um=0.5)
+    assert result.moves_um == [0.5] and result.converged and end == pytest.approx(-0.3)
+    result, end = scripted_loop(0.8, [True] * 5, p_positive=0.7, tolerance_um=1.0)  # side unsure: no move
+    assert result.moves_um == [] and result.converged and end == 0.8
+    result, end = scripted_loop(0.8, [True] * 5, p_positive=0.95, tolerance_um=1.0)
+    assert result.moves_um == [-0.8] and end == 0.0
 
 
 def test_a_wrong_side_is_undone_when_the_distance_grows():
@@ -152,6 +165,22 @@ def test_after_a_wrong_move_the_loop_trusts_the_distance_seen_before_it():
         stage["z"] += delta
     result = focus_loop(lambda: stage, move_by, SaturatingPredictor(stage, [False, True, True]), tolerance_um=1.0)
     assert result.moves_um == [10.0, -20.0] and stage["z"] == 0.0 and result.converged
+
+
+def test_a_small_drop_from_where_the_network_saturates_still_counts_as_closer():
+    """Trained to 40 um, it says 30 for anything beyond: from 45 um a 30 um move leaves 15 um, a
+    drop of only half the move, but from the top of its range: closer, so on by 15."""
+    stage = {"z": 45.0}
+
+    class Predictor(ScriptedPredictor):
+        def predict(self, frame):
+            distance = min(abs(stage["z"]), 30.0)
+            return FocusEstimate(distance, "ok", distance, None, 0.0, 16, 16)
+
+    def move_by(delta):
+        stage["z"] += delta
+    result = focus_loop(lambda: stage, move_by, Predictor(stage, [], max_distance_um=40.0), tolerance_um=1.0)
+    assert result.moves_um == [-30.0, -15.0] and stage["z"] == 0.0 and result.converged and result.images == 3
 
 
 class FlooredPredictor(ScriptedPredictor):
