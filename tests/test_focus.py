@@ -38,6 +38,9 @@ def test_blank_and_saturated_tiles_have_no_content(tissue_frame):
     saturated[::8] = tissue_frame[:224:8, :224]  # some detail, mostly clipped
     assert has_content(tissue_frame[:224, :224], 2.0, 0.25)
     assert not has_content(blank, 2.0, 0.25) and not has_content(saturated, 2.0, 0.25)
+    for tile in (tissue_frame[:224, :224, 1], blank[..., 1], saturated[..., 1]):  # grey tiles as their RGB copies
+        for contrast in np.linspace(0, 30, 61):
+            assert has_content(tile, contrast, 0.25) == has_content(np.repeat(tile[..., None], 3, 2), contrast, 0.25)
 
 
 def test_16_bit_and_float_frames_give_what_the_8_bit_frame_gives(soaf_onnx, tissue_frame):
