@@ -205,6 +205,7 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
     """
     result = FocusResult(converged=False, images=0)
     previous_distance, last_move = None, 0.0
+    high = predictor.max_distance_um / 2 if predictor.max_distance_um else math.inf  # upper half of the trained range
     for _ in range(max_images):
         estimate = predictor.predict(acquire())
         result.images += 1
@@ -212,7 +213,6 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
         if estimate.status == "no_sample":
             break
         effect = move_effect(estimate.distance_um, previous_distance, last_move)
-        high = predictor.max_distance_um / 2 if predictor.max_distance_um else math.inf
         if effect == "unchanged" and estimate.distance_um > high:
             effect = "further"  # no change high in the trained range: beyond it, where the network saturates
         elif effect == "unchanged" and estimate.distance_um < previous_distance and previous_distance > high:
