@@ -7,11 +7,11 @@
   learnt nothing converges to.
 - Sobel fit: |defocus| from the CSV's sobel_sharpness column, a cubic in log(sharpness)
   fitted per objective on the training split. Classical autofocus measures tell how far
-  from focus an image is, never in which direction, so this row has no sign accuracy.
+  from focus an image is, never in which direction, so this row has no side accuracy.
 - `--results NAME=CSV`: a result CSV of myTest.py (SOAF or MOAF), shown as one more row.
 
 Errors are in micrometres and in depths of field (DOF); "within 1 DOF" is the share of
-images whose error is at most one DOF; sign accuracy counts images over one DOF from focus.
+images whose error is at most one DOF; side accuracy counts images over one DOF from focus.
 """
 import argparse
 from pathlib import Path
@@ -20,16 +20,15 @@ import numpy as np
 import pandas as pd
 
 from myDataset import DatasetError, read_split
-from report import depth_of_field_um, focus_metrics, objective_name
-
-COLUMNS = ("image_path", "sobel_sharpness", "defocus_label", "magnification", "NA", "defocus_dof_label")
+from metrics import focus_metrics
+from schema import CSV_COLUMNS, dof_um_of_rows, objective_name
 
 
 def with_objective_and_dof(frame: pd.DataFrame) -> pd.DataFrame:
     """The split's table with an `objective` name and each row's depth of field in um."""
     frame = frame.copy()
     frame["objective"] = [objective_name(m, na) for m, na in zip(frame["magnification"], frame["NA"])]
-    frame["dof_um"] = depth_of_field_um(frame)
+    frame["dof_um"] = dof_um_of_rows(frame)
     return frame
 
 
@@ -75,10 +74,10 @@ def network_rows(name: str, results_csv: Path, test: pd.DataFrame) -> list[dict]
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| objective | method | MAE (um) | MAE (DOF) | within 1 DOF | sign accuracy |",
+    lines = ["| objective | method | MAE (um) | MAE (DOF) | within 1 DOF | side accuracy |",
              "|---|---|---:|---:|---:|---:|"]
     for row in sorted(rows, key=lambda row: row["objective"]):
-        sign = "-" if np.isnan(row["sign_accuracy"]) else f"{row['sign_accuracy']:.2f}"
+        sign = "-" if np.isnan(row["side_accuracy"]) else f"{row['side_accuracy']:.2f}"
         lines.append(f"| {row['objective']} | {row['method']} | {row['mae_um']:.2f} | {row['mae_dof']:.2f} | "
                      f"{row['within_1_dof']:.2f} | {sign} |")
     return "\n".join(lines)
@@ -104,7 +103,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     try:
-        train, test = (with_objective_and_dof(read_split(args.root_dir, split, args.glob, COLUMNS))
+        train, test = (with_objective_and_dof(read_split(args.root_dir, split, args.glob, CSV_COLUMNS))
                        for split in ("train", "test"))
     except DatasetError as error:
         raise SystemExit(f"error: {error}")

@@ -18,49 +18,23 @@ percentile, the models taking turns call by call) of PyTorch eager and ONNX Runt
 the project/reference ratios.
 """
 import argparse
-import os
-import platform
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-import torch
-from torch import nn
-from torch.utils.data import DataLoader
-from torchvision import transforms
-from torchvision.transforms import v2
-
-from checkpoints import save_atomically
-from myModel import DEFAULT_BACKBONE, export_onnx, quantize_onnx
-from myTest import calibration_feeds, onnx_session
-from common import IMAGE_SIZE, TASKS, StepOptions, build_loader, positive, run, step_options
-from engine import recalibrate_batchnorm, train_epoch, validation_epoch
-
-
-@dataclass
-class Setup:
-    """One side of the comparison."""
-
-    name: str
-    options: StepOptions
-    bn_recalibration_batches: int
-    augment: bool
+from cli import positive, run, usable_cpu_count
+from schema import DEFAULT_BACKBONE, TASK_NAMES
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Benchmark the reference loop against the project's defaults.")
-    parser.add_argument("--root_dir", type=Path, default=None,
-                        help="dataset root (default: a demo dataset written to a temporary folder)")
-    parser.add_argument("--task", choices=sorted(TASKS), default="soaf", help="(default: %(default)s)")
+    parser.add_argument("--root_dir", type=Path, required=True,
+                        help="dataset root, e.g. one make_demo_data.py wrote")
+    parser.add_argument("--task", choices=TASK_NAMES, default="soaf", help="(default: %(default)s)")
     parser.add_argument("--glob", default=None, help="CSV files per split (default: the task's default)")
     parser.add_argument("--fe_str", default=DEFAULT_BACKBONE, help="timm backbone (default: %(default)s)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="(default: cuda if available, else cpu)")
+    parser.add_argument("--device", default="auto",
+                        help="torch device; auto: the GPU if there is one (default: %(default)s)")
     parser.add_argument("--batch_size", type=positive(int), default=32, help="(default: %(default)s)")
-    parser.add_argument("--num_workers", type=positive(int, allow_zero=True), default=min(8, os.cpu_count() or 1),
+    parser.add_argument("--num_workers", type=positive(int, allow_zero=True), default=min(8, usable_cpu_count()),
                         help="loader processes, the same for both sides (default: %(default)s)")
     parser.add_argument("--steps", type=positive(int), default=20,
                         help="timed training steps, after 3 untimed ones (default: %(default)s)")
@@ -72,6 +46,43 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="the project side's memory layout (default: %(default)s)")
     parser.add_argument("--quantize", action="store_true", help="also time the static int8 ONNX model")
     return parser
+
+
+if __name__ == "__main__":
+    cli_args = get_args_parser().parse_args()  # before torch loads, so that --help and typos answer at once
+
+# the benchmark: everything below loads torch
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from torchvision.transforms import v2
+
+from checkpoints import save_atomically
+from engine import DefocusLoss, StepOptions, recalibrate_batchnorm, step_options, train_epoch, validation_epoch
+from imaging import IMAGE_SIZE
+from myModel import calibration_feeds, export_onnx, quantize_onnx
+from exported_model import open_session
+from processes import resolve_device
+from tasks import TASKS, build_loader
+
+
+
+@dataclass
+class Setup:
+    """One side of the comparison."""
+
+    name: str
+    options: StepOptions
+    bn_recalibration_batches: int
+    augment: bool
 
 
 def synchronize(device: torch.device) -> None:
@@ -92,11 +103,11 @@ def step_rate(model, batch, setup: Setup, device: torch.device, steps: int) -> f
     (with what the setup does to a batch there: scaling, augmentation, layout)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
     batch = [tensor.to(device) for tensor in batch]
-    train_epoch(model, [batch] * 3, nn.L1Loss(), optimizer, device, options=setup.options,
+    train_epoch(model, [batch] * 3, DefocusLoss(), optimizer, device, options=setup.options,
                 augment=setup.augment)  # warm-up
     synchronize(device)
     start = time.perf_counter()
-    train_epoch(model, [batch] * steps, nn.L1Loss(), optimizer, device, options=setup.options,
+    train_epoch(model, [batch] * steps, DefocusLoss(), optimizer, device, options=setup.options,
                 augment=setup.augment)
     synchronize(device)
     return steps * batch[0].shape[0] / (time.perf_counter() - start)
@@ -106,9 +117,9 @@ def epoch_time(model, train_loader, val_loader, setup: Setup, device, save) -> t
     """Seconds of one full epoch as the setup runs it, and the seconds of it spent writing the checkpoint."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
     start = time.perf_counter()
-    train_epoch(model, train_loader, nn.L1Loss(), optimizer, device, options=setup.options, augment=setup.augment)
+    train_epoch(model, train_loader, DefocusLoss(), optimizer, device, options=setup.options, augment=setup.augment)
     recalibrate_batchnorm(model, train_loader, device, setup.bn_recalibration_batches, setup.options)
-    validation_epoch(model, val_loader, nn.L1Loss(), device, setup.options)
+    validation_epoch(model, val_loader, DefocusLoss(), device, setup.options)
     synchronize(device)
     save_start = time.perf_counter()
     save({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
@@ -163,19 +174,11 @@ def machine_description(device: torch.device) -> str:
             f"device {device}")
 
 
-def demo_root() -> Path:
-    from make_demo_data import make_demo_dataset
-
-    root = Path(tempfile.mkdtemp(prefix="bench_demo_"))
-    print(f"Writing a demo dataset to {root} ...")
-    return make_demo_dataset(root)
-
-
 def main(args: argparse.Namespace) -> None:
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    root = args.root_dir or demo_root()
+    root = args.root_dir
     task = TASKS[args.task]
     glob = args.glob or task.default_glob
 
@@ -218,12 +221,13 @@ def main(args: argparse.Namespace) -> None:
             seconds, save_seconds = epoch_time(model, train_loader, val_loader, setup, device, saves[setup.name])
             onnx_path = export_onnx(model, Path(folder) / f"{setup.name}.onnx")
             session = (ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-                       if setup is reference else onnx_session(onnx_path, device))
+                       if setup is reference else open_session(onnx_path, device.type == "cuda"))
             runners[setup.name, "PyTorch eager"] = pytorch_runner(model, example, device)
             runners[setup.name, "ONNX Runtime"] = onnx_runner(session, example)
             if setup is project and args.quantize:
                 calibration = calibration_feeds(dataset("train", transforms.ToTensor()), 64, list(model.input_names))
-                int8 = onnx_session(quantize_onnx(onnx_path, calibration, Path(folder) / "int8.onnx"), device)
+                int8 = open_session(quantize_onnx(onnx_path, calibration, Path(folder) / "int8.onnx"),
+                                    device.type == "cuda")
                 runners[setup.name, "ONNX int8"] = onnx_runner(int8, example)
             results[setup.name] = {
                 "data loading (images/s)": loading,
@@ -268,4 +272,4 @@ def print_table(results: dict) -> None:
 
 
 if __name__ == "__main__":
-    run(main, get_args_parser().parse_args())
+    run(main, cli_args)

@@ -18,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cli import UserError
+
 BEST_CHECKPOINT = re.compile(r"ckpt_best_(\d+)\.pt")
 ANY_CHECKPOINT = re.compile(r"ckpt_(?:best_)?(\d+)\.pt")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be read, or does not fit the requested run."""
 
 

@@ -1,4 +1,5 @@
-"""One epoch of training or validation, for both tasks and both heads.
+"""One step and one epoch of training or validation, for both tasks and both heads: batches
+onto the device (scaling, augmentation, memory layout), mixed precision, the loss.
 
     train_loss = train_epoch(model, train_loader, DefocusLoss(), optimizer, device, epoch)
     val_loss = validation_epoch(model, val_loader, DefocusLoss(), device)
@@ -8,58 +9,122 @@ and the side accuracy. myTrain.py wires them into a run; bench.py times them.
 """
 import math
 import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from common import StepOptions, autocast, progress, rank_and_world_size, split_batch, sum_over_processes
+from cli import UserError
+from myModel import HeadOutputs
+from processes import progress, rank_and_world_size, sum_over_processes
 
 SYNC_EVERY = 20  # batches between reads of the running loss: each read makes the CPU wait for the GPU
 
 
-class NonFiniteLossError(FloatingPointError):
+@dataclass
+class StepOptions:
+    """How each forward pass runs. The defaults are plain fp32; `step_options` picks the fast ones."""
+
+    amp_dtype: torch.dtype | None = None  # autocast to this dtype; None: fp32
+    channels_last: bool = False  # NHWC images, as the model's weights are then laid out
+    # enabled for fp16 only, where it keeps small gradients from vanishing; disabled it passes
+    # the loss and the step through unchanged, so the step has one path whatever the precision
+    scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False))
+
+
+def step_options(args, device: torch.device) -> StepOptions:
+    """Resolve --amp for the device; bf16 is no faster than fp32 for training on CPUs, even with AMX."""
+    amp = args.amp
+    if amp == "auto":
+        amp = "off" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return StepOptions(amp_dtype, args.channels_last, scaler)
+
+
+def autocast(device: torch.device, options: StepOptions):
+    """Mixed precision as the options say; a no-op context for fp32."""
+    return torch.autocast(device.type, dtype=options.amp_dtype, enabled=options.amp_dtype is not None)
+
+
+def split_batch(batch, device: torch.device, options: StepOptions = StepOptions(), augment: bool = False):
+    """(model inputs, target) of a batch on the device: (image,) for SOAF, (image, params) for MOAF.
+
+    uint8 images are scaled to [0, 1] floats here, after the copy; `augment` applies augment_batch.
+    """
+    image, *rest = (tensor.to(device, non_blocking=True) for tensor in batch)
+    if image.dtype == torch.uint8:
+        image = image.float().div_(255)
+    if augment:
+        image = augment_batch(image)
+    if options.channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    *params, target = rest
+    return [image, *params], target
+
+
+def augment_batch(images: torch.Tensor) -> torch.Tensor:
+    """Augmentations that keep the defocus label true, per image, on the batch's device (cheap
+    even on the CPU, nothing for the loader processes to do).
+
+    Mirrorings and quarter turns (a flip of each axis and a transpose give all eight) and
+    brightness and contrast changes of up to 10% (lamp and stain differences between slides)
+    leave the blur as it was. Anything that blurs, sharpens or rescales the image would
+    change the defocus it shows, so none of that is used. Needs square images.
+    """
+    count, device = images.shape[0], images.device
+
+    def chosen() -> torch.Tensor:  # which images of the batch get a transformation
+        return torch.rand(count, 1, 1, 1, device=device) < 0.5
+
+    images = torch.where(chosen(), images.flip(-1), images)
+    images = torch.where(chosen(), images.flip(-2), images)
+    images = torch.where(chosen(), images.transpose(-1, -2), images)
+    gain = torch.empty(count, 1, 1, 1, device=device).uniform_(0.9, 1.1)
+    contrast = torch.empty(count, 1, 1, 1, device=device).uniform_(0.9, 1.1)
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    return (((images - mean) * contrast + mean) * gain).clamp_(0, 1)
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
     """The loss became NaN or infinite; training stops before anything is saved."""
 
 
 class DefocusLoss(nn.Module):
     """The training loss, in the target's unit (um for soaf, DOF for moaf), for either head.
 
-    Signed head, outputs (N,1): L1 between prediction and label, as the user asked.
-    Split head, outputs (N,3) = [distance, side logit, signed regression]: L1 between the
-    distance and |label| (a well-posed regression: blur shows it on both sides of focus)
-    plus the signed head's L1 between the signed regression and the label, so the side
-    gets exactly the push the signed head gives it. The side logit takes no gradient: it
-    is calibrated on the validation set (calibrate_side). On the demo data, side terms of
-    binary cross-entropy on a logit output (weighted by |label| or 2|label|, with or
-    without the L1 of distance x (2p - 1)) all lost the chromatic cue at 10x/0.3 that the
-    signed head finds, and made confident probabilities wrong (docs/split_head.md).
+    Signed head: L1 between the signed regression (the prediction) and the label.
+    Split head: L1 between the distance and |label| (a well-posed regression: blur shows it
+    on both sides of focus) plus the signed head's L1 between the signed regression and
+    the label, so the side gets exactly the push the signed head gives it. The side's
+    probability takes no gradient: it is calibrated on the validation set (calibrate_side).
+    On the demo data, side terms of binary cross-entropy on a logit output (weighted by
+    |label| or 2|label|, with or without the L1 of distance x (2p - 1)) all lost the
+    chromatic cue at 10x/0.3 that the signed head finds, and made confident probabilities
+    wrong (docs/split_head.md).
     """
 
-    def forward(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def __init__(self, head: str = "signed"):
+        super().__init__()
+        self.head = head
+
+    def forward(self, outputs: HeadOutputs, target: torch.Tensor) -> torch.Tensor:
         target = target.view(-1, 1)
-        if outputs.shape[1] == 1:
-            return nn.functional.l1_loss(outputs, target)
-        distance, signed = outputs[:, :1], outputs[:, 2:3]
-        return nn.functional.l1_loss(distance, target.abs()) + nn.functional.l1_loss(signed, target)
-
-
-def distance_and_side(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N,) predicted distance from focus and (N,) whether the prediction lies above focus, for either head."""
-    if outputs.shape[1] == 1:
-        return outputs[:, 0].abs(), outputs[:, 0] > 0
-    return outputs[:, 0], outputs[:, 1] >= 0
+        if self.head == "signed":
+            return nn.functional.l1_loss(outputs.regression, target)
+        return nn.functional.l1_loss(outputs.distance, target.abs()) + nn.functional.l1_loss(outputs.regression, target)
 
 
 def forward_batch(model: nn.Module, batch, criterion, device: torch.device,
                   options: StepOptions = StepOptions(), augment: bool = False):
-    """(loss, outputs, target) of one batch: the loss computed in fp32 whatever the autocast dtype,
-    the head's detached outputs (N,1) or (N,2) and the target (N,1)."""
+    """(loss, outputs, target) of one batch: the loss in fp32 whatever the autocast dtype (the
+    model's outputs are fp32), the detached HeadOutputs and the target (N,1)."""
     inputs, target = split_batch(batch, device, options, augment)
     with autocast(device, options):
-        outputs = model(*inputs, parts=True)  # (N, 1) or (N, 2)
+        outputs = model(*inputs, all_outputs=True)
     target = target.view(-1, 1)
-    return criterion(outputs.float(), target), outputs.detach().float(), target
+    return criterion(outputs, target), HeadOutputs(*(output.detach() for output in outputs)), target
 
 
 class EpochTotals:
@@ -75,10 +140,10 @@ class EpochTotals:
         self.one_dof = one_dof
         self.sums = None  # loss x images, images, |signed error|, |distance error|, right sides, judged sides
 
-    def add(self, loss: torch.Tensor, outputs: torch.Tensor, target: torch.Tensor) -> None:
-        distance, above = distance_and_side(outputs)
+    def add(self, loss: torch.Tensor, outputs: HeadOutputs, target: torch.Tensor) -> None:
+        signed, distance = outputs.defocus.view(-1), outputs.distance.view(-1)
+        above = signed > 0
         target = target.view(-1)
-        signed = torch.where(above, distance, -distance)
         judged = target.abs() > (self.one_dof or 0.0)
         sums = torch.stack([loss.detach().float() * target.numel(), torch.tensor(float(target.numel()), device=target.device),
                             (signed - target).abs().sum(), (distance - target.abs()).abs().sum(),
@@ -107,13 +172,9 @@ def train_epoch(model, loader, criterion, optimizer, device, epoch: int | None =
     for batch_index, batch in enumerate(bar):
         loss, outputs, target = forward_batch(model, batch, criterion, device, options, augment)
         optimizer.zero_grad(set_to_none=True)
-        if options.scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            options.scaler.scale(loss).backward()
-            options.scaler.step(optimizer)
-            options.scaler.update()
+        options.scaler.scale(loss).backward()
+        options.scaler.step(optimizer)
+        options.scaler.update()
         totals.add(loss, outputs, target)
         if (batch_index + 1) % SYNC_EVERY == 0:
             check_and_show(totals, bar, start_time, epoch, last_read + 1, batch_index)
@@ -182,8 +243,8 @@ def calibrate_side(model, loader, device, one_dof: float, options: StepOptions =
     for batch in loader:
         inputs, target = split_batch(batch, device, options)
         with autocast(device, options):
-            outputs = model(*inputs, parts=True).float()
-        scaled.append((outputs[:, 2] - model.target_center) / model.target_scale)
+            regression = model(*inputs, all_outputs=True).regression.view(-1)
+        scaled.append((regression - model.target_center) / model.target_scale)
         target = target.view(-1).float()
         positive.append((target > 0).float())
         weight.append((target.abs() / one_dof).clamp(max=1.0))

@@ -1,268 +1,22 @@
-"""Focus a microscope with an exported autofocus model: camera frame in, stage move out.
-
-    from focus import FocusPredictor, focus_loop
-    predictor = FocusPredictor("model.onnx")                                   # SOAF model: um
-    predictor = FocusPredictor("moaf.onnx", magnification=20, na=0.7)          # MOAF: the objective is required
-    estimate = predictor.predict(frame)        # numpy (H, W) or (H, W, 3), uint8, uint16 or float
-    estimate.defocus_um, estimate.status       # move the stage by -defocus_um; "ok", "no_sample", "out_of_range"
-    result = focus_loop(acquire, move_by, predictor, tolerance_um=1.0)
+"""Estimate the defocus of camera frames with an exported autofocus model, or run closed-loop
+trials on the virtual microscope of optics.py; the autofocus itself is in autofocus.py.
 
     python focus.py --model model.onnx frame.tif [--magnification 20 --na 0.7] [--json]
     python focus.py --model model.onnx --simulate --magnification 10 --na 0.3     # closed-loop trials
-
-A frame is cut into a grid of 224x224 tiles, brought to the network's input as the
-dataset classes do (16-bit scaled by 1/257, grey to RGB), tiles without content (blank,
-background, saturated) are left out and the rest run as one ONNX batch. Their predictions
-are combined robustly: the median distance (for the signed head, the median |prediction|)
-and the side from the mean log-odds (split head) or the median prediction (signed head);
-the spread between tiles is reported with the estimate.
 """
 import argparse
 import json
-import math
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from imaging import (CAMERA_PIXEL_UM, IMAGE_SIZE, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um, has_content,
-                     image_pixels, rgb_uint8, tile_origins)
+from autofocus import FocusError, FocusPredictor, focus_loop
+from cli import run
+from imaging import image_pixels
+from schema import CAMERA_PIXEL_UM, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um
 
-
-class FocusError(ValueError):
-    """A frame or model the predictor cannot use; nothing is moved."""
-
-
-@dataclass
-class FocusEstimate:
-    """What one frame says about focus. Moving the stage by -defocus_um focuses."""
-
-    defocus_um: float  # signed, as defocus_label; nan when status is "no_sample"
-    status: str  # "ok", "no_sample" (too few tiles with content) or "out_of_range" (beyond the trained range)
-    distance_um: float  # how far from focus, whatever the side
-    p_positive: float | None  # probability that defocus_um > 0; None for a signed-head model
-    spread_um: float  # robust spread of the tiles' signed predictions (1.4826 x median absolute deviation)
-    tiles_used: int
-    tiles_total: int
-
-
-@dataclass
-class FocusResult:
-    converged: bool  # the last estimate was within the tolerance
-    images: int  # frames acquired
-    moves_um: list[float] = field(default_factory=list)
-    estimates: list[FocusEstimate] = field(default_factory=list)
-
-
-class FocusPredictor:
-    """An exported autofocus model (myTest.py's fp32 ONNX file) applied to whole camera frames.
-
-    - SOAF models predict micrometres; MOAF models predict depths of field and need the
-      objective (`magnification`, `na`); their DOF is `dof_um` if given, else the formula
-      with `wavelength_um`, `refractive_index` and `camera_pixel_um`.
-    - Tiles: `tiles_per_side` evenly spread per axis, or every `stride` pixels.
-    - A tile counts if `has_content`; fewer than `min_tiles` usable tiles: status "no_sample".
-    - A distance beyond the largest |label| the model was trained on (from the file's
-      metadata, or `max_distance_um`): status "out_of_range".
-    """
-
-    def __init__(self, model_path, magnification: float | None = None, na: float | None = None,
-                 dof_um: float | None = None, wavelength_um: float = WAVELENGTH_UM,
-                 refractive_index: float = REFRACTIVE_INDEX, camera_pixel_um: float = CAMERA_PIXEL_UM,
-                 tiles_per_side: int = 4, stride: int | None = None, min_tiles: int = 3,
-                 min_contrast: float = 2.0, max_saturated: float = 0.25, max_distance_um: float | None = None,
-                 threads: int = 0):
-        self.session = load_session(Path(model_path), threads)
-        inputs = {node.name: node for node in self.session.get_inputs()}
-        self.outputs = [node.name for node in self.session.get_outputs()]
-        self.is_moaf = "params" in inputs
-        self.to_um, self.params = 1.0, None
-        if self.is_moaf:
-            if magnification is None or na is None:
-                raise FocusError(f"{model_path} is a MOAF model: give the objective's magnification and na")
-            if not (magnification > 0 and 0 < na < 2):
-                raise FocusError(f"magnification must be above 0 and na in (0, 2), got {magnification} and {na}")
-            self.params = np.array([[magnification, na]], dtype=np.float32)
-            self.to_um = dof_um or depth_of_field_um(magnification, na, wavelength_um, refractive_index,
-                                                     camera_pixel_um)
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        trained_max = float(metadata["label_abs_max"]) * self.to_um if "label_abs_max" in metadata else None
-        self.max_distance_um = max_distance_um if max_distance_um is not None else trained_max
-        self.tiles_per_side, self.stride, self.min_tiles = tiles_per_side, stride, min_tiles
-        self.min_contrast, self.max_saturated = min_contrast, max_saturated
-
-    def tiles(self, frame: np.ndarray) -> tuple[np.ndarray, int]:
-        """(usable tiles as an (N, 224, 224, 3) uint8 array, number of tiles cut)."""
-        frame = check_frame(frame)
-        float_max = float(frame.max()) if frame.dtype.kind == "f" else None  # one scale for the whole frame
-        origins = tile_origins(frame.shape[0], frame.shape[1], self.tiles_per_side, self.stride)
-        tiles = [rgb_uint8(frame[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE], float_max) for y, x in origins]
-        usable = [tile for tile in tiles if has_content(tile, self.min_contrast, self.max_saturated)]
-        return np.stack(usable) if usable else np.empty((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), len(origins)
-
-    def run_tiles(self, tiles: np.ndarray) -> dict:
-        """The model's outputs for a batch of uint8 tiles, by output name, (N,) each, in um where a length."""
-        images = tiles.transpose(0, 3, 1, 2).astype(np.float32)  # (N, 3, 224, 224), as ToTensor gives
-        images /= np.float32(255)
-        feeds = {"input": images}
-        if self.is_moaf:
-            feeds["params"] = np.repeat(self.params, len(tiles), axis=0)
-        outputs = dict(zip(self.outputs, (output.reshape(-1) for output in self.session.run(None, feeds))))
-        for name in ("output", "distance"):
-            if name in outputs:
-                outputs[name] = outputs[name] * self.to_um
-        return outputs
-
-    def predict(self, frame: np.ndarray) -> FocusEstimate:
-        tiles, total = self.tiles(frame)
-        if len(tiles) < self.min_tiles:
-            return FocusEstimate(math.nan, "no_sample", math.nan, None, math.nan, len(tiles), total)
-        return self.combine(self.run_tiles(tiles), total)
-
-    def combine(self, outputs: dict, total: int) -> FocusEstimate:
-        """One estimate from the tiles' predictions: the median distance (the split head's, or
-        the signed head's |prediction|: tiles unsure of the side still see the blur); the side
-        from the mean log-odds (split head) or the median signed prediction (signed head)."""
-        signed = outputs["output"]
-        if "p_positive" in outputs:
-            distance = float(np.median(outputs["distance"]))
-            probabilities = np.clip(outputs["p_positive"], 1e-6, 1 - 1e-6)
-            p_positive = float(1 / (1 + np.exp(-np.mean(np.log(probabilities / (1 - probabilities))))))
-            defocus = distance if p_positive >= 0.5 else -distance
-        else:
-            distance, p_positive = float(np.median(np.abs(signed))), None
-            defocus = math.copysign(distance, float(np.median(signed)))
-        spread = float(1.4826 * np.median(np.abs(signed - np.median(signed))))
-        beyond = self.max_distance_um is not None and distance > self.max_distance_um
-        return FocusEstimate(defocus, "out_of_range" if beyond else "ok", distance, p_positive, spread,
-                             len(signed), total)
-
-
-def load_session(path: Path, threads: int):
-    """An ONNX Runtime session for an autofocus model; FocusError if the file is not one."""
-    import onnxruntime as ort
-
-    if not path.is_file():
-        raise FocusError(f"model file {path} does not exist")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # ONNX Runtime raises its own exception types for foreign files
-        raise FocusError(f"{path} is not an ONNX model ONNX Runtime can load: {error}") from None
-    inputs = {node.name: node.shape for node in session.get_inputs()}
-    outputs = {node.name for node in session.get_outputs()}
-    image_shape = inputs.get("input", [None])[1:]
-    if image_shape != [3, IMAGE_SIZE, IMAGE_SIZE] or "output" not in outputs or not set(inputs) <= {"input", "params"}:
-        raise FocusError(f"{path} is not an autofocus model exported by this project: it needs an input "
-                         f"'input' of shape (N, 3, {IMAGE_SIZE}, {IMAGE_SIZE}) (and 'params' for MOAF) and an "
-                         f"output 'output'; it has inputs {inputs} and outputs {sorted(outputs)}")
-    return session
-
-
-def check_frame(frame) -> np.ndarray:
-    """The frame as a numpy array, or FocusError naming what is wrong with it."""
-    frame = np.asarray(frame)
-    if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (1, 3)):
-        raise FocusError(f"a frame must be (H, W) grey or (H, W, 3) RGB, got shape {frame.shape}")
-    if frame.ndim == 3 and frame.shape[2] == 1:
-        frame = frame[..., 0]
-    if min(frame.shape[:2]) < IMAGE_SIZE:
-        raise FocusError(f"a frame must be at least {IMAGE_SIZE} x {IMAGE_SIZE} pixels, got {frame.shape[1]} x "
-                         f"{frame.shape[0]}")
-    if frame.dtype.kind not in "uif":
-        raise FocusError(f"a frame must hold integers or floats, got {frame.dtype}")
-    if frame.dtype.kind == "f" and not np.isfinite(frame).all():
-        raise FocusError("the frame holds NaN or infinite values")
-    return frame
-
-
-def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float, max_images: int = 5,
-               max_step_um: float | None = None, confident_p: float = 0.9) -> FocusResult:
-    """Acquire, predict, move the stage by -defocus; repeat until an estimate is within
-    `tolerance_um` or `max_images` frames were taken. The last, small move is made too when
-    the side is known (a signed head, or a split head's p beyond `confident_p`): it costs no
-    image, and networks tend to underestimate distances near focus; a coin-flip side would
-    as often double the distance. `acquire()` returns a frame, `move_by(delta_um)` moves the
-    stage relative to where it is.
-
-    - "no_sample": no move, the loop stops (it never invents a target).
-    - "out_of_range": a move of at most `max_step_um` toward the predicted side.
-    - Each move is checked against what blur shows next, as a person would: the distance
-      should shrink by about the move. If it grew by about the move, the move went the
-      wrong way and the next one goes back by the move and on by the distance seen before
-      it (or by the distance seen now, if larger), whatever the network says of the side.
-      If it did not change by half the move either, the stage is closer to focus than the
-      network can resolve (its distance has a floor near focus): the loop stops, converged,
-      at whichever of the two places it rated closer, instead of stepping back and forth
-      around focus. No change in the upper half of the trained range is the other end,
-      where the network saturates: the move went the wrong way. A drop by less than half
-      the move from the upper half of the range still counts as closer: the distance seen
-      there may have been saturated, short of the true one.
-    - Every move is at most `max_step_um`. An error (a bad frame) propagates before any move.
-    """
-    result = FocusResult(converged=False, images=0)
-    previous_distance, last_move = None, 0.0
-    high = predictor.max_distance_um / 2 if predictor.max_distance_um else math.inf  # upper half of the trained range
-    for _ in range(max_images):
-        estimate = predictor.predict(acquire())
-        result.images += 1
-        result.estimates.append(estimate)
-        if estimate.status == "no_sample":
-            break
-        effect = move_effect(estimate.distance_um, previous_distance, last_move)
-        if effect == "unchanged" and estimate.distance_um > high:
-            effect = "further"  # no change high in the trained range: beyond it, where the network saturates
-        elif effect == "unchanged" and estimate.distance_um < previous_distance and previous_distance > high:
-            effect = "closer"  # in from where the network may have saturated
-        if effect == "unchanged":
-            if estimate.distance_um > previous_distance:
-                move_by(-last_move)  # the network cannot tell the two places apart but rated the last one closer
-                result.moves_um.append(-last_move)
-            result.converged = True
-            break
-        if estimate.status == "ok" and abs(estimate.defocus_um) <= tolerance_um:
-            side_known = estimate.p_positive is None or abs(estimate.p_positive - 0.5) >= confident_p - 0.5
-            if estimate.defocus_um and side_known:
-                move = bounded(-estimate.defocus_um, max_step_um)
-                move_by(move)
-                result.moves_um.append(move)
-            result.converged = True
-            break
-        side, distance = math.copysign(1.0, estimate.defocus_um), estimate.distance_um
-        if effect == "further":
-            # the last move went the wrong way: go back, and on by the larger of the distance seen
-            # now and the move plus the distance seen before it; each can only fall short (beyond
-            # the trained range the network saturates; a signed head unsure of the side
-            # predicts near zero)
-            side = math.copysign(1.0, last_move)
-            distance = max(distance, abs(last_move) + previous_distance)
-        move = bounded(-side * distance, max_step_um)
-        move_by(move)
-        result.moves_um.append(move)
-        previous_distance, last_move = estimate.distance_um, move
-    return result
-
-
-def bounded(move_um: float, max_step_um: float | None) -> float:
-    return move_um if max_step_um is None else math.copysign(min(abs(move_um), max_step_um), move_um)
-
-
-def move_effect(distance_um: float, previous_um: float | None, move_um: float) -> str | None:
-    """What the last move did to the distance from focus, judged against half the move:
-    "closer", "further" or "unchanged"; None before the first move."""
-    if previous_um is None or not move_um:
-        return None
-    if distance_um < previous_um - abs(move_um) / 2:
-        return "closer"
-    if distance_um > previous_um + abs(move_um) / 2:
-        return "further"
-    return "unchanged"
-
-
-# --- command line ---------------------------------------------------------------------------
 
 def read_frame(path: Path) -> np.ndarray:
     """An image file (PNG, TIFF, ...; 8 or 16 bit grey, 8 bit RGB) as a numpy array, as PIL reads it."""
@@ -279,7 +33,7 @@ def read_frame(path: Path) -> np.ndarray:
 
 def simulate(args, predictor: FocusPredictor) -> None:
     """Closed-loop trials on the demo data's virtual microscope, and the frame latency."""
-    from make_demo_data import Optics, VirtualMicroscope
+    from optics import Optics, VirtualMicroscope
 
     dof_um = depth_of_field_um(args.magnification, args.na)
     rng = np.random.default_rng(args.seed)
@@ -312,7 +66,7 @@ def simulate(args, predictor: FocusPredictor) -> None:
 
 def print_latency(predictor: FocusPredictor, seed: int, repeats: int = 20) -> None:
     """Median time of predict() on 1024 and 2048 pixel frames, beside ONNX Runtime's time for the same tiles."""
-    from make_demo_data import VirtualMicroscope
+    from optics import VirtualMicroscope
 
     for size in (1024, 2048):
         frame = VirtualMicroscope(10, 0.3, size=size, seed=seed).acquire()
@@ -382,7 +136,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except FocusError as error:
-        sys.exit(f"error: {error}")
+    run(main, get_args_parser().parse_args())

@@ -1,23 +1,15 @@
-"""What a dataset's images and labels are, without torch: the splits, the network's input
-size, the depth of field that is the MOAF unit, camera pixels to the network's 8-bit RGB,
-tiles of a frame, the Sobel column and the test for tiles worth using. focus.py,
+"""Pixels as the network sees them, without torch: its input size, camera pixels to 8-bit
+RGB, tiles of a frame, the Sobel column and the test for tiles worth using. focus.py,
 make_dataset.py and make_demo_data.py need only this and numpy, so a focus loop on a
 microscope's computer does not load torch.
 """
 import numpy as np
 
-SPLITS = ("train", "val", "test")  # a dataset root holds .train, .val and .test
 IMAGE_SIZE = 224  # the networks' input is IMAGE_SIZE x IMAGE_SIZE; other sizes are refused, not resized
-# the depth-of-field formula's defaults: green light, a dry objective, a common camera pixel
-WAVELENGTH_UM, REFRACTIVE_INDEX, CAMERA_PIXEL_UM = 0.55, 1.0, 6.5
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # luma of red, green and blue (ITU-R BT.601), as PIL's convert('L')
-
-
-def depth_of_field_um(magnification: float, na: float, wavelength_um: float = WAVELENGTH_UM,
-                      refractive_index: float = REFRACTIVE_INDEX, camera_pixel_um: float = CAMERA_PIXEL_UM) -> float:
-    """DOF = lambda*n/NA^2 + n*e/(M*NA), the unit of defocus_dof_label: the wave-optical plus the
-    camera-pixel term."""
-    return wavelength_um * refractive_index / na**2 + refractive_index * camera_pixel_um / (magnification * na)
+# the content test's thresholds: contrast in grey levels between 4x4 blocks, share of clipped values
+MIN_CONTRAST, MAX_SATURATED = 2.0, 0.25
+MAD_TO_SD = 1.4826  # median absolute deviation x this = standard deviation, for normally spread values
 
 
 def rgb_uint8(pixels: np.ndarray, float_max: float | None = None) -> np.ndarray:
@@ -87,7 +79,7 @@ def sobel_sharpness(image: np.ndarray) -> float:
     return float(np.sqrt(gx * gx + gy * gy).mean())
 
 
-def has_content(tile: np.ndarray, min_contrast: float, max_saturated: float) -> bool:
+def has_content(tile: np.ndarray, min_contrast: float = MIN_CONTRAST, max_saturated: float = MAX_SATURATED) -> bool:
     """Whether a uint8 tile, grey or RGB, shows something to focus on (focus.py and
     make_dataset.py use only such tiles): contrast above `min_contrast` grey levels between
     its 4x4-pixel blocks (above the camera's noise, which averaging removes, and kept by

@@ -25,14 +25,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from imaging import SPLITS, rgb_uint8
+from cli import UserError
+from imaging import rgb_uint8
+from schema import MOAF_GLOB, SOAF_GLOB, SPLITS
 
-SOAF_GLOB = "10x_0.3*.csv"  # CSV files a SOAFDataset reads unless told otherwise: one objective
-MOAF_GLOB = "*.csv"  # CSV files a MOAFDataset reads unless told otherwise: every objective
 MAX_LISTED_PROBLEMS = 5  # how many offending rows an error message lists before "... and N more"
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """A problem with the dataset on disk; scripts print its message instead of a traceback."""
 
 
@@ -77,7 +77,7 @@ def summarize_problems(problems: list[str]) -> str:
 
 
 def check_arguments(root_dir, dataset_type: str, glob_pattern: str) -> None:
-    """The argument checks the user asked for, with the valid choices in the message."""
+    """The argument checks the contract names, with the valid choices in the message."""
     if dataset_type not in SPLITS:
         raise DatasetValueError(f"dataset_type must be one of {list(SPLITS)}, got {dataset_type!r}")
     if not isinstance(root_dir, Path):

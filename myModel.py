@@ -1,4 +1,4 @@
-"""Autofocus networks: a timm feature extractor with a small regression head.
+"""Autofocus networks: a timm backbone with a small regression head.
 
     python myModel.py                      # summary, test output shape, ONNX file in .onnx/
     python myModel.py --task moaf          # the multi-objective model, two ONNX inputs
@@ -8,7 +8,8 @@
     model = SOAFModel(pretrained=False)                             # (N,3,224,224) -> (N,1) um
     model = MOAFModel(pretrained=False)                             # (N,3,224,224), (N,2) -> (N,1) DOF
     model = SOAFModel(pretrained=False, head="split")               # also distance and side of focus:
-    signed, distance, p_positive = model.all_outputs(images)        # (N,1) each
+    outputs = model(images, all_outputs=True)                       # HeadOutputs, (N,1) each
+    outputs.defocus, outputs.distance, outputs.p_positive
 """
 import argparse
 import difflib
@@ -16,19 +17,33 @@ import os
 import socket
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
+import numpy as np
 import timm
 import torch
 from torch import nn
 
+from cli import UserError, run
 from imaging import IMAGE_SIZE
+from schema import DEFAULT_BACKBONE, HEADS, TASK_NAMES
 
-DEFAULT_BACKBONE = "mobilenetv4_conv_small"
 ONNX_OPSET = 17
 
 
-class ModelCreationError(RuntimeError):
+class HeadOutputs(NamedTuple):
+    """What a network says of a batch, (N,1) each in the target's unit (um for SOAF, DOF for
+    MOAF), for either head: the same fields in the same order in PyTorch, in the loss and in
+    the ONNX file, whose outputs are the first three (`output` is the defocus)."""
+
+    defocus: torch.Tensor  # the signed prediction, model(x): move the stage by -defocus to focus
+    distance: torch.Tensor  # how far from focus, whatever the side (the signed head: |defocus|)
+    p_positive: torch.Tensor  # probability that the defocus is above 0 (the signed head: 0 or 1)
+    regression: torch.Tensor  # the signed regression the L1 loss trains (the signed head: defocus)
+
+
+class ModelCreationError(UserError, RuntimeError):
     """The backbone cannot be built: unknown name, or pretrained weights unavailable."""
 
 
@@ -69,7 +84,7 @@ def weights_unavailable_message(model_name: str) -> str:
     )
 
 
-def create_feature_extractor(model_name: str, pretrained: bool, pretrained_file: str | None = None):
+def create_backbone(model_name: str, pretrained: bool, pretrained_file: str | None = None):
     """A timm backbone returning only its last feature map (out_indices=(-1,): every stage is used)."""
     if not timm.is_model(model_name):
         similar = difflib.get_close_matches(model_name.split(".")[0], timm.list_models(), n=5, cutoff=0.6)
@@ -99,9 +114,6 @@ def create_feature_extractor(model_name: str, pretrained: bool, pretrained_file:
         raise ModelCreationError(f"{weights_unavailable_message(model_name)}\n({error})") from error
 
 
-HEADS = ("signed", "split")  # signed: one signed defocus output; split: distance and side of focus
-
-
 def regression_head(in_features: int, dropout: float = 0.5, outputs: int = 1) -> nn.Sequential:
     """in_features -> 256 -> 128 -> outputs, ReLU and Dropout (0.5 by default) between."""
     return nn.Sequential(
@@ -116,7 +128,7 @@ def regression_head(in_features: int, dropout: float = 0.5, outputs: int = 1) ->
 
 
 class AutofocusModel(nn.Module):
-    """What SOAF and MOAF share: a timm feature extractor and global average pooling.
+    """What SOAF and MOAF share: a timm backbone (the module `feature_extractor`) and global average pooling.
 
     `model_name` is any timm model; `pretrained_file` loads the backbone's ImageNet weights
     from a local timm weights file instead of the model hub (for machines without internet);
@@ -136,8 +148,7 @@ class AutofocusModel(nn.Module):
     (engine.calibrate_side): near 0.5 where the signed output does not know the side.
     `model(x)` returns the signed (N,1) prediction either way (for the split head the
     distance on the likelier side: the point that minimises the expected L1 error);
-    `model(x, parts=True)` returns what the loss needs: (N,1) signed for the signed head,
-    (N,3) [distance, side logit, signed regression] for the split head, in fp32.
+    `model(x, all_outputs=True)` returns every output as HeadOutputs, in fp32.
 
     The head learns in a unit-scale space; `to_physical` maps its output to the target's
     unit with `target_center` and `target_scale`, buffers that training sets from the
@@ -161,7 +172,7 @@ class AutofocusModel(nn.Module):
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         self.dropout = dropout
         self.head = head
-        self.feature_extractor = create_feature_extractor(model_name, pretrained, pretrained_file)
+        self.feature_extractor = create_backbone(model_name, pretrained, pretrained_file)
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         # pooling keeps the channel count, so the head's width is the last stage's channels
         self.feature_dim = self.feature_extractor.feature_info.channels()[-1]
@@ -188,32 +199,22 @@ class AutofocusModel(nn.Module):
         # in fp32 even under autocast: bf16 would round +-40 um to a quarter of a micrometre
         return self.target_center + self.target_scale * raw_output.float()
 
-    def head_outputs(self, raw_output: torch.Tensor) -> torch.Tensor:
-        """The head's raw (N,1) or (N,2) output in the target's unit: the signed defocus, or for
-        the split head (N,3) [distance, side logit, signed regression]."""
+    def head_outputs(self, raw_output: torch.Tensor) -> HeadOutputs:
+        """The head's raw (N,1) or (N,2) output as HeadOutputs in the target's unit."""
         if self.head == "signed":
-            return self.to_physical(raw_output)
-        signed = self.to_physical(raw_output[:, :1])
+            defocus = self.to_physical(raw_output)
+            return HeadOutputs(defocus, defocus.abs(), (defocus > 0).float(), defocus)
+        regression = self.to_physical(raw_output[:, :1])
         distance = self.target_scale * nn.functional.softplus(raw_output[:, 1:2].float())
-        logit = self.side_scale * (signed - self.target_center) / self.target_scale + self.side_bias
-        return torch.cat([distance, logit, signed], dim=1)
+        logit = self.side_scale * (regression - self.target_center) / self.target_scale + self.side_bias
+        return HeadOutputs(torch.where(logit >= 0, distance, -distance), distance, torch.sigmoid(logit), regression)
 
-    def signed_prediction(self, outputs: torch.Tensor) -> torch.Tensor:
-        """(N,1) signed defocus from head_outputs: the distance on the likelier side for the split head."""
-        if self.head == "signed":
-            return outputs
-        distance, logit = outputs[:, :1], outputs[:, 1:2]
-        return torch.where(logit >= 0, distance, -distance)
-
-    def all_outputs(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(signed prediction,) for the signed head; (signed, distance, p_positive) for the split head, (N,1) each."""
-        outputs = self(*inputs, parts=True)
-        if self.head == "signed":
-            return (outputs,)
-        return self.signed_prediction(outputs), outputs[:, :1], torch.sigmoid(outputs[:, 1:2])
+    def exported_outputs(self, outputs: HeadOutputs) -> tuple[torch.Tensor, ...]:
+        """The outputs the ONNX file has, in output_names' order: the signed head's defocus alone."""
+        return outputs[:1] if self.head == "signed" else outputs[:3]
 
     def output_names(self) -> list[str]:
-        """Names of all_outputs in the ONNX graph; `output` is always the signed prediction."""
+        """Names of the exported outputs in the ONNX graph; `output` is the defocus."""
         return ["output"] if self.head == "signed" else ["output", "distance", "p_positive"]
 
     def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -237,9 +238,9 @@ class SOAFModel(AutofocusModel):
     def build_head(self) -> None:
         self.fc = regression_head(self.feature_dim, self.dropout, 1 if self.head == "signed" else 2)
 
-    def forward(self, x: torch.Tensor, parts: bool = False) -> torch.Tensor:
-        outputs = self.head_outputs(self.fc(self.pooled_features(x)))  # (N, 1) or (N, 2)
-        return outputs if parts else self.signed_prediction(outputs)  # (N, 1)
+    def forward(self, x: torch.Tensor, all_outputs: bool = False) -> torch.Tensor | HeadOutputs:
+        outputs = self.head_outputs(self.fc(self.pooled_features(x)))
+        return outputs if all_outputs else outputs.defocus  # (N, 1)
 
 
 def normalise_objective(params: torch.Tensor) -> torch.Tensor:
@@ -273,12 +274,12 @@ class MOAFModel(AutofocusModel):
         nn.init.zeros_(self.film[-1].bias)
         self.fc = regression_head(self.feature_dim, self.dropout, 1 if self.head == "signed" else 2)
 
-    def forward(self, x: torch.Tensor, params: torch.Tensor, parts: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, params: torch.Tensor, all_outputs: bool = False) -> torch.Tensor | HeadOutputs:
         features = self.pooled_features(x)  # (N, C)
         film = self.film(normalise_objective(params))  # (N, 2C)
         scale, shift = film[:, :self.feature_dim], film[:, self.feature_dim:]  # (N, C) each, static slices
-        outputs = self.head_outputs(self.fc(features * (1 + scale) + shift))  # (N, 1) or (N, 2)
-        return outputs if parts else self.signed_prediction(outputs)  # (N, 1)
+        outputs = self.head_outputs(self.fc(features * (1 + scale) + shift))
+        return outputs if all_outputs else outputs.defocus  # (N, 1)
 
     def example_inputs(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         (images,) = super().example_inputs(batch_size)
@@ -287,14 +288,14 @@ class MOAFModel(AutofocusModel):
 
 
 class AllOutputs(nn.Module):
-    """The model with every output of `all_outputs` as a graph output (what is exported)."""
+    """The model with its exported outputs as a tuple of graph outputs (what is exported)."""
 
     def __init__(self, model: AutofocusModel):
         super().__init__()
         self.model = model
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.model.all_outputs(*inputs)
+        return self.model.exported_outputs(self.model(*inputs, all_outputs=True))
 
 
 def export_onnx(model: AutofocusModel, save_path: Path, metadata: dict[str, str] | None = None) -> Path:
@@ -302,9 +303,9 @@ def export_onnx(model: AutofocusModel, save_path: Path, metadata: dict[str, str]
 
     Outputs: `output`, the signed (N,1) prediction; the split head adds `distance` (N,1)
     and `p_positive` (N,1). `metadata` goes into the file's metadata_props (what the model
-    was trained on, for focus.py). The legacy TorchScript exporter is used: it keeps the
-    batch axis dynamic even though it traces with a batch of 1, and exports these CNNs in
-    well under a second.
+    was trained on, for autofocus.py). The TorchScript exporter is used, although torch has
+    deprecated it: it exports these CNNs in well under a second, and the graph of the
+    torch.export-based exporter crashes OpenCV 4.14's DNN module (docs/guide.md).
     """
     save_path = Path(save_path)
     save_path.parent.mkdir(parents=True, exist_ok=True)
@@ -313,7 +314,7 @@ def export_onnx(model: AutofocusModel, save_path: Path, metadata: dict[str, str]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces its retirement
         torch.onnx.export(
-            AllOutputs(model),  # forward's `parts` flag stays a Python bool, not a traced input
+            AllOutputs(model),  # forward's `all_outputs` flag stays a Python bool, not a traced input
             model.example_inputs(1),
             str(save_path),
             dynamo=False,
@@ -360,11 +361,21 @@ def quantize_onnx(fp32_path: Path, calibration_feeds: list[dict], save_path: Pat
     return save_path
 
 
+def calibration_feeds(dataset, count: int, input_names: list[str]) -> list[dict]:
+    """Batch-1 ONNX inputs of `count` images spread over `dataset`, for int8 calibration."""
+    indices = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).astype(int))
+    feeds = []
+    for index in indices:
+        *inputs, _target = dataset[int(index)]
+        feeds.append({name: tensor.numpy()[None] for name, tensor in zip(input_names, inputs)})
+    return feeds
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Show the autofocus model and export it to ONNX.")
-    parser.add_argument("--task", choices=("soaf", "moaf"), default="soaf",
+    parser.add_argument("--task", choices=TASK_NAMES, default="soaf",
                         help="soaf: image -> um; moaf: image and (magnification, NA) -> DOF (default: %(default)s)")
-    parser.add_argument("--fe_str", "--model_name", default=DEFAULT_BACKBONE,
+    parser.add_argument("--fe_str", default=DEFAULT_BACKBONE,
                         help="timm backbone name (default: %(default)s)")
     parser.add_argument("--head", choices=HEADS, default="signed",
                         help="signed: one output; split: distance and side of focus (default: %(default)s)")
@@ -380,10 +391,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     from torchinfo import summary
 
-    from common import TASKS  # common builds its task table from this module's classes
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = TASKS[args.task].model(args.fe_str, args.pretrained, args.pretrained_file, head=args.head)
+    model_class = SOAFModel if args.task == "soaf" else MOAFModel
+    model = model_class(args.fe_str, args.pretrained, args.pretrained_file, head=args.head)
     model = model.to(device).eval()
     example = model.example_inputs(1)
     summary(model, input_data=list(example), device=device)
@@ -396,8 +406,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    cli_args = get_args_parser().parse_args()
-    try:
-        main(cli_args)
-    except ModelCreationError as error:
-        raise SystemExit(f"error: {error}")
+    run(main, get_args_parser().parse_args())

@@ -12,28 +12,21 @@ objective in <run>-<checkpoint>_metrics.json. The task, backbone and CSV glob co
 checkpoint; nothing is downloaded.
 """
 import argparse
-import json
-import time
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-import pandas as pd
-import torch
-from torchvision import transforms
-
-from checkpoints import CheckpointError, find_best_checkpoint, load_checkpoint
-from common import (TASKS, build_dataset, build_loader, fit_threads_to_cores, get_common_parser, positive, progress,
-                    run, split_batch)
-from myModel import DEFAULT_BACKBONE, export_onnx, quantize_onnx
-from report import depth_of_field_um, per_objective_metrics, plot_report
+from cli import add_data_arguments, positive, run
+from schema import DEFAULT_BACKBONE, TASK_NAMES
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Test a SOAF or MOAF autofocus network with PyTorch and ONNX Runtime.",
-                                     parents=[get_common_parser()])
-    parser.add_argument("--fe_str", "--model_name", default=None,
-                        help="timm feature extractor name (default: the one the checkpoint was trained with)")
+    parser = add_data_arguments(argparse.ArgumentParser(
+        description="Test a SOAF or MOAF autofocus network with PyTorch and ONNX Runtime."))
+    parser.add_argument("--task", choices=TASK_NAMES, default=None,
+                        help="soaf or moaf (default: the task the checkpoint was trained for)")
+    parser.add_argument("--glob", default=None,
+                        help="CSV files to use in the test split, e.g. '20x_0.7*.csv' (default: the checkpoint's)")
+    parser.add_argument("--fe_str", default=None,
+                        help="timm backbone name (default: the one the checkpoint was trained with)")
     parser.add_argument("--ckpt", type=Path, default=None,
                         help="checkpoint to test (default: the newest ckpt_best_*.pt in --ckpt_dir)")
     parser.add_argument("--onnx_dir", type=Path, default=Path(".onnx"),
@@ -50,6 +43,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration_images", type=positive(int), default=64,
                         help="training images that calibrate --quantize (default: %(default)s)")
     return parser
+
+
+if __name__ == "__main__":
+    cli_args = get_args_parser().parse_args()  # before torch loads, so that --help and typos answer at once
+
+# the test: everything below loads torch
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from torchvision import transforms
+
+from checkpoints import CheckpointError, find_best_checkpoint, load_checkpoint
+from engine import split_batch
+from myModel import calibration_feeds, export_onnx, quantize_onnx
+from exported_model import open_session
+from processes import fit_threads_to_cores, progress, resolve_device
+from metrics import per_objective_metrics, plot_report
+from schema import dof_um_of_rows
+from tasks import TASKS, build_dataset, build_loader
 
 
 def checkpoint_to_test(args) -> Path:
@@ -73,45 +88,23 @@ def output_name(ckpt_path: Path) -> str:
 
 
 @torch.no_grad()
-def predict_pytorch(model, loader, device: torch.device) -> np.ndarray:
-    """Batched outputs for the whole loader, shape (N, outputs): the signed prediction, then for
-    the split head the distance and the probability of a positive label."""
+def predict_pytorch(model, loader, device: torch.device) -> dict[str, np.ndarray]:
+    """Batched outputs for the whole loader, by the ONNX file's output names, (N,) each: `output`
+    (the defocus), and for the split head `distance` and `p_positive`."""
     model.eval()
     outputs = []
     for batch in progress(loader, "PyTorch"):
         inputs, _target = split_batch(batch, device)
-        outputs.append(torch.cat(model.all_outputs(*inputs), dim=1).float().cpu())
-    return torch.cat(outputs).numpy()
+        outputs.append(torch.cat(model.exported_outputs(model(*inputs, all_outputs=True)), dim=1).float().cpu())
+    return dict(zip(model.output_names(), torch.cat(outputs).numpy().T))
 
 
-def onnx_session(onnx_path: Path, device: torch.device, threads: int = 0) -> ort.InferenceSession:
-    """An ONNX Runtime session with full graph optimisation, on the fastest provider there is:
-    TensorRT, then CUDA when testing on a GPU, else the CPU with `threads` (0: one per core)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of layers: nothing to overlap
-    options.intra_op_num_threads = threads
-    available = ort.get_available_providers()
-    gpu_providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider"] if device.type == "cuda" else []
-    providers = [name for name in gpu_providers if name in available] + ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(onnx_path), options, providers=providers)
-
-
-def calibration_feeds(dataset, count: int, input_names: list[str]) -> list[dict]:
-    """Batch-1 ONNX inputs of `count` images spread over `dataset`, for int8 calibration."""
-    indices = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).astype(int))
-    feeds = []
-    for index in progress(indices, "calibration images"):
-        *inputs, _target = dataset[int(index)]
-        feeds.append({name: tensor.numpy()[None] for name, tensor in zip(input_names, inputs)})
-    return feeds
-
-
-def predict_onnx(session: ort.InferenceSession, dataset, warmup: int) -> tuple[np.ndarray, np.ndarray]:
-    """Batch-1 outputs (every graph output, `output` first) and the milliseconds of each
-    `session.run` alone, shapes (N, outputs) and (N,)."""
+def predict_onnx(session, dataset, warmup: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Batch-1 outputs by output name, (N,) each, and the milliseconds of each `session.run`
+    alone, (N,)."""
     input_names = [node.name for node in session.get_inputs()]
-    predictions = np.empty((len(dataset), len(session.get_outputs())), dtype=np.float32)
+    output_names = [node.name for node in session.get_outputs()]
+    predictions = np.empty((len(dataset), len(output_names)), dtype=np.float32)
     times_ms = np.empty(len(dataset), dtype=np.float64)
     for index in progress(range(len(dataset)), "ONNX Runtime"):
         *inputs, _target = dataset[index]  # decoding happens here, outside the timed part
@@ -123,7 +116,7 @@ def predict_onnx(session: ort.InferenceSession, dataset, warmup: int) -> tuple[n
         outputs = session.run(None, feeds)
         times_ms[index] = (time.perf_counter() - start) * 1000
         predictions[index] = [output.reshape(-1)[0] for output in outputs]
-    return predictions, times_ms
+    return dict(zip(output_names, predictions.T)), times_ms
 
 
 def quantize_int8(args, onnx_path: Path, model, task: str, glob: str | None) -> Path:
@@ -137,9 +130,11 @@ def quantize_int8(args, onnx_path: Path, model, task: str, glob: str | None) -> 
 
 def print_summary(results: pd.DataFrame, metrics: pd.DataFrame, unit: str, providers: list[str]) -> None:
     """The metrics table (one column per objective), the largest PyTorch/ONNX disagreement and the latency."""
-    print(f"Errors of the PyTorch model (mae, onnx_mae, rmse, median_ae, mean_predictor_mae in {unit}; "
-          "within_1_dof and sign_accuracy are shares):")
-    print(metrics.T.to_string(float_format=lambda value: f"{value:.4f}"))
+    print(f"Test errors per objective, of the PyTorch model unless named onnx_ or int8_ (in {unit} unless the "
+          "name ends in _um, _dof or _ms; within_1_dof, side_accuracy and confident_* are shares):")
+    table = metrics.T
+    print(table.apply(lambda row: row.map(lambda value: f"{value:.0f}" if row.name == "images" else f"{value:.4f}"),
+                      axis=1).to_string())
     latency = results["onnx_time_cost"]
     print(f"max |pt_pred - onnx_pred|: {(results['pt_pred'] - results['onnx_pred']).abs().max():.2e} {unit}")
     print(f"ONNX latency (batch 1): median {latency.median():.2f} ms, "
@@ -151,24 +146,24 @@ def print_summary(results: pd.DataFrame, metrics: pd.DataFrame, unit: str, provi
               f"{latency.median():.2f} vs {int8_latency:.2f} ms ({latency.median() / int8_latency:.2f}x)")
 
 
-def result_table(test_set, pt_outputs: np.ndarray, onnx_outputs: np.ndarray, onnx_time_cost) -> pd.DataFrame:
-    """One row per test image: the columns the user asked for, the split head's distance and
+def result_table(test_set, pt_outputs: dict, onnx_outputs: dict, onnx_time_cost) -> pd.DataFrame:
+    """One row per test image: the contract's columns, the split head's distance and
     probability of a positive label (PyTorch and ONNX), then objective and DOF where known."""
     frame = test_set.frame
     results = pd.DataFrame({
         "image_path": frame["image_path"],
         "label": frame[test_set.target_column],
-        "pt_pred": pt_outputs[:, 0],
-        "onnx_pred": onnx_outputs[:, 0],
+        "pt_pred": pt_outputs["output"],
+        "onnx_pred": onnx_outputs["output"],
         "onnx_time_cost": onnx_time_cost,
     })
-    if pt_outputs.shape[1] == 3:
+    if "p_positive" in pt_outputs:
         for runtime, outputs in (("pt", pt_outputs), ("onnx", onnx_outputs)):
-            results[f"{runtime}_distance"], results[f"{runtime}_p_positive"] = outputs[:, 1], outputs[:, 2]
+            results[f"{runtime}_distance"], results[f"{runtime}_p_positive"] = outputs["distance"], outputs["p_positive"]
     for column in ("magnification", "NA"):
         if column in frame.columns:
             results[column] = frame[column]
-    dof_um = depth_of_field_um(frame)
+    dof_um = dof_um_of_rows(frame)
     if dof_um is not None:
         results["dof_um"] = dof_um
     return results
@@ -195,7 +190,7 @@ def load_model(checkpoint: dict, ckpt_path: Path, task: str, fe_str: str, device
 
 
 def main(args: argparse.Namespace) -> None:
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     fit_threads_to_cores()
     ckpt_path = checkpoint_to_test(args)
     checkpoint = load_checkpoint(ckpt_path)
@@ -211,18 +206,18 @@ def main(args: argparse.Namespace) -> None:
     loader = build_loader(test_set, args.batch_size, args.num_workers, device, shuffle=False)
     model = load_model(checkpoint, ckpt_path, task, fe_str, device)
 
-    pt_pred = predict_pytorch(model, loader, device)
+    pt_outputs = predict_pytorch(model, loader, device)
     name = output_name(ckpt_path)
     onnx_path = export_onnx(model, args.onnx_dir / f"{name}.onnx", onnx_metadata(checkpoint, task))
-    session = onnx_session(onnx_path, device, args.onnx_threads)
-    onnx_pred, onnx_time_cost = predict_onnx(session, test_set, args.warmup)
+    session = open_session(onnx_path, device.type == "cuda", args.onnx_threads)
+    onnx_outputs, onnx_time_cost = predict_onnx(session, test_set, args.warmup)
 
-    results = result_table(test_set, pt_pred, onnx_pred, onnx_time_cost)
+    results = result_table(test_set, pt_outputs, onnx_outputs, onnx_time_cost)
     if args.quantize:
         int8_path = quantize_int8(args, onnx_path, model, task, glob)
-        int8_outputs, int8_time_cost = predict_onnx(onnx_session(int8_path, device, args.onnx_threads), test_set,
-                                                    args.warmup)
-        results["int8_pred"], results["int8_time_cost"] = int8_outputs[:, 0], int8_time_cost
+        int8_session = open_session(int8_path, device.type == "cuda", args.onnx_threads)
+        int8_outputs, int8_time_cost = predict_onnx(int8_session, test_set, args.warmup)
+        results["int8_pred"], results["int8_time_cost"] = int8_outputs["output"], int8_time_cost
     metrics = per_objective_metrics(results, unit, checkpoint.get("train_label_mean"))
     args.result_dir.mkdir(parents=True, exist_ok=True)
     result_path = args.result_dir / f"{name}_test.csv"
@@ -242,4 +237,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run(main, get_args_parser().parse_args())
+    run(main, cli_args)

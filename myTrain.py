@@ -23,43 +23,23 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import json
-import math
-import platform
-import random
-import subprocess
-import sys
-import time
-from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
-import torch
-from matplotlib.figure import Figure
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler, default_collate
-from torch.utils.tensorboard import SummaryWriter
-from torchvision.transforms import v2
-
-from checkpoints import (CheckpointError, CheckpointSaver, check_nothing_is_overwritten, checkpoint_to_resume,
-                         remove_unfinished_writes, restore_rng_states, rng_states)
-from common import (IMAGE_SIZE, TASKS, StepOptions, args_as_dict, build_dataset, build_loader,
-                    fit_threads_to_cores, gather_from_processes, get_common_parser, init_distributed, loader_workers,
-                    positive, probability, progress, rank_and_world_size, run, split_batch, step_options,
-                    usable_cpu_count)
-from engine import DefocusLoss, EpochTotals, calibrate_side, recalibrate_batchnorm, train_epoch, validation_epoch
-from myDataset import SPLITS, check_split
-from myModel import DEFAULT_BACKBONE, HEADS
-from report import depth_of_field_um
+from cli import add_data_arguments, positive, probability, run
+from schema import DEFAULT_BACKBONE, HEADS, MOAF_GLOB, SOAF_GLOB, TASK_NAMES
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train a SOAF or MOAF autofocus network.",
-                                     parents=[get_common_parser()])
+    parser = add_data_arguments(argparse.ArgumentParser(description="Train a SOAF or MOAF autofocus network."))
+    parser.add_argument("--task", choices=TASK_NAMES, default="soaf",
+                        help="soaf: one objective, target defocus_label (um); moaf: every objective, target "
+                             "defocus_dof_label (DOF) (default: %(default)s)")
+    parser.add_argument("--glob", default=None,
+                        help=f"CSV files to use in each split, e.g. '20x_0.7*.csv' (default: {SOAF_GLOB!r} for "
+                             f"soaf, {MOAF_GLOB!r} for moaf)")
     parser.add_argument("--epochs", type=positive(int), default=800, help="total epochs to train (default: %(default)s)")
     parser.add_argument("--lr", type=positive(float), default=1e-5, help="Adam learning rate (default: %(default)s)")
-    parser.add_argument("--fe_str", "--model_name", default=DEFAULT_BACKBONE,
-                        help="timm feature extractor name (default: %(default)s)")
+    parser.add_argument("--fe_str", default=DEFAULT_BACKBONE, help="timm backbone name (default: %(default)s)")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                         help="start from ImageNet weights (default: %(default)s)")
     parser.add_argument("--pretrained_file", default=None,
@@ -105,6 +85,39 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="training batches used to recompute BatchNorm statistics before each "
                              "validation; 0 keeps the running averages (default: %(default)s)")
     return parser
+
+if __name__ == "__main__":
+    cli_args = get_args_parser().parse_args()  # before torch loads, so that --help and typos answer at once
+
+# the training run: everything below loads torch
+import json
+import math
+import platform
+import random
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler, default_collate
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.transforms import v2
+
+from checkpoints import (CheckpointError, CheckpointSaver, check_nothing_is_overwritten, checkpoint_to_resume,
+                         remove_unfinished_writes, restore_rng_states, rng_states)
+from cli import args_as_dict, usable_cpu_count
+from engine import (DefocusLoss, EpochTotals, StepOptions, calibrate_side, recalibrate_batchnorm, split_batch,
+                    step_options, train_epoch, validation_epoch)
+from imaging import IMAGE_SIZE
+from myDataset import check_split
+from processes import (fit_threads_to_cores, gather_from_processes, init_distributed, leave_distributed,
+                       loader_workers, progress, rank_and_world_size, resolve_device)
+from schema import SPLITS, dof_um_of_rows
+from tasks import TASKS, build_dataset, build_loader
 
 # --- data ---------------------------------------------------------------------------------
 
@@ -167,7 +180,7 @@ def one_depth_of_field(dataset, task: str) -> float | None:
     dataset's rows (from defocus_label / defocus_dof_label), or None where the CSVs cannot tell."""
     if task == "moaf":
         return 1.0
-    dof_um = depth_of_field_um(dataset.frame)
+    dof_um = dof_um_of_rows(dataset.frame)
     return float(dof_um.median()) if dof_um is not None and dof_um.notna().any() else None
 
 # --- model, optimiser, resuming -------------------------------------------------------------
@@ -228,7 +241,7 @@ def restore_training_state(checkpoint: dict, path: Path, model, optimizer, sched
             # the stored rate follows the checkpoint's --epochs; this run's schedule may be longer
             for group, base_lr, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
                 group["lr"] = base_lr * factor(scheduler.last_epoch)
-    if scaler is not None and checkpoint.get("scaler"):
+    if checkpoint.get("scaler"):  # empty from a disabled scaler (any precision but fp16): scaling starts afresh
         scaler.load_state_dict(checkpoint["scaler"])
     restore_rng_states(checkpoint["rng_states"], rank_and_world_size()[0])
     return checkpoint["epoch"] + 1
@@ -296,7 +309,7 @@ def out_of_patience(epoch: int, best_epoch: int, patience: int) -> bool:
 
 def start_processes(args) -> tuple[torch.device, int, int, StepOptions]:
     """Join torchrun if started by it, seed, and resolve the speed options: (device, rank, world size, options)."""
-    device = init_distributed(torch.device(args.device))
+    device = init_distributed(resolve_device(args.device))
     rank, world_size = rank_and_world_size()
     for seed_function in (torch.manual_seed, random.seed, np.random.seed):
         seed_function(args.seed + rank)  # the same weights everywhere (DDP copies rank 0's), other augmentations
@@ -339,14 +352,13 @@ def checkpoint_state(model, optimizer, scheduler, options, train_loss: float, tr
     torchrun (every process hands in its random state), so every process calls it."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": options.scaler.state_dict() if options.scaler is not None else None,
+            "scaler": options.scaler.state_dict(),  # empty when the scaler is disabled (all but fp16)
             "train_loss": train_loss, "train_label_mean": float(train_labels.mean()),  # the baseline to beat
             "train_label_abs_max": float(train_labels.abs().max()),  # the range a prediction can be trusted in
             "args": args_as_dict(args), "rng_states": gather_from_processes(rng_states())}
 
 
 def main(args: argparse.Namespace) -> None:
-    args.task = args.task or "soaf"
     args.log_dir = args.log_dir or Path("runs") / args.task
     if args.check:
         return check_dataset(args)
@@ -358,7 +370,7 @@ def main(args: argparse.Namespace) -> None:
 
     resume_from, checkpoint = resume_checkpoint(args)
     model = build_model(args, device, options.channels_last, fresh=checkpoint is None)
-    criterion = DefocusLoss()  # in the target's unit (um for soaf, DOF for moaf)
+    criterion = DefocusLoss(args.head)  # in the target's unit (um for soaf, DOF for moaf)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = build_scheduler(optimizer, args)
     start_epoch, saver = start_or_resume(args, checkpoint, resume_from, model, optimizer, scheduler, options,
@@ -409,4 +421,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run(main, get_args_parser().parse_args())
+    run(main, cli_args, "Interrupted. Checkpoints written so far are complete; rerun the same command to resume.")
+    leave_distributed()

@@ -1,4 +1,6 @@
-"""Shared fixtures: a small generated dataset and helpers to run the scripts as a user would."""
+"""Shared fixtures (generated datasets, focus stacks, a camera frame, an exported model) and helpers to
+run the scripts as a user would. Tests marked `slow` run the scripts end to end in subprocesses or
+train for many epochs; `pytest -m "not slow"` leaves them out."""
 import os
 import subprocess
 import sys
@@ -11,12 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import myTrain  # noqa: E402
-from make_demo_data import make_demo_dataset  # noqa: E402
+import torch  # noqa: E402
+from make_demo_data import make_demo_dataset, write_demo_stacks  # noqa: E402
+from myModel import SOAFModel, export_onnx  # noqa: E402
 from myTest import get_args_parser as get_test_args_parser, main as test_main  # noqa: E402
+from optics import VirtualMicroscope  # noqa: E402
 
 FAST = ("--no-pretrained", "--num_workers", "0", "--batch_size", "8", "--lr", "1e-4")  # a quick run
 SCRATCH_RECIPE = ("--no-pretrained", "--lr", "1e-3", "--batch_size", "16", "--dropout", "0", "--scheduler", "cosine",
                   "--warmup_epochs", "1")  # as in README
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: runs scripts end to end or trains for many epochs")
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +53,26 @@ def trained_split_run(tmp_path_factory, learning_root) -> Path:
     in_folder(folder, test_main, get_test_args_parser().parse_args(
         ["--root_dir", str(learning_root), "--num_workers", "0", "--warmup", "0"]))
     return folder
+
+
+@pytest.fixture(scope="session")
+def stacks(tmp_path_factory) -> Path:
+    """The demo focus stacks of make_demo_data.py, with their true focus in truth.csv."""
+    return write_demo_stacks(tmp_path_factory.mktemp("stacks"))
+
+
+@pytest.fixture(scope="session")
+def soaf_onnx(tmp_path_factory) -> Path:
+    """An untrained SOAF model exported as myTest.py exports, trained range +-40 um."""
+    torch.manual_seed(0)
+    model = SOAFModel(pretrained=False).eval()
+    return export_onnx(model, tmp_path_factory.mktemp("focus") / "soaf.onnx", {"label_abs_max": "40.0"})
+
+
+@pytest.fixture(scope="session")
+def tissue_frame():
+    """A 512x512 camera frame of tissue at 10x/0.3, 8 um from focus."""
+    return VirtualMicroscope(10, 0.3, size=512, defocus_um=8.0, seed=1).acquire()
 
 
 def in_folder(folder: Path, function, *args):

@@ -3,14 +3,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from baselines import COLUMNS, baseline_rows, markdown_table, network_rows, with_objective_and_dof
+from baselines import baseline_rows, markdown_table, network_rows, with_objective_and_dof
 from conftest import run_script
 from myDataset import read_split
+from schema import CSV_COLUMNS
 
 
 @pytest.fixture(scope="module")
 def splits(demo_root):
-    return [with_objective_and_dof(read_split(demo_root, split, "*.csv", COLUMNS)) for split in ("train", "test")]
+    return [with_objective_and_dof(read_split(demo_root, split, "*.csv", CSV_COLUMNS)) for split in ("train", "test")]
 
 
 def test_mean_predictor_row_by_hand(splits):
@@ -22,7 +23,7 @@ def test_mean_predictor_row_by_hand(splits):
         assert rows[objective, "mean predictor"]["mae_um"] == pytest.approx(
             (test_rows["defocus_label"] - mean).abs().mean(), rel=1e-4)  # via DOF and back
         sobel = rows[objective, "Sobel fit, unsigned"]
-        assert np.isnan(sobel["sign_accuracy"])  # |defocus| has no direction
+        assert np.isnan(sobel["side_accuracy"])  # |defocus| has no direction
         assert 0 <= sobel["mae_dof"] < 5
 
 
@@ -34,7 +35,7 @@ def test_network_rows_from_a_result_csv_in_either_unit(splits, tmp_path):
     perfect.to_csv(tmp_path / "soaf.csv", index=False)
     (row,) = network_rows("SOAF", tmp_path / "soaf.csv", test)
     assert row["mae_um"] == pytest.approx(0.0, abs=1e-9)
-    assert (row["within_1_dof"], row["sign_accuracy"]) == (1.0, 1.0)
+    assert (row["within_1_dof"], row["side_accuracy"]) == (1.0, 1.0)
 
     off_by_one_dof = pd.DataFrame({"image_path": test["image_path"], "label": test["defocus_dof_label"],
                                    "pt_pred": test["defocus_dof_label"] + 0.5})
@@ -45,6 +46,7 @@ def test_network_rows_from_a_result_csv_in_either_unit(splits, tmp_path):
     assert "| 10x/0.3 | MOAF | " in markdown_table(rows)
 
 
+@pytest.mark.slow
 def test_script_prints_a_table_and_refuses_bad_arguments(demo_root, tmp_path):
     result = run_script("baselines.py", "--root_dir", demo_root, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -1,29 +1,25 @@
 """make_dataset.py on focus stacks the demo renderer writes: labels against the known focus,
 empty tiles and stacks without focus left out, splits by stack, a dataset that loads and
 trains, and every bad input refused with a message and nothing written."""
-import shutil
 from pathlib import Path
+import shutil
 
+from PIL import Image
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from PIL import Image
 
-import make_dataset
-from imaging import as_uint8
 from conftest import FAST, run_script, train_in_process
-from make_demo_data import strip_defocus_um, write_demo_stacks
-from imaging import IMAGE_SIZE, depth_of_field_um
+from imaging import IMAGE_SIZE, as_uint8
+import make_dataset
 from myDataset import MOAFDataset, SOAFDataset
+from optics import strip_defocus_um
+from schema import CSV_COLUMNS, TRACE_COLUMNS, depth_of_field_um
+import stacks as stack_files
 
 DOF_UM = depth_of_field_um(20, 0.7)
 STRIDE = IMAGE_SIZE // 2  # 3x3 tile positions on the demo's 448x448 frames
-
-
-@pytest.fixture(scope="module")
-def stacks(tmp_path_factory) -> Path:
-    return write_demo_stacks(tmp_path_factory.mktemp("stacks"))
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +41,7 @@ def true_defocus_um(stacks: Path, rows: pd.DataFrame) -> np.ndarray:
     truth = pd.read_csv(stacks / "truth.csv").set_index("stack")
     values = []
     for row in rows.itertuples():
-        stack = truth.loc[make_dataset.stack_name(Path(row.source_file))]
+        stack = truth.loc[stack_files.stack_name(Path(row.source_file))]
         columns = strip_defocus_um(0.0, stack.tilt_um, int(stack["size"]))[row.tile_x:row.tile_x + IMAGE_SIZE]
         values.append(stack.first_defocus_um + row.z_index * stack.z_step_um + columns.mean())
     return np.array(values)
@@ -55,6 +51,7 @@ def arguments(*args) -> object:
     return make_dataset.get_args_parser().parse_args([str(arg) for arg in args])
 
 
+@pytest.mark.slow
 def test_labels_match_the_rendered_focus_per_tile(stacks, dataset):
     rows = dataset_rows(dataset[0])
     assert set(rows["source_file"]) == {"flat.ome.tif", "tilted.tif", "half_bare"}
@@ -70,6 +67,7 @@ def test_labels_match_the_rendered_focus_per_tile(stacks, dataset):
     assert (rows["defocus_dof_label"] * DOF_UM - rows["defocus_label"]).abs().max() < 1e-3
 
 
+@pytest.mark.slow
 def test_empty_tiles_and_stacks_without_focus_are_left_out_and_reported(dataset):
     out, printed = dataset
     rows = dataset_rows(out)
@@ -86,13 +84,14 @@ def test_empty_tiles_and_stacks_without_focus_are_left_out_and_reported(dataset)
             assert picture.format == "PNG" and picture.width > 500
 
 
+@pytest.mark.slow
 def test_splits_hold_whole_stacks_and_the_dataset_loads_and_trains(dataset, tmp_path, capsys):
     out, printed = dataset
     rows = dataset_rows(out)
     assert rows.groupby("source_file")["split"].nunique().max() == 1
     assert set(rows["split"]) == {".train", ".val", ".test"}
     assert "train: 1 stacks, 17 slices" in printed
-    assert list(rows.columns[:10]) == list(make_dataset.COLUMNS)
+    assert list(rows.columns[:10]) == list(CSV_COLUMNS + TRACE_COLUMNS)
     soaf = SOAFDataset(out, "train", glob_pattern="20x_0.7*.csv", image_size=(IMAGE_SIZE, IMAGE_SIZE))
     moaf = MOAFDataset(out, "test", image_size=(IMAGE_SIZE, IMAGE_SIZE))
     image, label = soaf[0]
@@ -105,25 +104,12 @@ def test_splits_hold_whole_stacks_and_the_dataset_loads_and_trains(dataset, tmp_
     assert "Epoch 0" in printed and (tmp_path / ".ckpts").is_dir()
 
 
-def test_a_table_gives_objectives_and_z_steps_and_flip_z_turns_the_labels(stacks, tmp_path):
+def test_tiles_are_stored_as_the_network_sees_them_and_flip_z_turns_the_labels(stacks, tmp_path):
     frames = tifffile.imread(stacks / "flat.ome.tif")
-    tifffile.imwrite(tmp_path / "plain.tif", frames, photometric="rgb")  # no z step in the file
-    table = tmp_path / "stacks.csv"
-    table.write_text("stack,magnification,NA,z_step_um\nplain.tif,20,0.7,0.25\n")
-    with pytest.raises(make_dataset.StackError, match="plain.tif: the file states no z step"):
-        make_dataset.find_stacks(tmp_path / "plain.tif", arguments(tmp_path / "plain.tif", tmp_path / "o",
-                                                                   "--magnification", 20, "--na", 0.7))
-    stack, = make_dataset.find_stacks(table, arguments(table, tmp_path / "out"))
-    assert (stack.magnification, stack.na) == (20, 0.7) and np.diff(stack.z_um) == pytest.approx(0.25)
-    # colour as a channel axis of grey planes, 16 bits, z step in nanometres
     tifffile.imwrite(tmp_path / "planes.ome.tif", np.moveaxis(frames, -1, 1).astype(np.uint16) * 257, ome=True,
                      metadata={"axes": "ZCYX", "PhysicalSizeZ": 250, "PhysicalSizeZUnit": "nm"})
-    planes_file = tmp_path / "planes.ome.tif"
-    planes, = make_dataset.find_stacks(planes_file, arguments(planes_file, tmp_path / "o", "--magnification", 20,
-                                                               "--na", 0.7))
-    assert np.diff(planes.z_um) == pytest.approx(0.25)
-    assert (make_dataset.read_slice(planes, 3) == frames[3].astype(np.uint16) * 257).all()
-    sixteen_bit_rgb = make_dataset.read_slice(planes, 3)
+    planes, = stack_files.find_stacks(tmp_path / "planes.ome.tif", 20, 0.7, None)
+    sixteen_bit_rgb = stack_files.read_slice(planes, 3)
     assert (make_dataset.tile_pixels(sixteen_bit_rgb, as_uint8(sixteen_bit_rgb)) == frames[3]).all()
     grey = frames[3, ..., 1].astype(np.float32) / 255  # floats in [0, 1], as the frame's maximum says
     assert (make_dataset.tile_pixels(grey, as_uint8(grey, float_max=1.0)) == np.repeat(frames[3, ..., 1:2], 3, axis=2)).all()
@@ -139,14 +125,6 @@ def test_a_table_gives_objectives_and_z_steps_and_flip_z_turns_the_labels(stacks
     assert down.to_numpy() == pytest.approx(-up.to_numpy(), abs=1e-3)
 
 
-def test_a_twelve_bit_camera_in_sixteen_bit_files_is_warned_about(stacks, tmp_path, capsys):
-    frames = tifffile.imread(stacks / "tilted.tif") // 16  # the values a 12-bit camera gives
-    tifffile.imwrite(tmp_path / "dim.tif", frames, imagej=True, metadata={"axes": "ZYX", "spacing": 0.8})
-    make_dataset.check_stacks(make_dataset.find_stacks(tmp_path / "dim.tif", arguments(
-        tmp_path / "dim.tif", tmp_path / "out", "--magnification", 20, "--na", 0.7)))
-    assert "dim.tif: 16-bit frames whose brightest value is" in capsys.readouterr().out
-
-
 @pytest.mark.parametrize("problem, message", [
     ("truncated", "truncated.ome.tif"),
     ("few_slices", "4 z slices; at least 5"),
@@ -155,6 +133,7 @@ def test_a_twelve_bit_camera_in_sixteen_bit_files_is_warned_about(stacks, tmp_pa
     ("holds_dataset", "holds a dataset"),
     ("too_few_stacks", "cannot fill 3 splits"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_refused_by_name_and_nothing_is_written(stacks, tmp_path, problem, message):
     source, out = tmp_path / "stacks", tmp_path / "out"
     source.mkdir()

@@ -1,16 +1,18 @@
-"""The dataset contract of SPEC.md: shapes, values, path joining, glob filtering and every check."""
+"""myDataset.py: the dataset contract and every error it documents, a property-based test of CSV content,
+image modes and sizes, paths leaving the root, the image cache."""
 from pathlib import Path
 
+from PIL import Image
+from hypothesis import HealthCheck, given, settings, strategies as st
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from PIL import Image
 from torchvision import transforms
 
 from myDataset import DatasetError, ImageDecodeError, MOAFDataset, SOAFDataset
+from imaging import IMAGE_SIZE
+
 
 COLUMNS = ["image_path", "sobel_sharpness", "defocus_label", "magnification", "NA", "defocus_dof_label"]
 
@@ -27,7 +29,7 @@ def write_dataset(root: Path, rows_by_csv: dict[str, list[dict]], split: str = "
             image_file = root / str(row["image_path"])
             if not image_file.exists() and str(row["image_path"]).endswith(".png"):
                 image_file.parent.mkdir(parents=True, exist_ok=True)
-                Image.new("RGB", (224, 224), (100, 150, 200)).save(image_file)
+                Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (100, 150, 200)).save(image_file)
         pd.DataFrame(rows).to_csv(root / f".{split}" / name, index=False)
     return root
 
@@ -43,7 +45,7 @@ def test_soaf_items_match_the_csv(demo_root):
     expected = csv_rows(demo_root, "train", "10x_0.3*.csv")
     assert len(dataset) == len(expected) == 16
     image, label = dataset[3]
-    assert image.shape == (3, 224, 224) and image.dtype == torch.float32
+    assert image.shape == (3, IMAGE_SIZE, IMAGE_SIZE) and image.dtype == torch.float32
     assert 0.0 <= image.min() and image.max() <= 1.0
     assert label.shape == () and label.dtype == torch.float32
     assert label.item() == pytest.approx(expected["defocus_label"][3], abs=1e-4)
@@ -55,7 +57,7 @@ def test_moaf_items_match_the_csv(demo_root):
     assert len(dataset) == len(expected) == 16
     for index in (0, len(dataset) - 1):
         image, params, target = dataset[index]
-        assert image.shape == (3, 224, 224)
+        assert image.shape == (3, IMAGE_SIZE, IMAGE_SIZE)
         assert params.shape == (2,) and params.dtype == torch.float32
         assert target.shape == (1,) and target.dtype == torch.float32
         assert params.tolist() == pytest.approx([expected["magnification"][index], expected["NA"][index]])
@@ -77,7 +79,7 @@ def test_paths_are_relative_to_root_with_several_csvs_and_extra_columns(tmp_path
     dataset = SOAFDataset(root, "train")
     assert [p for p in dataset.image_paths] == [root / "deep/nested/folder/a.png", root / "other/b.png"]
     assert dataset.labels.tolist() == [2.0, -4.0]
-    assert dataset[1][0].shape == (3, 224, 224)
+    assert dataset[1][0].shape == (3, IMAGE_SIZE, IMAGE_SIZE)
 
 
 def test_transform_is_applied_and_default_is_to_tensor(demo_root):
@@ -145,10 +147,10 @@ def test_undecodable_image_names_its_path(tmp_path):
 
 def test_non_rgb_images_become_rgb(tmp_path):
     root = write_dataset(tmp_path, {"10x_0.3_a.csv": [row("grey.png"), row("rgba.png")]})
-    Image.new("L", (224, 224), 128).save(root / "grey.png")
-    Image.new("RGBA", (224, 224), (10, 20, 30, 40)).save(root / "rgba.png")
+    Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 128).save(root / "grey.png")
+    Image.new("RGBA", (IMAGE_SIZE, IMAGE_SIZE), (10, 20, 30, 40)).save(root / "rgba.png")
     dataset = SOAFDataset(root, "train")
-    assert dataset[0][0].shape == dataset[1][0].shape == (3, 224, 224)
+    assert dataset[0][0].shape == dataset[1][0].shape == (3, IMAGE_SIZE, IMAGE_SIZE)
 
 
 def test_unreadable_csv_is_named(tmp_path):
@@ -161,16 +163,16 @@ def test_unreadable_csv_is_named(tmp_path):
 def test_datasets_work_in_a_dataloader_with_workers(demo_root):
     loader = torch.utils.data.DataLoader(MOAFDataset(demo_root, "test"), batch_size=5, num_workers=2)
     images, params, targets = next(iter(loader))
-    assert images.shape == (5, 3, 224, 224) and params.shape == (5, 2) and targets.shape == (5, 1)
+    assert images.shape == (5, 3, IMAGE_SIZE, IMAGE_SIZE) and params.shape == (5, 2) and targets.shape == (5, 1)
 
 
 def test_sixteen_bit_and_palette_images_become_8_bit_rgb(tmp_path):
     root = write_dataset(tmp_path, {"10x_0.3_a.csv": [row("i16.png"), row("palette.png"), row("la.png")]})
-    ramp = np.array([[0, 32768, 65535]], dtype=np.uint16).repeat(224, axis=0).repeat(75, axis=1)[:, :224]
+    ramp = np.array([[0, 32768, 65535]], dtype=np.uint16).repeat(IMAGE_SIZE, axis=0).repeat(75, axis=1)[:, :IMAGE_SIZE]
     Image.fromarray(ramp).save(root / "i16.png")
     assert Image.open(root / "i16.png").mode.startswith("I")
-    Image.new("RGB", (224, 224), (200, 10, 10)).convert("P").save(root / "palette.png")
-    Image.new("LA", (224, 224), (90, 10)).save(root / "la.png")
+    Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (200, 10, 10)).convert("P").save(root / "palette.png")
+    Image.new("LA", (IMAGE_SIZE, IMAGE_SIZE), (90, 10)).save(root / "la.png")
     dataset = SOAFDataset(root, "train")
     sixteen = (dataset[0][0] * 255).round()
     assert sixteen[:, 0, 0].tolist() == [0, 0, 0]
@@ -184,8 +186,8 @@ def test_images_of_another_size_are_refused_when_a_size_is_required(tmp_path):
     root = write_dataset(tmp_path, {"10x_0.3_a.csv": [row("small.png")]})
     Image.new("RGB", (100, 80)).save(root / "small.png")
     assert SOAFDataset(root, "train")[0][0].shape == (3, 80, 100)  # without image_size: used as it is
-    with pytest.raises(ImageDecodeError, match=r"small.png is 100x80, not 224x224"):
-        SOAFDataset(root, "train", image_size=(224, 224))[0]
+    with pytest.raises(ImageDecodeError, match=rf"small.png is 100x80, not {IMAGE_SIZE}x{IMAGE_SIZE}"):
+        SOAFDataset(root, "train", image_size=(IMAGE_SIZE, IMAGE_SIZE))[0]
 
 
 def test_duplicate_header_is_refused(tmp_path):
@@ -208,7 +210,7 @@ def test_paths_leaving_the_root_need_permission(tmp_path, image_path):
 def test_paths_leaving_the_root_are_read_with_permission(tmp_path, image_path):
     root = tmp_path / "root"
     write_dataset(root, {"10x_0.3_a.csv": [row("inside.png"), row(image_path)]})
-    Image.new("RGB", (224, 224)).save(tmp_path / "outside.png")
+    Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE)).save(tmp_path / "outside.png")
     assert len(SOAFDataset(root, "train", allow_outside_root=True)) == 2
 
 
@@ -237,7 +239,7 @@ CELLS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-1
 def test_any_csv_content_loads_or_gives_a_documented_error(tmp_path_factory, header, rows, raw_tail):
     root = tmp_path_factory.mktemp("hyp")
     (root / ".train").mkdir()
-    Image.new("RGB", (224, 224)).save(root / "img.png")
+    Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE)).save(root / "img.png")
     lines = [",".join(header)] + [",".join(str(cell).replace("\n", " ") for cell in r) for r in rows]
     (root / ".train" / "10x_0.3_a.csv").write_text("\n".join(lines) + raw_tail)
     for dataset_class in (SOAFDataset, MOAFDataset):
@@ -248,3 +250,13 @@ def test_any_csv_content_loads_or_gives_a_documented_error(tmp_path_factory, hea
             continue
         assert len(dataset) > 0 and (dataset.image_paths[0] == root / "img.png")
         assert torch.isfinite(dataset[0][-1]).all()
+
+
+def test_image_cache_gives_the_same_images(demo_root, capsys):
+    plain = SOAFDataset(demo_root, "train")
+    cached = SOAFDataset(demo_root, "train")
+    megabytes = cached.cache_images()
+    assert megabytes == pytest.approx(len(cached) * IMAGE_SIZE * IMAGE_SIZE * 3 / 2**20)
+    for index in (0, len(plain) - 1):
+        assert torch.equal(plain[index][0], cached[index][0])
+        assert torch.equal(plain[index][1], cached[index][1])

@@ -1,11 +1,14 @@
-"""The demo data's optics: blur that is the same on both sides of focus, and the two weak,
-physical cues to the side (chromatic and spherical aberration) that can be switched off."""
+"""optics.py: brightness kept, sharpest at focus, both sides alike without aberrations, spherical
+aberration a weak cue, chromatic aberration putting red above and blue below; camera frames blurred as
+tiles are; the virtual microscope's moves, tilt and blank slides."""
 import numpy as np
 import pytest
 
-import make_demo_data as demo
-from make_demo_data import Optics, defocused_channels, depth_of_field_um
-from imaging import sobel_sharpness
+from imaging import IMAGE_SIZE, sobel_sharpness
+import optics
+from optics import Optics, defocused_channels
+from schema import CAMERA_PIXEL_UM, depth_of_field_um
+
 
 NO_CUES = Optics(chromatic_shift_dof=0.0, specimen_depth_um=0.0)
 
@@ -14,7 +17,7 @@ NO_CUES = Optics(chromatic_shift_dof=0.0, specimen_depth_um=0.0)
 def field_20x() -> np.ndarray:
     """An in-focus tissue field (H, W, 3) at 20x."""
     rng = np.random.default_rng(0)
-    return demo.render_transmission(*demo.tissue_stain_densities(rng, demo.CAMERA_PIXEL_UM / 20), np.ones(2))
+    return optics.render_transmission(*optics.tissue_stain_densities(rng, CAMERA_PIXEL_UM / 20), np.ones(2))
 
 
 def channel_sharpness(image: np.ndarray) -> list[float]:
@@ -51,28 +54,22 @@ def test_chromatic_aberration_focuses_red_above_and_blue_below_green(field_20x):
     assert above[1] == pytest.approx(below[1], rel=1e-6)  # green: symmetric about 0
 
 
-def test_labels_lie_on_the_psf_grid(tmp_path):
-    demo.make_demo_dataset(tmp_path, n_train=4, n_val=1, n_test=1, objectives=((10.0, 0.3),))
-    rows = np.loadtxt(next((tmp_path / ".train").glob("*.csv")), delimiter=",", skiprows=1, usecols=5, ndmin=1)
-    np.testing.assert_allclose(rows / demo.Z_GRID_DOF, np.round(rows / demo.Z_GRID_DOF), atol=1e-6)
-
-
 def test_a_camera_frame_is_blurred_as_the_tiles_are(field_20x):
     """A 448-pixel frame made of four copies of a tile blurs each copy as the tile alone is blurred:
     the frame's PSF is the tile grid's PSF, placed on the larger grid."""
     frame = np.tile(field_20x, (2, 2, 1))
     tile = render(field_20x, 2.0, Optics())
-    np.testing.assert_allclose(render(frame, 2.0, Optics())[224:, :224], tile, atol=1e-5)
+    np.testing.assert_allclose(render(frame, 2.0, Optics())[IMAGE_SIZE:, :IMAGE_SIZE], tile, atol=1e-5)
 
 
 def test_virtual_microscope_moves_tilts_and_images_blank_slides():
-    scope = demo.VirtualMicroscope(20, 0.7, size=448, defocus_um=3.0, seed=0)
+    scope = optics.VirtualMicroscope(20, 0.7, size=448, defocus_um=3.0, seed=0)
     scope.move_by(-3.0)
     assert scope.defocus_um == 0.0
     sharp = sobel_sharpness(scope.acquire())
     scope.move_by(2 * scope.dof_um)
     assert sobel_sharpness(scope.acquire()) < 0.7 * sharp
-    tilted = demo.VirtualMicroscope(20, 0.7, size=448, defocus_um=0.0, seed=0, tilt_um=8 * scope.dof_um).acquire()
+    tilted = optics.VirtualMicroscope(20, 0.7, size=448, defocus_um=0.0, seed=0, tilt_um=8 * scope.dof_um).acquire()
     assert sobel_sharpness(tilted[:, 200:248]) > 1.5 * sobel_sharpness(tilted[:, -48:])  # centre in focus, edge not
-    blank = demo.VirtualMicroscope(20, 0.7, size=256, empty=True).acquire()
+    blank = optics.VirtualMicroscope(20, 0.7, size=256, empty=True).acquire()
     assert blank.std() < 5 and blank.dtype == np.uint8 and blank.shape == (256, 256, 3)

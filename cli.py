@@ -1,0 +1,87 @@
+"""What every script shares at its edges, without torch (so that --help answers at once):
+argument types, the arguments of the training and test scripts' data, the CPU cores the
+job may use, and running `main` so that a user's mistake ends with a message, not a traceback.
+"""
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A problem the user can fix (a file, an argument, a checkpoint); scripts print its message."""
+
+
+def positive(kind, allow_zero: bool = False):
+    """An argparse type: a number of `kind` above zero (or at least zero)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if not (value >= 0 if allow_zero else value > 0) or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if allow_zero else 'above 0'}, got {text}")
+        return value
+    return parse
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number in [0, 1)."""
+    value = positive(float, allow_zero=True)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be below 1, got {text}")
+    return value
+
+
+def usable_cpu_count() -> int:
+    """The CPU cores this process may run on (taskset, cgroup cpusets, SLURM), not all the machine has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity masks
+        return os.cpu_count() or 1
+
+
+def message_of(error: Exception) -> str:
+    """The error's own message; errors re-raised from DataLoader workers carry a traceback, keep its last line."""
+    text = str(error).strip()
+    if text.startswith("Caught "):
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
+def run(main_function, args, interrupted: str = "Interrupted.") -> None:
+    """Run a script's main; a UserError ends with its message and exit code 1, Ctrl-C with the
+    `interrupted` line and 130."""
+    try:
+        main_function(args)
+    except KeyboardInterrupt:
+        print(f"\n{interrupted}", file=sys.stderr)
+        raise SystemExit(130)
+    except UserError as error:
+        raise SystemExit(f"error: {message_of(error)}")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The data, loader and device arguments myTrain.py and myTest.py share."""
+    parser.add_argument("--root_dir", type=Path, required=True,
+                        help="dataset root holding .train/ .val/ .test/ and the images")
+    parser.add_argument("--batch_size", type=positive(int), default=32, help="images per batch (default: %(default)s)")
+    parser.add_argument("--num_workers", type=positive(int, allow_zero=True), default=8,
+                        help="image-loading processes, capped at the CPU cores this job may use "
+                             "(default: %(default)s)")
+    parser.add_argument("--ckpt_dir", type=Path, default=Path(".ckpts"),
+                        help="checkpoint folder (default: %(default)s)")
+    parser.add_argument("--device", default="auto",
+                        help="torch device, e.g. cuda:1 or cpu; auto: the GPU if there is one (default: %(default)s)")
+    parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
+                        help="NHWC memory layout: faster convolutions on tensor-core GPUs and with "
+                             "oneDNN on CPUs (default: %(default)s)")
+    parser.add_argument("--allow_outside_root", action="store_true",
+                        help="accept image paths that are absolute or leave root_dir with '..' (default: refuse)")
+    return parser
+
+
+def args_as_dict(args: argparse.Namespace) -> dict:
+    """The arguments as plain values (paths as text), for config.json and checkpoints (weights_only)."""
+    return {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}

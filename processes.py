@@ -1,0 +1,104 @@
+"""The processes and cores a run uses: torchrun's process group, sums and gathers across its
+processes, compute threads and loader processes fitted to the cores, the device, progress bars.
+"""
+import builtins
+import os
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from cli import usable_cpu_count
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device: "auto" is the GPU if there is one, else the CPU; any other name as torch reads it."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """(this process's rank, number of processes); (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: torch.device) -> torch.device:
+    """Join the process group when started by torchrun; return the device this process trains on.
+
+    Each process drives one GPU (cuda:LOCAL_RANK, NCCL) or, on CPU, one share of the
+    cores (gloo). Only rank 0 prints, logs and writes checkpoints.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.get_rank() != 0:
+        builtins.print = print_when_forced(builtins.print)
+    return device
+
+
+def leave_distributed() -> None:
+    """Leave torchrun's process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def print_when_forced(builtin_print):
+    """A print that stays silent unless called with force=True (for the other torchrun processes)."""
+    def rank_print(*args, force: bool = False, **kwargs) -> None:
+        if force:
+            builtin_print(*args, **kwargs)
+    return rank_print
+
+
+def sum_over_processes(sums: torch.Tensor) -> torch.Tensor:
+    """`sums` added up over all torchrun processes, in float64 on the CPU."""
+    sums = sums.double()
+    if rank_and_world_size()[1] > 1:
+        device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"  # NCCL: GPU only
+        sums = sums.to(device)
+        dist.all_reduce(sums)
+    return sums.cpu()
+
+
+def gather_from_processes(value) -> list:
+    """[value] of every torchrun process, in rank order (collective: every process must call it);
+    [value] outside torchrun."""
+    world_size = rank_and_world_size()[1]
+    if world_size == 1:
+        return [value]
+    gathered = [None] * world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def cores_per_process() -> int:
+    """This process's share of the cores the job may use: all of them, or 1/world_size under torchrun."""
+    return max(1, usable_cpu_count() // rank_and_world_size()[1])
+
+
+def loader_workers(requested: int) -> int:
+    """--num_workers capped at this process's share of the usable cores: more loader processes
+    than cores only take turns with each other and with the training threads."""
+    return min(requested, cores_per_process())
+
+
+def fit_threads_to_cores() -> int:
+    """Compute threads at most this process's share of the usable cores; returns the number.
+
+    torch's default counts the machine's cores, which over-subscribes a job confined to
+    fewer (taskset, cgroup cpusets, SLURM --cpus-per-task), and several torchrun processes
+    on one CPU. A lower count set by OMP_NUM_THREADS is kept.
+    """
+    torch.set_num_threads(min(torch.get_num_threads(), cores_per_process()))
+    return torch.get_num_threads()
+
+
+def progress(items, description: str) -> tqdm:
+    """A progress bar that clears when done; silent when the output is no terminal (logs, CI)
+    and on every torchrun process but the first."""
+    disable = None if rank_and_world_size()[0] == 0 else True
+    return tqdm(items, desc=description, leave=False, disable=disable, unit="batch", dynamic_ncols=True)
