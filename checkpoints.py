@@ -2,16 +2,20 @@
 
     saver = CheckpointSaver(Path(".ckpts"))
     saved = saver.save_epoch(epoch, val_loss, state)   # once per epoch: regular schedule and best rule
+    saver.save_last_epoch()                            # on an interruption: the last finished epoch too
     path, checkpoint = checkpoint_to_resume(Path(".ckpts"), "best")
 
 A checkpoint is one dict of tensors and plain values, so it loads with
 torch.load(path, weights_only=True). File names carry the epoch, counted from 0 and
 zero-padded so that names sort: ckpt_0010.pt (regular), ckpt_best_0012.pt (best).
 """
+import errno
+import io
 import math
 import os
 import random
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,8 +28,11 @@ BEST_CHECKPOINT = re.compile(r"ckpt_best_(\d+)\.pt")
 ANY_CHECKPOINT = re.compile(r"ckpt_(?:best_)?(\d+)\.pt")
 
 
+KEEP_FREE_CHECKPOINTS = 3  # warn when the checkpoint folder has room for fewer checkpoints than this
+
+
 class CheckpointError(UserError, RuntimeError):
-    """A checkpoint cannot be read, or does not fit the requested run."""
+    """A checkpoint cannot be read or written, or does not fit the requested run."""
 
 
 def is_regular_checkpoint_epoch(epoch: int) -> bool:
@@ -47,11 +54,16 @@ class CheckpointSaver:
       file is removed once the new one is safely written, so one best exists at a time.
     The rules are independent: an epoch can be both. `best_loss` and `best_epoch` go into
     every saved state, so a resumed run continues the best rule where it was.
+
+    The last finished epoch's checkpoint is also kept in memory, serialised (as many bytes
+    as one checkpoint file), so that an interrupted run loses at most the epoch in
+    progress: `save_last_epoch` writes it as ckpt_<epoch>.pt.
     """
 
     def __init__(self, ckpt_dir: Path, best_loss: float = math.inf, best_epoch: int = -1):
         self.ckpt_dir = Path(ckpt_dir)
         self.best_loss, self.best_epoch = best_loss, best_epoch
+        self.last_epoch, self.last_checkpoint = None, None  # the epoch and its serialised checkpoint
 
     def save_epoch(self, epoch: int, val_loss: float, state: dict) -> list[str]:
         """Apply both rules to the state after `epoch`; return the names of the files written."""
@@ -60,29 +72,87 @@ class CheckpointSaver:
             self.best_loss, self.best_epoch = val_loss, epoch
         state = {**state, "epoch": epoch, "val_loss": val_loss, "best_loss": self.best_loss,
                  "best_epoch": self.best_epoch}
+        self.last_epoch, self.last_checkpoint = epoch, serialize(state)
         saved = []
         if is_regular_checkpoint_epoch(epoch):
-            saved.append(save_atomically(state, self.ckpt_dir / f"ckpt_{epoch:04d}.pt"))
+            saved.append(write_atomically(self.last_checkpoint, self.ckpt_dir / f"ckpt_{epoch:04d}.pt"))
         if is_best:
-            best_path = save_atomically(state, self.ckpt_dir / f"ckpt_best_{epoch:04d}.pt")
+            best_path = write_atomically(self.last_checkpoint, self.ckpt_dir / f"ckpt_best_{epoch:04d}.pt")
             for old_best in self.ckpt_dir.glob("ckpt_best_*.pt"):
                 if old_best != best_path:
                     old_best.unlink()  # only after the new best is safely in place
             saved.append(best_path)
+        warn_if_space_is_short(self.ckpt_dir, len(self.last_checkpoint))
         return [path.name for path in saved]
+
+    def save_last_epoch(self) -> Path | None:
+        """The checkpoint of the last finished epoch on disk: written as ckpt_<epoch>.pt unless a
+        file of that epoch exists already; None before the first epoch has finished."""
+        if self.last_epoch is None:
+            return None
+        regular, best = (self.ckpt_dir / f"ckpt_{kind}{self.last_epoch:04d}.pt" for kind in ("", "best_"))
+        for path in (regular, best):
+            if path.is_file():
+                return path
+        return write_atomically(self.last_checkpoint, regular)
+
+
+def serialize(state: dict) -> bytes:
+    """A checkpoint as the bytes torch.save writes."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 def save_atomically(state: dict, path: Path) -> Path:
+    """torch.save with write_atomically's guarantees."""
+    return write_atomically(serialize(state), path)
+
+
+def write_atomically(data: bytes, path: Path) -> Path:
     """Write to a temporary file, flush it to disk, rename, then flush the folder: no
-    half-written checkpoint ever has a final name, and the new name survives a power cut."""
+    half-written checkpoint ever has a final name, and the new name survives a power cut.
+    A write that fails (a full disk) removes its temporary file at once and raises
+    CheckpointError saying what was needed, what is free and which checkpoint is intact."""
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException as error:  # a full disk, or an interruption mid-write
+        temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise CheckpointError(write_failure_message(path, len(data), error)) from error
+        raise
     fsync_folder(path.parent)
     return path
+
+
+def write_failure_message(path: Path, size: int, error: OSError) -> str:
+    """What a failed checkpoint write says: the file, the space it needs and the space free, the
+    newest intact checkpoint, and how to go on."""
+    full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+    newest = checkpoints_newest_first(path.parent, best_only=False)
+    intact = f"the newest intact checkpoint is {newest[0].name}" if newest else "no checkpoint was written yet"
+    return (f"cannot write {path} ({error.strerror}): it needs {size / 2**20:.1f} MiB and "
+            f"{free_mib(path.parent):.1f} MiB are free there. Nothing written before was changed; {intact}. "
+            + ("Free some space and run the same command to resume." if full else
+               "Fix the folder and run the same command to resume."))
+
+
+def free_mib(folder: Path) -> float:
+    return shutil.disk_usage(folder).free / 2**20
+
+
+def warn_if_space_is_short(folder: Path, checkpoint_bytes: int) -> None:
+    """A warning when the folder has room for fewer than KEEP_FREE_CHECKPOINTS more checkpoints."""
+    free = shutil.disk_usage(folder).free
+    if free < KEEP_FREE_CHECKPOINTS * checkpoint_bytes:
+        print(f"warning: {free / 2**20:.1f} MiB free in {folder}, room for {free // max(checkpoint_bytes, 1)} more "
+              f"checkpoint(s) of {checkpoint_bytes / 2**20:.1f} MiB; free some space before the run fills it",
+              file=sys.stderr)
 
 
 def fsync_folder(folder: Path) -> None:

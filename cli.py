@@ -5,7 +5,9 @@ job may use, and running `main` so that a user's mistake ends with a message, no
 import argparse
 import math
 import os
+import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -42,6 +44,18 @@ def usable_cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+@contextmanager
+def writing(path: Path):
+    """Around the writing of `path`: an OSError (a full disk, a folder that cannot be written)
+    becomes a UserError that names the file and the space left."""
+    try:
+        yield
+    except OSError as error:
+        folder = next((parent for parent in (Path(path), *Path(path).parents) if parent.is_dir()), Path("."))
+        raise UserError(f"cannot write {path} ({error.strerror or error}); "
+                        f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB are free in {folder}") from error
+
+
 def message_of(error: Exception) -> str:
     """The error's own message; errors re-raised from DataLoader workers carry a traceback, keep its last line."""
     text = str(error).strip()
@@ -51,13 +65,13 @@ def message_of(error: Exception) -> str:
 
 
 def run(main_function, args, interrupted: str = "Interrupted.") -> None:
-    """Run a script's main; a UserError ends with its message and exit code 1, Ctrl-C with the
-    `interrupted` line and 130."""
+    """Run a script's main; a UserError ends with its message and exit code 1, Ctrl-C (or another
+    stop signal) with the `interrupted` line and 128 + the signal."""
     try:
         main_function(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:  # Ctrl-C, or processes.RunStopped with the signal's status
         print(f"\n{interrupted}", file=sys.stderr)
-        raise SystemExit(130)
+        raise SystemExit(getattr(error, "exit_status", 130))
     except UserError as error:
         raise SystemExit(f"error: {message_of(error)}")
 

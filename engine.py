@@ -17,7 +17,7 @@ from torch import nn
 
 from cli import UserError
 from myModel import HeadOutputs
-from processes import progress, rank_and_world_size, sum_over_processes
+from processes import STOP, progress, rank_and_world_size, sum_over_processes
 
 SYNC_EVERY = 20  # batches between reads of the running loss: each read makes the CPU wait for the GPU
 
@@ -85,6 +85,14 @@ def augment_batch(images: torch.Tensor) -> torch.Tensor:
     contrast = torch.empty(count, 1, 1, 1, device=device).uniform_(0.9, 1.1)
     mean = images.mean(dim=(1, 2, 3), keepdim=True)
     return (((images - mean) * contrast + mean) * gain).clamp_(0, 1)
+
+
+def check_stop(batch_index: int | None = None) -> None:
+    """Between batches: raise processes.RunStopped if a stop signal came. Under torchrun only at
+    training batches that every process reaches together (every SYNC_EVERY-th), where the check
+    is collective; validation batches differ in number between processes."""
+    if rank_and_world_size()[1] == 1 or (batch_index is not None and batch_index % SYNC_EVERY == 0):
+        STOP.check()
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -170,6 +178,7 @@ def train_epoch(model, loader, criterion, optimizer, device, epoch: int | None =
     bar = progress(loader, f"train {epoch}")
     start_time, last_read = time.perf_counter(), -1
     for batch_index, batch in enumerate(bar):
+        check_stop(batch_index)
         loss, outputs, target = forward_batch(model, batch, criterion, device, options, augment)
         optimizer.zero_grad(set_to_none=True)
         options.scaler.scale(loss).backward()
@@ -215,6 +224,7 @@ def recalibrate_batchnorm(model, loader, device, max_batches: int, options: Step
     for batch_index, batch in enumerate(loader):
         if batch_index == max_batches:
             break
+        check_stop()
         inputs, _target = split_batch(batch, device, options)
         with autocast(device, options):
             model(*inputs)
@@ -241,6 +251,7 @@ def calibrate_side(model, loader, device, one_dof: float, options: StepOptions =
     model.eval()
     scaled, positive, weight = [], [], []
     for batch in loader:
+        check_stop()
         inputs, target = split_batch(batch, device, options)
         with autocast(device, options):
             regression = model(*inputs, all_outputs=True).regression.view(-1)
@@ -271,5 +282,6 @@ def validation_epoch(model, loader, criterion, device, options: StepOptions = St
     model.eval()
     totals = totals or EpochTotals()
     for batch in progress(loader, "validate"):
+        check_stop()
         totals.add(*forward_batch(model, batch, criterion, device, options))
     return totals.means()["loss"]

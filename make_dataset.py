@@ -509,8 +509,13 @@ def main(args) -> None:
         if args.out.exists():
             args.out.rmdir()  # empty: checked before
         staging.rename(args.out)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError):  # a full disk, most often
+            free_mib = shutil.disk_usage(staging.parent).free / 2**20
+            raise StackError(f"cannot write the dataset ({error.strerror or error}; {free_mib:.1f} MiB free in "
+                             f"{staging.parent}): the partial output was removed and {args.out} is as it was; "
+                             "free some space and run the same command again") from error
         raise
     print_summary(summary)
     print(f"dataset written to {args.out}; focus curves and surfaces in {args.out / 'reports'}")

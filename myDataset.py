@@ -238,11 +238,16 @@ class AutofocusDataset(Dataset):
         return len(self.image_paths)
 
     def read_image(self, idx: int) -> Image.Image:
-        """The RGB image of row `idx` from its file; with `image_size` set, other sizes are refused."""
-        image = load_rgb_image(self.image_paths[idx])
+        """The RGB image of row `idx` from its file; with `image_size` set, other sizes are refused.
+        The error names the CSV file and line of the row: a file can become unreadable mid-run."""
+        where = f"{self.frame['csv_file'].iat[idx]} line {self.frame['csv_line'].iat[idx]}"
+        try:
+            image = load_rgb_image(self.image_paths[idx])
+        except ImageDecodeError as error:
+            raise ImageDecodeError(f"{where}: {error}") from error
         if self.image_size is not None and image.size != tuple(self.image_size):
             raise ImageDecodeError(
-                f"image {self.image_paths[idx]} is {image.size[0]}x{image.size[1]}, not "
+                f"{where}: image {self.image_paths[idx]} is {image.size[0]}x{image.size[1]}, not "
                 f"{self.image_size[0]}x{self.image_size[1]}: crop or tile it to that size (resizing "
                 "would change the blur, and with it what the label means)")
         return image

@@ -14,7 +14,7 @@ checkpoint; nothing is downloaded.
 import argparse
 from pathlib import Path
 
-from cli import add_data_arguments, positive, run
+from cli import add_data_arguments, positive, run, writing
 from schema import DEFAULT_BACKBONE, TASK_NAMES
 
 
@@ -123,7 +123,8 @@ def quantize_int8(args, onnx_path: Path, model, task: str, glob: str | None) -> 
     """The static int8 model of `onnx_path`, calibrated on --calibration_images training images."""
     train_set = build_dataset(args, "train", transforms.ToTensor(), task, glob)
     feeds = calibration_feeds(train_set, args.calibration_images, list(model.input_names))
-    int8_path = quantize_onnx(onnx_path, feeds, onnx_path.with_name(onnx_path.stem + "_int8.onnx"))
+    with writing(onnx_path.with_name(onnx_path.stem + "_int8.onnx")):
+        int8_path = quantize_onnx(onnx_path, feeds, onnx_path.with_name(onnx_path.stem + "_int8.onnx"))
     print(f"int8 ONNX model: {int8_path} (calibrated on {len(feeds)} training images)")
     return int8_path
 
@@ -208,7 +209,8 @@ def main(args: argparse.Namespace) -> None:
 
     pt_outputs = predict_pytorch(model, loader, device)
     name = output_name(ckpt_path)
-    onnx_path = export_onnx(model, args.onnx_dir / f"{name}.onnx", onnx_metadata(checkpoint, task))
+    with writing(args.onnx_dir / f"{name}.onnx"):
+        onnx_path = export_onnx(model, args.onnx_dir / f"{name}.onnx", onnx_metadata(checkpoint, task))
     session = open_session(onnx_path, device.type == "cuda", args.onnx_threads)
     onnx_outputs, onnx_time_cost = predict_onnx(session, test_set, args.warmup)
 
@@ -219,16 +221,20 @@ def main(args: argparse.Namespace) -> None:
         int8_outputs, int8_time_cost = predict_onnx(int8_session, test_set, args.warmup)
         results["int8_pred"], results["int8_time_cost"] = int8_outputs["output"], int8_time_cost
     metrics = per_objective_metrics(results, unit, checkpoint.get("train_label_mean"))
-    args.result_dir.mkdir(parents=True, exist_ok=True)
+    with writing(args.result_dir):
+        args.result_dir.mkdir(parents=True, exist_ok=True)
     result_path = args.result_dir / f"{name}_test.csv"
     metrics_path = args.result_dir / f"{name}_metrics.json"
-    results.to_csv(result_path, index=False)
+    with writing(result_path):
+        results.to_csv(result_path, index=False)
     summary = {"checkpoint": str(ckpt_path), "task": task, "unit": unit,
                "onnx_latency_ms": {"median": float(results["onnx_time_cost"].median()),
                                    "p95": float(results["onnx_time_cost"].quantile(0.95))},
                "objectives": json.loads(metrics.to_json(orient="index"))}
-    metrics_path.write_text(json.dumps(summary, indent=2) + "\n")
-    plots = plot_report(results, unit, args.result_dir / name)
+    with writing(metrics_path):
+        metrics_path.write_text(json.dumps(summary, indent=2) + "\n")
+    with writing(args.result_dir / f"{name}_*.png"):
+        plots = plot_report(results, unit, args.result_dir / name)
     print(f"ONNX model: {onnx_path}")
     print_summary(results, metrics, unit, session.get_providers())
     print(f"Metrics: {metrics_path}")

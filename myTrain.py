@@ -94,10 +94,11 @@ import json
 import math
 import platform
 import random
+import signal
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -108,13 +109,13 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.transforms import v2
 
 from checkpoints import (CheckpointError, CheckpointSaver, check_nothing_is_overwritten, checkpoint_to_resume,
-                         remove_unfinished_writes, restore_rng_states, rng_states)
-from cli import args_as_dict, usable_cpu_count
+                         remove_unfinished_writes, restore_rng_states, rng_states, warn_if_space_is_short)
+from cli import UserError, args_as_dict, message_of, usable_cpu_count, writing
 from engine import (DefocusLoss, EpochTotals, StepOptions, calibrate_side, recalibrate_batchnorm, split_batch,
                     step_options, train_epoch, validation_epoch)
 from imaging import IMAGE_SIZE
 from myDataset import check_split
-from processes import (fit_threads_to_cores, gather_from_processes, init_distributed, leave_distributed,
+from processes import (STOP, fit_threads_to_cores, gather_from_processes, init_distributed, leave_distributed,
                        loader_workers, progress, rank_and_world_size, resolve_device)
 from schema import SPLITS, dof_um_of_rows
 from tasks import TASKS, build_dataset, build_loader
@@ -358,10 +359,63 @@ def checkpoint_state(model, optimizer, scheduler, options, train_loss: float, tr
             "args": args_as_dict(args), "rng_states": gather_from_processes(rng_states())}
 
 
+class LoaderDiedError(UserError):
+    """A DataLoader process died (the kernel's out-of-memory killer, most often)."""
+
+
+@contextmanager
+def last_epoch_kept(saver: CheckpointSaver, rank: int, args):
+    """The epoch loop's guard: whatever ends it early (a stop signal, Ctrl-C, a loader process
+    that died, an image unreadable mid-run), the last finished epoch is written first, so an
+    interruption loses at most the epoch in progress."""
+    try:
+        yield
+    except CheckpointError:
+        raise  # a checkpoint write failed (a full disk): another would fail too
+    except BaseException as error:
+        if rank == 0:
+            keep_last_finished_epoch(saver)
+        if isinstance(error, RuntimeError) and "DataLoader worker" in str(error):
+            if hasattr(signal, "SIGCHLD"):  # torch's handler would report each loader ended at exit again
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            raise LoaderDiedError(
+                f"an image-loading process died ({message_of(error)}); the kernel's out-of-memory killer is the "
+                f"usual cause. Try fewer --num_workers (this run: {args.num_workers})"
+                + (" or leave out --cache_images" if args.cache_images else "")
+                + ", then run the same command to resume") from error
+        raise
+
+
+def keep_last_finished_epoch(saver: CheckpointSaver) -> None:
+    """The last finished epoch's checkpoint on disk, and where to find it."""
+    try:
+        path = saver.save_last_epoch()
+    except CheckpointError as error:
+        print(f"warning: the last finished epoch could not be kept: {error}", file=sys.stderr)
+        return
+    if path is not None:
+        print(f"The last finished epoch ({saver.last_epoch}) is in {path}: --resume_from latest continues from it "
+              f"(the same command alone resumes from the newest best, epoch {saver.best_epoch}).", file=sys.stderr)
+
+
+def warn_if_space_is_short_at_start(args, model, resume_from: Path | None) -> None:
+    """Before the first epoch: the free space against a checkpoint's size (the resumed one's, or the
+    weights and Adam's two moments of a fresh model)."""
+    size = (resume_from.stat().st_size if resume_from is not None else
+            3 * sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values()))
+    warn_if_space_is_short(args.ckpt_dir, size)
+
+
 def main(args: argparse.Namespace) -> None:
     args.log_dir = args.log_dir or Path("runs") / args.task
     if args.check:
         return check_dataset(args)
+    with STOP.installed():  # Ctrl-C, SIGTERM and SIGUSR1 stop the run at the next batch
+        train(args)
+
+
+def train(args: argparse.Namespace) -> None:
+    """The training run: data, model, resuming, then the epochs with their logs and checkpoints."""
     device, rank, world_size, options = start_processes(args)
     train_set, val_set = build_datasets(args)
     train_loader, val_loader = build_loaders(args, train_set, val_set, device)
@@ -382,10 +436,13 @@ def main(args: argparse.Namespace) -> None:
     train_model = DistributedDataParallel(model) if world_size > 1 else model
     train_model = torch.compile(train_model) if args.compile else train_model
     config = prepare_run_folder(args) if rank == 0 else None
+    if rank == 0:
+        warn_if_space_is_short_at_start(args, model, resume_from)
 
     # purge_step drops logged points at or after start_epoch, so epochs trained again after
     # resuming from an earlier best replace their old points instead of doubling them
-    with SummaryWriter(log_dir=str(args.log_dir), purge_step=start_epoch) if rank == 0 else nullcontext() as writer:
+    with (SummaryWriter(log_dir=str(args.log_dir), purge_step=start_epoch) if rank == 0 else nullcontext() as writer,
+          last_epoch_kept(saver, rank, args)):
         if writer:
             writer.add_text("config", f"```\n{json.dumps(config, indent=2)}\n```", start_epoch)
         for epoch in range(start_epoch, args.epochs):
@@ -401,11 +458,12 @@ def main(args: argparse.Namespace) -> None:
             train, val = train.means(), val.means()  # collective under torchrun: every process asks
             train_loss, val_loss, current_lr = train["loss"], val["loss"], optimizer.param_groups[0]["lr"]
             if writer:
-                log_epoch(writer, epoch, train, val, current_lr, baseline_mae)
-                if args.log_images_every and epoch % args.log_images_every == 0:
-                    writer.add_figure("Validation images", validation_image_grid(
-                        model, val_set, device, TASKS[args.task].unit), epoch, close=False)
-                writer.flush()
+                with writing(args.log_dir):  # a full disk: a message and the last epoch kept, not a traceback
+                    log_epoch(writer, epoch, train, val, current_lr, baseline_mae)
+                    if args.log_images_every and epoch % args.log_images_every == 0:
+                        writer.add_figure("Validation images", validation_image_grid(
+                            model, val_set, device, TASKS[args.task].unit), epoch, close=False)
+                    writer.flush()
             step_scheduler(scheduler, val_loss)
 
             save_start = time.time()
@@ -418,8 +476,9 @@ def main(args: argparse.Namespace) -> None:
                 print(f"Stopping early: the validation loss has not improved for {args.patience} epochs "
                       f"(best {saver.best_loss:.4f} at epoch {saver.best_epoch}).")
                 break
+            STOP.check()  # a signal during validation or the save stops here, the epoch kept
 
 
 if __name__ == "__main__":
-    run(main, cli_args, "Interrupted. Checkpoints written so far are complete; rerun the same command to resume.")
+    run(main, cli_args, "Stopped. Checkpoints written so far are complete; rerun the same command to resume.")
     leave_distributed()

@@ -1,14 +1,81 @@
 """The processes and cores a run uses: torchrun's process group, sums and gathers across its
-processes, compute threads and loader processes fitted to the cores, the device, progress bars.
+processes, compute threads and loader processes fitted to the cores, the device, progress bars,
+and the signals that stop a run (Ctrl-C, a scheduler's SIGTERM or SIGUSR1).
 """
 import builtins
 import os
+import signal
+import sys
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from cli import usable_cpu_count
+
+
+# the signals that stop a run at the next batch: Ctrl-C, and what SLURM, docker stop and other
+# schedulers send before they kill a job (SLURM's --signal sends SIGUSR1)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+
+class RunStopped(KeyboardInterrupt):
+    """A stop signal arrived; the run stopped between batches. `exit_status` is 128 + the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum, self.exit_status = signum, 128 + signum
+
+
+class StopRequests:
+    """Handlers for STOP_SIGNALS that ask the run to stop at the next batch, so that nothing is
+    cut off in the middle of a step or a write. A second Ctrl-C stops at once.
+
+    Installed explicitly, they also serve runs started in the background (`nohup ... &`), which
+    inherit SIGINT as ignored. Under torchrun the processes agree before they stop (`check` is
+    then collective), so that none waits forever in a collective the others have left.
+    """
+
+    def __init__(self):
+        self.signum = None
+
+    @contextmanager
+    def installed(self):
+        """The handlers in place for the run, the process's own ones back afterwards."""
+        self.signum = None
+        previous = {signum: signal.signal(signum, self.request) for signum in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def request(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} received: stopping at the next batch (Ctrl-C again stops at once)",
+              file=sys.stderr, flush=True)
+
+    def check(self) -> None:
+        """Raise RunStopped if a stop was requested (in any torchrun process)."""
+        signum = self.signum or 0
+        if rank_and_world_size()[1] > 1:
+            anyone = sum_over_processes(torch.tensor([float(signum)])).item() > 0
+            signum = signum or (signal.SIGTERM if anyone else 0)
+        if signum:
+            raise RunStopped(signum)
+
+
+STOP = StopRequests()  # the one set of handlers of this process; engine.py asks it between batches
+
+
+def ignore_stop_signals() -> None:
+    """For loader processes: the main process stops the run and ends them; a signal that killed
+    one first would read as a loader that died."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def resolve_device(name: str) -> torch.device:

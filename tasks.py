@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from imaging import IMAGE_SIZE
 from myDataset import MOAFDataset, SOAFDataset
 from myModel import MOAFModel, SOAFModel
-from processes import loader_workers, rank_and_world_size
+from processes import ignore_stop_signals, loader_workers, rank_and_world_size
 from schema import MOAF_GLOB, SOAF_GLOB
 
 
@@ -41,9 +41,11 @@ def build_dataset(args, split: str, transform, task: str | None = None, glob: st
                                allow_outside_root=args.allow_outside_root, image_size=(IMAGE_SIZE, IMAGE_SIZE))
 
 
-def seed_worker(worker_id: int) -> None:
-    """Seed NumPy and random in a DataLoader worker from its torch seed, which the loader derives
-    from the main process's torch RNG: workers differ from each other and repeat between runs."""
+def start_worker(worker_id: int) -> None:
+    """Start a DataLoader worker: stop signals are the main process's to act on, and NumPy and
+    random are seeded from the worker's torch seed, which the loader derives from the main
+    process's torch RNG, so that workers differ from each other and repeat between runs."""
+    ignore_stop_signals()
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
@@ -72,5 +74,5 @@ def build_loader(dataset, batch_size: int, num_workers: int, device: torch.devic
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=num_workers > 0,
-        worker_init_fn=seed_worker,
+        worker_init_fn=start_worker,
     )

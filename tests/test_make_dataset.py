@@ -2,6 +2,7 @@
 empty tiles and stacks without focus left out, splits by stack, a dataset that loads and
 trains, and every bad input refused with a message and nothing written."""
 from pathlib import Path
+import errno
 import shutil
 
 from PIL import Image
@@ -183,3 +184,24 @@ def test_surface_fit_ignores_a_column_of_fooled_tiles():
     assert inliers.tolist() == [x != 100 for x in centres[:, 1]]
     terms = make_dataset.surface_terms(centres, (1000, 1000), "plane")
     assert terms @ coefficients == pytest.approx(5.0 + 0.002 * centres[:, 1])
+
+
+def test_a_full_disk_mid_write_removes_the_partial_dataset_and_says_so(stacks, tmp_path, monkeypatch):
+    written, imwrite = [], tifffile.imwrite
+
+    def imwrite_until_the_disk_is_full(path, *args, **kwargs):
+        if len(written) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(path)
+        return imwrite(path, *args, **kwargs)
+
+    monkeypatch.setattr(make_dataset.tifffile, "imwrite", imwrite_until_the_disk_is_full)
+    source, out = tmp_path / "stacks", tmp_path / "out"
+    source.mkdir()
+    shutil.copy(stacks / "flat.ome.tif", source)
+    shutil.copy(stacks / "tilted.tif", source)
+    shutil.copytree(stacks / "half_bare", source / "half_bare")
+    with pytest.raises(stack_files.StackError, match="cannot write the dataset \\(No space left on device; "):
+        make_dataset.main(arguments(source, out, "--magnification", 20, "--na", 0.7, "--workers", 1))
+    assert len(written) == 5 and not out.exists()
+    assert [path.name for path in tmp_path.iterdir() if "incomplete" in path.name] == []

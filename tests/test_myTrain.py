@@ -2,6 +2,7 @@
 resumed equal to straight training; --check; bad arguments and input; TensorBoard; seeds and schedules;
 two-process torchrun; threads fitted to the cores; one-sided labels; and a learning check (the README's
 recipe with the split head must learn the distance and beat the mean predictor)."""
+import errno
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 from PIL import Image
@@ -19,13 +21,15 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 import torch
 
+import checkpoints
 from checkpoints import checkpoints_newest_first, find_best_checkpoint, load_checkpoint
-from conftest import FAST, ROOT, run_script, scalar_steps, train_in_process
+import cli
+from conftest import FAST, ROOT, in_folder, run_script, scalar_steps, train_in_process
 from engine import DefocusLoss, validation_epoch
 from myDataset import SOAFDataset
 from myModel import SOAFModel
 from myTest import predict_pytorch
-from myTrain import get_args_parser, out_of_patience, training_labels
+from myTrain import get_args_parser, main, out_of_patience, training_labels
 from tasks import build_loader
 
 
@@ -350,3 +354,163 @@ def test_resuming_with_the_other_head_is_refused_and_overwrites_nothing(demo_roo
     assert split.returncode != 0 and "Traceback" not in split.stderr
     assert "trained with --head signed, not split" in split.stderr
     assert {path.name: path.stat().st_mtime_ns for path in (tmp_path / ".ckpts").iterdir()} == before
+
+
+def started_training(folder, *args, **popen_options) -> subprocess.Popen:
+    """myTrain.py as a subprocess in `folder`, its output read line by line."""
+    command = [sys.executable, str(ROOT / "myTrain.py"), *map(str, args)]
+    return subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, **popen_options)
+
+
+def wait_for_line(process: subprocess.Popen, start: str) -> None:
+    for line in process.stdout:
+        if line.startswith(start):
+            return
+    raise AssertionError(f"the run ended before printing {start!r}: {process.stderr.read()}")
+
+
+def last_finished_epoch(stderr: str, folder: Path) -> int:
+    """The epoch a stopped run said it kept, checked against the file it named (relative to `folder`)."""
+    found = re.search(r"The last finished epoch \((\d+)\) is in (\S+):", stderr)
+    assert found, stderr
+    assert torch.load(folder / found.group(2), weights_only=True)["epoch"] == int(found.group(1))
+    return int(found.group(1))
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_the_last_finished_epoch_and_resuming_it_is_the_uninterrupted_run(demo_root, tmp_path):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    straight.mkdir(), stopped.mkdir()
+    both = ("--root_dir", demo_root, "--epochs", 5, *FAST)
+    assert run_script("myTrain.py", *both, cwd=straight).returncode == 0
+    process = started_training(stopped, *both)
+    wait_for_line(process, "Epoch 1 (2/5)")
+    process.send_signal(signal.SIGTERM)  # a preempted job, docker stop
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
+    assert "SIGTERM received: stopping at the next batch" in stderr
+    epoch = last_finished_epoch(stderr, stopped)
+    assert epoch < 4 and not list((stopped / ".ckpts").glob("*.tmp"))
+    resumed = run_script("myTrain.py", *both, "--resume_from", "latest", cwd=stopped)
+    assert resumed.returncode == 0 and f"continuing at epoch {epoch + 1}" in resumed.stdout, resumed.stderr
+    for tag in ("Loss/train", "Loss/val"):  # the writer was closed properly, and the same run went on
+        runs = [EventAccumulator(str(folder / "runs" / "soaf")) for folder in (straight, stopped)]
+        for run in runs:
+            run.Reload()
+        assert [(e.step, e.value) for e in runs[0].Scalars(tag)] == [(e.step, e.value) for e in runs[1].Scalars(tag)]
+    best = find_best_checkpoint(straight / ".ckpts")
+    weights = [torch.load(folder / ".ckpts" / best.name, weights_only=True)["model"] for folder in (straight, stopped)]
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGUSR1])
+def test_ctrl_c_in_a_background_run_and_sigusr1_stop_it_cleanly(demo_root, tmp_path, signum):
+    """Started in the background from a script, a run inherits SIGINT as ignored; SLURM sends SIGUSR1."""
+    def as_in_the_background():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    process = started_training(tmp_path, "--root_dir", demo_root, "--epochs", 50, *FAST,
+                               preexec_fn=as_in_the_background)
+    wait_for_line(process, "Epoch 0 (1/50)")
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum and "Traceback" not in stderr, stderr
+    assert last_finished_epoch(stderr, tmp_path) >= 0 and "rerun the same command to resume" in stderr
+
+
+def child_pids(pid: int) -> list[int]:
+    return [int(child) for child in (Path("/proc") / str(pid) / "task" / str(pid) / "children").read_text().split()]
+
+
+@pytest.mark.slow
+def test_a_loader_process_that_dies_is_named_with_what_to_try_and_resuming_works(demo_root, tmp_path):
+    process = started_training(tmp_path, "--root_dir", demo_root, "--epochs", 50, *FAST, "--num_workers", 1)
+    wait_for_line(process, "Epoch 0 (1/50)")
+    loaders = child_pids(process.pid)
+    assert loaders
+    for pid in loaders:
+        os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer does
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1 and "Traceback" not in stderr, stderr
+    assert "an image-loading process died" in stderr and "fewer --num_workers (this run: 1)" in stderr
+    epoch = last_finished_epoch(stderr, tmp_path)
+    resumed = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", epoch + 2, "--resume_from", "latest",
+                         *FAST, cwd=tmp_path)
+    assert resumed.returncode == 0 and f"continuing at epoch {epoch + 1}" in resumed.stdout, resumed.stderr
+
+
+@pytest.mark.slow
+def test_an_image_unreadable_mid_run_is_named_with_its_csv_line(demo_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    rows = SOAFDataset(root, "train").frame
+    process = started_training(tmp_path, "--root_dir", root, "--epochs", 50, *FAST)
+    wait_for_line(process, "Epoch 0 (1/50)")
+    (root / rows["image_path"].iat[3]).write_bytes(b"the share dropped")  # a file replaced mid-run
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1 and "Traceback" not in stderr, stderr
+    assert f"{rows['csv_file'].iat[3]} line {rows['csv_line'].iat[3]}: cannot decode image" in stderr
+    assert last_finished_epoch(stderr, tmp_path) >= 0
+    assert scalar_steps(tmp_path / "runs" / "soaf")[0] == 0  # the writer was closed
+
+
+class FullDisk:
+    """A checkpoint file whose write runs out of space halfway, as on a full disk."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def write(self, data: bytes):
+        self.handle.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        self.handle.close()
+
+
+def test_a_full_disk_removes_the_failed_write_and_says_what_it_needs(demo_root, tmp_path, monkeypatch, capsys):
+    def open_on_a_full_disk(path, mode="r", *args, **kwargs):
+        handle = open(path, mode, *args, **kwargs)
+        return FullDisk(handle) if Path(path).name.startswith("ckpt_best_") else handle
+
+    monkeypatch.setattr(checkpoints, "open", open_on_a_full_disk, raising=False)
+    arguments = get_args_parser().parse_args(["--root_dir", str(demo_root), "--epochs", "2", *FAST])
+    with pytest.raises(SystemExit) as stopped:
+        in_folder(tmp_path, cli.run, main, arguments)  # epoch 0 writes ckpt_0000.pt, then its best fails
+    message = str(stopped.value.code)
+    assert message.startswith("error: cannot write .ckpts/ckpt_best_0000.pt (No space left on device): it needs")
+    assert "the newest intact checkpoint is ckpt_0000.pt" in message and "run the same command to resume" in message
+    assert sorted(path.name for path in (tmp_path / ".ckpts").iterdir()) == ["ckpt_0000.pt", "config.json"]
+    monkeypatch.undo()
+    assert "continuing at epoch 1" in train_in_process(tmp_path, *arguments_of(arguments), capsys=capsys)
+
+
+def arguments_of(namespace) -> list[str]:
+    return ["--root_dir", str(namespace.root_dir), "--epochs", str(namespace.epochs), *FAST]
+
+
+def test_a_filling_disk_is_warned_about_before_it_is_full(tmp_path, monkeypatch, capsys):
+    saver = checkpoints.CheckpointSaver(tmp_path)
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda folder: SimpleNamespace(free=2 * 2**20))
+    saver.save_epoch(0, 1.0, {"weights": torch.zeros(2**18)})  # about 1 MiB
+    assert "room for 1 more checkpoint(s) of 1.0 MiB" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_every_process_without_a_hang(demo_root, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(ROOT / "myTrain.py"), "--root_dir", str(demo_root), "--epochs", "50", *FAST]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    wait_for_line(process, "Epoch 0 (1/50)")
+    process.send_signal(signal.SIGTERM)  # torchrun passes it on to both processes
+    _, stderr = process.communicate(timeout=120)  # a process left waiting in a collective would hang here
+    assert process.returncode != 0
+    assert stderr.count("The last finished epoch (") == 1, stderr  # written once, by the first process
+    assert last_finished_epoch(stderr, tmp_path) >= 0
