@@ -51,6 +51,8 @@ def writing(path: Path):
     try:
         yield
     except OSError as error:
+        if isinstance(error, UserError):  # an image that cannot be read, say: it names itself
+            raise
         folder = next((parent for parent in (Path(path), *Path(path).parents) if parent.is_dir()), Path("."))
         raise UserError(f"cannot write {path} ({error.strerror or error}); "
                         f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB are free in {folder}") from error

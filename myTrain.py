@@ -359,6 +359,19 @@ def checkpoint_state(model, optimizer, scheduler, options, train_loss: float, tr
             "args": args_as_dict(args), "rng_states": gather_from_processes(rng_states())}
 
 
+@contextmanager
+def tensorboard_writer(log_dir: Path, purge_step: int):
+    """A SummaryWriter, closed however the run ends; on a full disk its last write fails with
+    a message naming the folder rather than a traceback."""
+    with writing(log_dir):
+        writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+    try:
+        yield writer
+    finally:
+        with writing(log_dir):
+            writer.close()
+
+
 class LoaderDiedError(UserError):
     """A DataLoader process died (the kernel's out-of-memory killer, most often)."""
 
@@ -441,10 +454,11 @@ def train(args: argparse.Namespace) -> None:
 
     # purge_step drops logged points at or after start_epoch, so epochs trained again after
     # resuming from an earlier best replace their old points instead of doubling them
-    with (SummaryWriter(log_dir=str(args.log_dir), purge_step=start_epoch) if rank == 0 else nullcontext() as writer,
+    with (tensorboard_writer(args.log_dir, start_epoch) if rank == 0 else nullcontext() as writer,
           last_epoch_kept(saver, rank, args)):
         if writer:
-            writer.add_text("config", f"```\n{json.dumps(config, indent=2)}\n```", start_epoch)
+            with writing(args.log_dir):
+                writer.add_text("config", f"```\n{json.dumps(config, indent=2)}\n```", start_epoch)
         for epoch in range(start_epoch, args.epochs):
             start_time = time.time()
             if isinstance(train_loader.sampler, DistributedSampler):

@@ -514,3 +514,17 @@ def test_sigterm_to_torchrun_stops_every_process_without_a_hang(demo_root, tmp_p
     assert process.returncode != 0
     assert stderr.count("The last finished epoch (") == 1, stderr  # written once, by the first process
     assert last_finished_epoch(stderr, tmp_path) >= 0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # tensorboard's writer thread
+def test_a_full_disk_under_the_tensorboard_folder_is_named(demo_root, tmp_path, monkeypatch):
+    from tensorboard.summary.writer import record_writer
+
+    def write_on_a_full_disk(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", write_on_a_full_disk)
+    arguments = get_args_parser().parse_args(["--root_dir", str(demo_root), "--epochs", "2", *FAST])
+    with pytest.raises(SystemExit) as stopped:
+        in_folder(tmp_path, cli.run, main, arguments)
+    assert str(stopped.value.code).startswith("error: cannot write runs/soaf (No space left on device);")
