@@ -43,14 +43,25 @@ class FocusEstimate:
     spread_um: float  # robust spread of the tiles' signed predictions (MAD_TO_SD x median absolute deviation)
     tiles_used: int
     tiles_total: int
+    reason: str = ""  # why the status is not "ok", in words
+
+
+# why focus_loop stopped: FocusResult.stop_reason
+STOP_REASONS = {
+    "within_tolerance": "the estimate was within the tolerance",
+    "unresolved": "the last move changed nothing the network can see: closer than it resolves",
+    "no_sample": "too few tiles with content: no move",
+    "images_used_up": "max_images frames were taken",
+}
 
 
 @dataclass
 class FocusResult:
-    converged: bool  # the last estimate was within the tolerance
+    converged: bool  # the loop stopped in focus as far as the network can tell (within tolerance or unresolved)
     images: int  # frames acquired
     moves_um: list[float] = field(default_factory=list)
     estimates: list[FocusEstimate] = field(default_factory=list)
+    stop_reason: str = "images_used_up"  # a key of STOP_REASONS
 
 
 class FocusPredictor:
@@ -115,7 +126,9 @@ class FocusPredictor:
     def predict(self, frame: np.ndarray) -> FocusEstimate:
         tiles, total = self.tiles(frame)
         if len(tiles) < self.min_tiles:
-            return FocusEstimate(math.nan, "no_sample", math.nan, None, math.nan, len(tiles), total)
+            reason = (f"{len(tiles)} of {total} tiles have content (contrast of at least {self.min_contrast:g} grey "
+                      f"levels, at most {self.max_saturated:.0%} clipped), fewer than min_tiles {self.min_tiles}")
+            return FocusEstimate(math.nan, "no_sample", math.nan, None, math.nan, len(tiles), total, reason)
         return self.combine(self.run_tiles(tiles), total)
 
     def combine(self, outputs: dict, total: int) -> FocusEstimate:
@@ -133,8 +146,10 @@ class FocusPredictor:
             defocus = math.copysign(distance, float(np.median(signed)))
         spread = float(MAD_TO_SD * np.median(np.abs(signed - np.median(signed))))
         beyond = self.max_distance_um is not None and distance > self.max_distance_um
+        reason = (f"distance {distance:.2f} um is beyond the largest trained on, {self.max_distance_um:.2f} um"
+                  if beyond else "")
         return FocusEstimate(defocus, "out_of_range" if beyond else "ok", distance, p_positive, spread,
-                             len(signed), total)
+                             len(signed), total, reason)
 
 
 def check_frame(frame) -> np.ndarray:
@@ -186,6 +201,7 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
         result.images += 1
         result.estimates.append(estimate)
         if estimate.status == "no_sample":
+            result.stop_reason = "no_sample"
             break
         effect = move_effect(estimate.distance_um, previous_distance, last_move)
         if effect == "unchanged" and estimate.distance_um > high:
@@ -196,7 +212,7 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
             if estimate.distance_um > previous_distance:
                 move_by(-last_move)  # the network cannot tell the two places apart but rated the last one closer
                 result.moves_um.append(-last_move)
-            result.converged = True
+            result.converged, result.stop_reason = True, "unresolved"
             break
         if estimate.status == "ok" and abs(estimate.defocus_um) <= tolerance_um:
             side_known = estimate.p_positive is None or abs(estimate.p_positive - 0.5) >= confident_p - 0.5
@@ -204,7 +220,7 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
                 move = bounded(-estimate.defocus_um, max_step_um)
                 move_by(move)
                 result.moves_um.append(move)
-            result.converged = True
+            result.converged, result.stop_reason = True, "within_tolerance"
             break
         side, distance = math.copysign(1.0, estimate.defocus_um), estimate.distance_um
         if effect == "further":

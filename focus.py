@@ -6,6 +6,7 @@ trials on the virtual microscope of optics.py; the autofocus itself is in autofo
 """
 import argparse
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -56,6 +57,7 @@ def simulate(args, predictor: FocusPredictor) -> None:
         for count in range(args.max_images):  # where the stage stood after `count + 1` images
             within[count] += abs(final[min(count + 1, len(final) - 1)]) <= dof_um
         print(f"trial {trial}: start {start:+.2f} um, moves {[round(m, 2) for m in result.moves_um]}, "
+              f"stopped: {result.stop_reason} after {result.images} image(s), "
               f"end {scope.defocus_um:+.2f} um", flush=True)
     print(f"\n{args.trials} trials, start within +-{args.start_dof} DOF ({dof_um:.2f} um), tolerance "
           f"{args.tolerance_dof} DOF, mean images used {np.mean(images_used):.2f}")
@@ -124,15 +126,29 @@ def main(args: argparse.Namespace) -> None:
         return simulate(args, predictor)
     if not args.images:
         raise FocusError("give one or more image files, or --simulate")
-    for path in args.images:
-        estimate = predictor.predict(read_frame(path))
-        if args.json:
-            print(json.dumps({"image": str(path), **asdict(estimate)}))
-        else:
-            side = "" if estimate.p_positive is None else f", p_positive {estimate.p_positive:.2f}"
-            print(f"{path}: {estimate.status}, defocus {estimate.defocus_um:+.2f} um (move the stage by "
-                  f"{-estimate.defocus_um:+.2f} um), spread {estimate.spread_um:.2f} um{side}, "
-                  f"{estimate.tiles_used}/{estimate.tiles_total} tiles")
+    estimates = [(path, predictor.predict(read_frame(path))) for path in args.images]
+    for path, estimate in estimates:
+        print(json.dumps(as_json({"image": str(path), **asdict(estimate)})) if args.json else described(path, estimate))
+    without = [str(path) for path, estimate in estimates if estimate.status == "no_sample"]
+    if without:
+        raise FocusError(f"no estimate for {', '.join(without)}: too few tiles with content")
+
+
+def described(path: Path, estimate) -> str:
+    """One line a person reads: the estimate and the move, or why there is none."""
+    if estimate.status == "no_sample":
+        return f"{path}: no_sample, no estimate: {estimate.reason}"
+    side = "" if estimate.p_positive is None else f", p_positive {estimate.p_positive:.2f}"
+    why = f" ({estimate.reason})" if estimate.reason else ""
+    return (f"{path}: {estimate.status}{why}, defocus {estimate.defocus_um:+.2f} um (move the stage by "
+            f"{-estimate.defocus_um:+.2f} um), spread {estimate.spread_um:.2f} um{side}, "
+            f"{estimate.tiles_used}/{estimate.tiles_total} tiles")
+
+
+def as_json(values: dict) -> dict:
+    """Valid JSON: what is not a number (no estimate) is null, not NaN."""
+    return {name: None if isinstance(value, float) and not math.isfinite(value) else value
+            for name, value in values.items()}
 
 
 if __name__ == "__main__":

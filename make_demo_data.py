@@ -1,4 +1,4 @@
-"""Write a small synthetic autofocus dataset in the layout myDataset.py reads.
+"""Write a synthetic autofocus dataset in the layout myDataset.py reads, or focus stacks with known focus.
 
     python make_demo_data.py demo_data                                   # 10x/0.3 and 20x/0.7, seconds
     python make_demo_data.py demo_data --train 400 --seed 1              # more training images

@@ -102,6 +102,7 @@ def scripted_loop(start, sides, p_positive=None, **options):
 def test_loop_moves_by_minus_the_defocus_and_stops_within_tolerance():
     result, end = scripted_loop(10.0, [True] * 5, tolerance_um=1.0)
     assert result.moves_um == [-10.0] and result.converged and result.images == 2 and end == 0.0
+    assert result.stop_reason == "within_tolerance"
 
 
 def test_an_estimate_within_tolerance_still_gets_its_move_bounded_by_the_largest_step():
@@ -182,7 +183,7 @@ def test_the_loop_stops_where_the_network_cannot_resolve_the_distance():
     result = focus_loop(lambda: stage, move_by, predictor, tolerance_um=1.0)
     # 30 -> 0 (right), then 6 um on some side: a 6 um move leaves 6 um: no visible change, stop
     assert result.moves_um[0] == -30.0 and result.converged and len(result.moves_um) == 2
-    assert abs(stage["z"]) == 6.0 and result.images == 3
+    assert abs(stage["z"]) == 6.0 and result.images == 3 and result.stop_reason == "unresolved"
 
 
 def test_where_the_network_cannot_tell_two_places_apart_the_loop_keeps_the_one_it_rated_closer():
@@ -207,7 +208,13 @@ def test_where_the_network_cannot_tell_two_places_apart_the_loop_keeps_the_one_i
 def test_every_move_is_bounded_and_out_of_range_moves_toward_the_side():
     result, end = scripted_loop(-120.0, [True] * 5, tolerance_um=1.0, max_images=3, max_step_um=30.0)
     assert result.moves_um == [30.0, 30.0, 30.0] and result.estimates[0].status == "out_of_range"
-    assert not result.converged and end == -30.0
+    assert not result.converged and end == -30.0 and result.stop_reason == "images_used_up"
+
+
+def test_an_estimate_beyond_the_trained_range_says_so(soaf_onnx, tissue_frame):
+    estimate = FocusPredictor(soaf_onnx, max_distance_um=1e-3).predict(tissue_frame)
+    assert estimate.status == "out_of_range"
+    assert estimate.reason == f"distance {estimate.distance_um:.2f} um is beyond the largest trained on, 0.00 um"
 
 
 def test_no_sample_moves_nothing(soaf_onnx):
@@ -215,6 +222,8 @@ def test_no_sample_moves_nothing(soaf_onnx):
     moves = []
     result = focus_loop(lambda: blank, moves.append, FocusPredictor(soaf_onnx), tolerance_um=1.0)
     assert result.estimates[0].status == "no_sample" and moves == [] and result.images == 1
+    assert result.stop_reason == "no_sample" and not result.converged
+    assert "tiles have content" in result.estimates[0].reason and "fewer than min_tiles 3" in result.estimates[0].reason
 
 
 def test_a_bad_frame_raises_before_any_move(soaf_onnx):

@@ -1,17 +1,19 @@
-"""focus.py: the command line prints one estimate per image and refuses bad input by name."""
+"""focus.py: the command line prints one estimate per image as text or valid JSON, says why there is
+no estimate and exits non-zero then, and refuses bad input by name."""
 import json
 
 import numpy as np
-
 import pytest
+from PIL import Image
 
+from autofocus import FocusEstimate
 from conftest import run_script
+from focus import as_json, described
+from optics import VirtualMicroscope
 
 
 @pytest.mark.slow
 def test_command_line_prints_one_estimate_per_image(soaf_onnx, tissue_frame, tmp_path):
-    from PIL import Image
-
     Image.fromarray((tissue_frame[..., 1].astype(np.uint16) * 257)).save(tmp_path / "frame.tif")
     result = run_script("focus.py", "--model", soaf_onnx, tmp_path / "frame.tif", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -19,3 +21,21 @@ def test_command_line_prints_one_estimate_per_image(soaf_onnx, tissue_frame, tmp
     assert estimate["status"] == "ok" and estimate["tiles_used"] == 16
     missing = run_script("focus.py", "--model", tmp_path / "none.onnx", tmp_path / "frame.tif", cwd=tmp_path)
     assert missing.returncode != 0 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.slow
+def test_a_frame_without_an_estimate_says_why_in_valid_json_and_exits_non_zero(soaf_onnx, tmp_path):
+    Image.fromarray(VirtualMicroscope(10, 0.3, size=448, empty=True).acquire()).save(tmp_path / "blank.png")
+    result = run_script("focus.py", "--model", soaf_onnx, tmp_path / "blank.png", "--json", cwd=tmp_path)
+    assert result.returncode == 1 and "no estimate for" in result.stderr and "Traceback" not in result.stderr
+    estimate = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert estimate["status"] == "no_sample" and estimate["defocus_um"] is None
+    assert "fewer than min_tiles 3" in estimate["reason"]
+
+
+def test_the_text_line_names_the_reason_and_never_a_move_of_nan():
+    none = FocusEstimate(float("nan"), "no_sample", float("nan"), None, float("nan"), 1, 16, "1 of 16 tiles ...")
+    assert described("blank.png", none) == "blank.png: no_sample, no estimate: 1 of 16 tiles ..."
+    far = FocusEstimate(60.0, "out_of_range", 60.0, None, 2.0, 16, 16, "distance 60.00 um is beyond ...")
+    assert "out_of_range (distance 60.00 um is beyond ...), defocus +60.00 um" in described("far.png", far)
+    assert as_json({"defocus_um": float("nan"), "tiles_used": 1}) == {"defocus_um": None, "tiles_used": 1}
