@@ -15,14 +15,13 @@ import math
 import os
 import random
 import re
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cli import UserError
+from cli import UserError, free_mib
 
 BEST_CHECKPOINT = re.compile(r"ckpt_best_(\d+)\.pt")
 ANY_CHECKPOINT = re.compile(r"ckpt_(?:best_)?(\d+)\.pt")
@@ -82,7 +81,8 @@ class CheckpointSaver:
                 if old_best != best_path:
                     old_best.unlink()  # only after the new best is safely in place
             saved.append(best_path)
-        warn_if_space_is_short(self.ckpt_dir, len(self.last_checkpoint))
+        if saved:
+            warn_if_space_is_short(self.ckpt_dir, len(self.last_checkpoint))
         return [path.name for path in saved]
 
     def save_last_epoch(self) -> Path | None:
@@ -142,17 +142,12 @@ def write_failure_message(path: Path, size: int, error: OSError) -> str:
                "Fix the folder and run the same command to resume."))
 
 
-def free_mib(folder: Path) -> float:
-    return shutil.disk_usage(folder).free / 2**20
-
-
 def warn_if_space_is_short(folder: Path, checkpoint_bytes: int) -> None:
     """A warning when the folder has room for fewer than KEEP_FREE_CHECKPOINTS more checkpoints."""
-    free = shutil.disk_usage(folder).free
-    if free < KEEP_FREE_CHECKPOINTS * checkpoint_bytes:
-        print(f"warning: {free / 2**20:.1f} MiB free in {folder}, room for {free // max(checkpoint_bytes, 1)} more "
-              f"checkpoint(s) of {checkpoint_bytes / 2**20:.1f} MiB; free some space before the run fills it",
-              file=sys.stderr)
+    free, size = free_mib(folder), checkpoint_bytes / 2**20
+    if free < KEEP_FREE_CHECKPOINTS * size:
+        print(f"warning: {free:.1f} MiB free in {folder}, room for {int(free // size)} more checkpoint(s) of "
+              f"{size:.1f} MiB; free some space before the run fills it", file=sys.stderr)
 
 
 def fsync_folder(folder: Path) -> None:

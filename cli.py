@@ -44,6 +44,11 @@ def usable_cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def free_mib(folder: Path) -> float:
+    """The space left on the file system of `folder`, in MiB."""
+    return shutil.disk_usage(folder).free / 2**20
+
+
 @contextmanager
 def writing(path: Path):
     """Around the writing of `path`: an OSError (a full disk, a folder that cannot be written)
@@ -55,7 +60,7 @@ def writing(path: Path):
             raise
         folder = next((parent for parent in (Path(path), *Path(path).parents) if parent.is_dir()), Path("."))
         raise UserError(f"cannot write {path} ({error.strerror or error}); "
-                        f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB are free in {folder}") from error
+                        f"{free_mib(folder):.1f} MiB are free in {folder}") from error
 
 
 def message_of(error: Exception) -> str:

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from cli import run, usable_cpu_count
+from cli import free_mib, run, usable_cpu_count
 from imaging import (IMAGE_SIZE, MAD_TO_SD, MAX_SATURATED, MIN_CONTRAST, as_uint8, has_content, rgb_uint8,
                      sobel_gradients, sobel_sharpness, tile_origins)
 from schema import (CAMERA_PIXEL_UM, CSV_COLUMNS, REFRACTIVE_INDEX, SPLITS, TRACE_COLUMNS, WAVELENGTH_UM,
@@ -512,10 +512,10 @@ def main(args) -> None:
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, OSError):  # a full disk, most often
-            free_mib = shutil.disk_usage(staging.parent).free / 2**20
-            raise StackError(f"cannot write the dataset ({error.strerror or error}; {free_mib:.1f} MiB free in "
-                             f"{staging.parent}): the partial output was removed and {args.out} is as it was; "
-                             "free some space and run the same command again") from error
+            raise StackError(f"cannot write the dataset ({error.strerror or error}; "
+                             f"{free_mib(staging.parent):.1f} MiB free in {staging.parent}): the partial output was "
+                             f"removed and {args.out} is as it was; free some space and run the same command again"
+                             ) from error
         raise
     print_summary(summary)
     print(f"dataset written to {args.out}; focus curves and surfaces in {args.out / 'reports'}")

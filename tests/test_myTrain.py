@@ -498,7 +498,7 @@ def arguments_of(namespace) -> list[str]:
 
 def test_a_filling_disk_is_warned_about_before_it_is_full(tmp_path, monkeypatch, capsys):
     saver = checkpoints.CheckpointSaver(tmp_path)
-    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda folder: SimpleNamespace(free=2 * 2**20))
+    monkeypatch.setattr("shutil.disk_usage", lambda folder: SimpleNamespace(free=2 * 2**20))
     saver.save_epoch(0, 1.0, {"weights": torch.zeros(2**18)})  # about 1 MiB
     assert "room for 1 more checkpoint(s) of 1.0 MiB" in capsys.readouterr().err
 
