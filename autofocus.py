@@ -9,14 +9,18 @@ computer needs. focus.py is its command line.
     estimate.defocus_um, estimate.status       # move the stage by -defocus_um; "ok", "no_sample", "out_of_range"
     result = focus_loop(acquire, move_by, predictor, tolerance_um=1.0)
 
-A frame is cut into a grid of 224x224 tiles, brought to the network's input as the
-dataset classes do (16-bit scaled by 1/257, grey to RGB), tiles without content (blank,
+A frame is resampled to the specimen pixel size the network was trained at (when the frame's
+pixel size is given and the model's file records its own), cut into a grid of 224x224 tiles,
+brought to the network's input as the dataset classes do (integers scaled by the camera's
+bit depth, 16 bits unless told, grey to RGB), tiles without content (blank,
 background, saturated) are left out and the rest run as one ONNX batch. Their predictions
 are combined robustly: the median distance (for the signed head, the median |prediction|)
 and the side from the mean log-odds (split head) or the median prediction (signed head);
 the spread between tiles is reported with the estimate.
 """
+import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +28,11 @@ import numpy as np
 
 from cli import UserError
 from exported_model import open_session
-from imaging import IMAGE_SIZE, MAD_TO_SD, MAX_SATURATED, MIN_CONTRAST, has_content, rgb_uint8, tile_origins
-from schema import CAMERA_PIXEL_UM, CONFIDENT_P, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um
+from imaging import (IMAGE_SIZE, MAD_TO_SD, MAX_SATURATED, MIN_CONTRAST, as_uint8, has_content, resample, rgb_uint8,
+                     tile_origins)
+from schema import CAMERA_PIXEL_UM, CONFIDENT_P, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um, objective_name
+
+MAX_COARSER = 2.0  # frames up to this many times coarser than the trained pixel are interpolated; beyond, refused
 
 
 class FocusError(UserError, ValueError):
@@ -50,8 +57,9 @@ class FocusEstimate:
 STOP_REASONS = {
     "within_tolerance": "the estimate was within the tolerance",
     "unresolved": "the last move changed nothing the network can see: closer than it resolves",
-    "no_sample": "too few tiles with content: no move",
-    "images_used_up": "max_images frames were taken",
+    "no_sample": "too few tiles with content: no further move",
+    "at_limit": "focus lies beyond z_range_um: the stage stopped at the limit, then went to the place rated closest",
+    "images_used_up": "max_images frames were taken: the stage went to the place rated closest",
 }
 
 
@@ -62,6 +70,12 @@ class FocusResult:
     moves_um: list[float] = field(default_factory=list)
     estimates: list[FocusEstimate] = field(default_factory=list)
     stop_reason: str = "images_used_up"  # a key of STOP_REASONS
+    at_limit: bool = False  # a move was cut short at an end of z_range_um
+
+    @property
+    def moved_um(self) -> float:
+        """Where the loop left the stage, relative to where it started."""
+        return float(sum(self.moves_um))
 
 
 class FocusPredictor:
@@ -74,6 +88,11 @@ class FocusPredictor:
     - A tile counts if `has_content`; fewer than `min_tiles` usable tiles: status "no_sample".
     - A distance beyond the largest |label| the model was trained on (from the file's
       metadata, or `max_distance_um`): status "out_of_range".
+    - `pixel_size_um`: the frames' pixel size in the specimen (camera pixel x binning /
+      magnification; Micro-Manager's pixel size). Frames are resampled to the one the model
+      was trained at (its file's metadata); up to MAX_COARSER times coarser, else FocusError.
+      None: frames are used as they come. `set_pixel_size` changes it (another objective).
+    - `bit_depth`: the camera's bits per pixel, for 10-14 bit cameras in 16-bit frames.
     """
 
     def __init__(self, model_path, magnification: float | None = None, na: float | None = None,
@@ -81,7 +100,8 @@ class FocusPredictor:
                  refractive_index: float = REFRACTIVE_INDEX, camera_pixel_um: float = CAMERA_PIXEL_UM,
                  tiles_per_side: int = 4, stride: int | None = None, min_tiles: int = 3,
                  min_contrast: float = MIN_CONTRAST, max_saturated: float = MAX_SATURATED,
-                 max_distance_um: float | None = None, threads: int = 0):
+                 max_distance_um: float | None = None, threads: int = 0, pixel_size_um: float | None = None,
+                 bit_depth: int | None = None):
         self.session = open_session(Path(model_path), threads=threads)
         inputs = {node.name: node for node in self.session.get_inputs()}
         self.outputs = [node.name for node in self.session.get_outputs()]
@@ -100,13 +120,43 @@ class FocusPredictor:
         self.max_distance_um = max_distance_um if max_distance_um is not None else trained_max
         self.tiles_per_side, self.stride, self.min_tiles = tiles_per_side, stride, min_tiles
         self.min_contrast, self.max_saturated = min_contrast, max_saturated
+        if bit_depth is not None and not 1 <= bit_depth <= 16:
+            raise FocusError(f"bit_depth must be 1 to 16, got {bit_depth}")
+        self.bit_depth = bit_depth
+        self.trained_pixel_um = trained_pixel_size(metadata, magnification, na)
+        self.scale = None  # frame size -> the trained sampling's; None: frames are used as they come
+        self.set_pixel_size(pixel_size_um)
+
+    def set_pixel_size(self, pixel_size_um: float | None) -> None:
+        """The pixel size (um in the specimen) of the frames to come; None: use them as they are."""
+        self.scale, self.pixel_size_um = None, pixel_size_um
+        if pixel_size_um is None:
+            return
+        if not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
+            raise FocusError(f"the pixel size must be a positive number of um, got {pixel_size_um}")
+        if self.trained_pixel_um is None:
+            warnings.warn("the model's file does not record the pixel size it was trained at (exported before "
+                          "it did): frames are used at their own sampling", stacklevel=2)
+            return
+        scale = pixel_size_um / self.trained_pixel_um
+        if scale > MAX_COARSER:
+            raise FocusError(
+                f"frames of {pixel_size_um:.4g} um pixels are {scale:.1f}x coarser than the {self.trained_pixel_um:.4g} "
+                f"um the network was trained at: blur finer than a pixel is gone and cannot be interpolated back "
+                f"(at most {MAX_COARSER:g}x); use a higher magnification or less binning")
+        self.scale = None if abs(scale - 1) < 0.01 else scale
 
     def tiles(self, frame: np.ndarray) -> tuple[np.ndarray, int]:
         """(usable tiles as an (N, 224, 224, 3) uint8 array, number of tiles cut)."""
         frame = check_frame(frame)
         float_max = float(frame.max()) if frame.dtype.kind == "f" else None  # one scale for the whole frame
+        if self.scale is not None:
+            frame = resample(as_uint8(frame, float_max, self.bit_depth), self.scale)
+            if min(frame.shape[:2]) < IMAGE_SIZE:
+                raise FocusError(f"the frame resampled to the trained pixel size is {frame.shape[1]} x "
+                                 f"{frame.shape[0]} pixels, smaller than one {IMAGE_SIZE}-pixel tile")
         origins = tile_origins(frame.shape[0], frame.shape[1], self.tiles_per_side, self.stride)
-        tiles = [rgb_uint8(frame[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE], float_max) for y, x in origins]
+        tiles = [rgb_uint8(frame[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE], float_max, self.bit_depth) for y, x in origins]
         usable = [tile for tile in tiles if has_content(tile, self.min_contrast, self.max_saturated)]
         return np.stack(usable) if usable else np.empty((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), len(origins)
 
@@ -152,6 +202,19 @@ class FocusPredictor:
                              len(signed), total, reason)
 
 
+def trained_pixel_size(metadata: dict, magnification: float | None, na: float | None) -> float | None:
+    """The specimen pixel size (um) a model was trained at, from its file's metadata: the
+    objective's entry, else (a MOAF model, another objective) the camera pixel over the
+    magnification; None where the file does not say."""
+    sizes = json.loads(metadata.get("pixel_size_um", "{}"))
+    if magnification is not None and na is not None:
+        if objective_name(magnification, na) in sizes:
+            return sizes[objective_name(magnification, na)]
+        if "camera_pixel_um" in metadata:
+            return float(metadata["camera_pixel_um"]) / magnification
+    return next(iter(sizes.values())) if len(sizes) == 1 else None
+
+
 def check_frame(frame) -> np.ndarray:
     """The frame as a numpy array, or FocusError naming what is wrong with it."""
     frame = np.asarray(frame)
@@ -170,7 +233,8 @@ def check_frame(frame) -> np.ndarray:
 
 
 def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float, max_images: int = 5,
-               max_step_um: float | None = None, confident_p: float = CONFIDENT_P) -> FocusResult:
+               max_step_um: float | None = None, confident_p: float = CONFIDENT_P,
+               z_range_um: tuple[float, float] | None = None, z_um=None) -> FocusResult:
     """Acquire, predict, move the stage by -defocus; repeat until an estimate is within
     `tolerance_um` or `max_images` frames were taken. The last, small move is made too when
     the side is known (a signed head, or a split head's p beyond `confident_p`): it costs no
@@ -178,7 +242,7 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
     as often double the distance. `acquire()` returns a frame, `move_by(delta_um)` moves the
     stage relative to where it is.
 
-    - "no_sample": no move, the loop stops (it never invents a target).
+    - "no_sample": no further move, the loop stops (it never invents a target).
     - "out_of_range": a move of at most `max_step_um` toward the predicted side.
     - Each move is checked against what blur shows next, as a person would: the distance
       should shrink by about the move. If it grew by about the move, the move went the
@@ -191,9 +255,17 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
       where the network saturates: the move went the wrong way. A drop by less than half
       the move from the upper half of the range still counts as closer: the distance seen
       there may have been saturated, short of the true one.
-    - Every move is at most `max_step_um`. An error (a bad frame) propagates before any move.
+    - Every move is at most `max_step_um`. An error (a bad frame, a camera or stage error)
+      propagates before any further move.
+    - `z_range_um` (low, high), in the units of `z_um()`, which reads the stage: no move
+      leaves it; one that would stops at the limit (`at_limit`), and if focus still lies
+      beyond, the loop stops there ("at_limit"). A start outside the range: FocusError, no move.
+    - A loop that does not converge (images used up, at a limit) ends at the place the
+      network rated closest among those it imaged, never at an untested last guess.
     """
+    stage = LimitedStage(move_by, max_step_um, z_range_um, z_um)
     result = FocusResult(converged=False, images=0)
+    seen = []  # (distance, where the stage was relative to the start) of every usable image
     previous_distance, last_move = None, 0.0
     high = predictor.max_distance_um / 2 if predictor.max_distance_um else math.inf  # upper half of the trained range
     for _ in range(max_images):
@@ -203,6 +275,7 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
         if estimate.status == "no_sample":
             result.stop_reason = "no_sample"
             break
+        seen.append((estimate.distance_um, stage.moved_um))
         effect = move_effect(estimate.distance_um, previous_distance, last_move)
         if effect == "unchanged" and estimate.distance_um > high:
             effect = "further"  # no change high in the trained range: beyond it, where the network saturates
@@ -210,18 +283,17 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
             effect = "closer"  # in from where the network may have saturated
         if effect == "unchanged":
             if estimate.distance_um > previous_distance:
-                move_by(-last_move)  # the network cannot tell the two places apart but rated the last one closer
-                result.moves_um.append(-last_move)
+                stage.move(-last_move)  # the network cannot tell the two places apart but rated the last one closer
             result.converged, result.stop_reason = True, "unresolved"
             break
         if estimate.status == "ok" and abs(estimate.defocus_um) <= tolerance_um:
             side_known = estimate.p_positive is None or abs(estimate.p_positive - 0.5) >= confident_p - 0.5
             if estimate.defocus_um and side_known:
-                move = bounded(-estimate.defocus_um, max_step_um)
-                move_by(move)
-                result.moves_um.append(move)
+                stage.move(-estimate.defocus_um)
             result.converged, result.stop_reason = True, "within_tolerance"
             break
+        if result.images == max_images:
+            break  # no image left to test a further move with
         side, distance = math.copysign(1.0, estimate.defocus_um), estimate.distance_um
         if effect == "further":
             # the last move went the wrong way: go back, and on by the larger of the distance seen
@@ -230,11 +302,53 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
             # predicts near zero)
             side = math.copysign(1.0, last_move)
             distance = max(distance, abs(last_move) + previous_distance)
-        move = bounded(-side * distance, max_step_um)
-        move_by(move)
-        result.moves_um.append(move)
+        move = stage.move(-side * distance)
+        if not move and stage.at_limit:
+            result.stop_reason = "at_limit"  # already at the limit, and focus lies beyond it
+            break
         previous_distance, last_move = estimate.distance_um, move
+    if not result.converged and seen:
+        closest = min(reversed(seen), key=lambda distance_and_place: distance_and_place[0])  # ties: the latest
+        stage.move(closest[1] - stage.moved_um)  # back to the place rated closest
+    result.moves_um, result.at_limit = stage.moves_um, stage.at_limit
     return result
+
+
+class LimitedStage:
+    """The loop's relative moves, each cut to `max_step_um` and to `z_range_um` (read with `z_um`)."""
+
+    def __init__(self, move_by, max_step_um: float | None, z_range_um: tuple[float, float] | None, z_um):
+        self.move_by, self.max_step_um, self.z_range_um, self.z_um = move_by, max_step_um, z_range_um, z_um
+        self.moves_um: list[float] = []
+        self.at_limit = False
+        if z_range_um is not None:
+            if z_um is None:
+                raise ValueError("z_range_um needs z_um, a function that reads the stage's position")
+            low, high = z_range_um
+            if not low <= high:
+                raise FocusError(f"z_range_um must be (low, high) with low <= high, got {z_range_um}")
+            if not low <= z_um() <= high:
+                raise FocusError(f"the stage is at z = {z_um():.3f}, outside z_range_um ({low:g}, {high:g}): "
+                                 "nothing moved")
+
+    @property
+    def moved_um(self) -> float:
+        return float(sum(self.moves_um))
+
+    def move(self, delta_um: float) -> float:
+        """Move by `delta_um` as far as the limits allow; the move made (0 when none)."""
+        delta_um = bounded(delta_um, self.max_step_um)
+        if self.z_range_um is not None:
+            low, high = self.z_range_um
+            now = self.z_um()
+            allowed = min(max(now + delta_um, low), high) - now
+            self.at_limit |= abs(allowed - delta_um) > 1e-9
+            delta_um = allowed
+        if abs(delta_um) < 1e-9:
+            return 0.0
+        self.move_by(delta_um)
+        self.moves_um.append(delta_um)
+        return delta_um
 
 
 def bounded(move_um: float, max_step_um: float | None) -> float:

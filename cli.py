@@ -98,9 +98,24 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
                         help="NHWC memory layout: faster convolutions on tensor-core GPUs and with "
                              "oneDNN on CPUs (default: %(default)s)")
+    add_bit_depth_argument(parser)
     parser.add_argument("--allow_outside_root", action="store_true",
                         help="accept image paths that are absolute or leave root_dir with '..' (default: refuse)")
     return parser
+
+
+def add_bit_depth_argument(parser: argparse.ArgumentParser) -> None:
+    """--bit_depth, for 16-bit images a file cannot say are from a 10-14 bit camera."""
+    parser.add_argument("--bit_depth", type=bit_depth, default=None,
+                        help="the camera's bits per pixel, for 10-14 bit cameras that write 16-bit files: their "
+                             "largest value becomes white (default: the file's own, 65535 in a 16-bit file)")
+
+
+def bit_depth(text: str) -> int:
+    value = positive(int)(text)
+    if not 1 <= value <= 16:
+        raise argparse.ArgumentTypeError(f"a bit depth is 1 to 16, got {value}")
+    return value
 
 
 def args_as_dict(args: argparse.Namespace) -> dict:

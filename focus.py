@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from autofocus import FocusError, FocusPredictor, focus_loop
-from cli import run
+from cli import add_bit_depth_argument, positive, run
 from imaging import image_pixels
 from schema import CAMERA_PIXEL_UM, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um
 
@@ -102,6 +102,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stride", type=int, default=None, help="tile every N pixels instead (default: off)")
     parser.add_argument("--min_tiles", type=int, default=3,
                         help="fewer usable tiles than this: no_sample (default: %(default)s)")
+    parser.add_argument("--pixel_size_um", type=positive(float), default=None,
+                        help="the frames' pixel size in the specimen (camera pixel x binning / magnification): "
+                             "they are resampled to the one the model was trained at (default: used as they are)")
+    add_bit_depth_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--simulate", action="store_true", help="closed-loop trials on the virtual microscope")
     parser.add_argument("--trials", type=int, default=50, help="--simulate trials (default: %(default)s)")
@@ -119,7 +123,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     predictor = FocusPredictor(args.model, args.magnification, args.na, args.dof_um, args.wavelength_um,
                                args.refractive_index, args.camera_pixel_um, args.tiles_per_side, args.stride,
-                               args.min_tiles)
+                               args.min_tiles, pixel_size_um=args.pixel_size_um, bit_depth=args.bit_depth)
     if args.simulate:
         if args.magnification is None or args.na is None:
             raise FocusError("--simulate needs the objective: --magnification and --na")

@@ -3,6 +3,8 @@ RGB, tiles of a frame, the Sobel column and the test for tiles worth using. focu
 make_dataset.py and make_demo_data.py need only this and numpy, so a focus loop on a
 microscope's computer does not load torch.
 """
+import functools
+
 import numpy as np
 
 IMAGE_SIZE = 224  # the networks' input is IMAGE_SIZE x IMAGE_SIZE; other sizes are refused, not resized
@@ -12,25 +14,30 @@ MIN_CONTRAST, MAX_SATURATED = 2.0, 0.25
 MAD_TO_SD = 1.4826  # median absolute deviation x this = standard deviation, for normally spread values
 
 
-def rgb_uint8(pixels: np.ndarray, float_max: float | None = None) -> np.ndarray:
+def rgb_uint8(pixels: np.ndarray, float_max: float | None = None, bit_depth: int | None = None) -> np.ndarray:
     """(H, W, 3) uint8 from grey (H, W) or RGB (H, W, 3) pixels of any integer or float type,
     as `as_uint8` scales them."""
-    pixels = as_uint8(pixels, float_max)
+    pixels = as_uint8(pixels, float_max, bit_depth)
     return np.repeat(pixels[..., None], 3, axis=-1) if pixels.ndim == 2 else pixels
 
 
-def as_uint8(pixels: np.ndarray, float_max: float | None = None) -> np.ndarray:
+def as_uint8(pixels: np.ndarray, float_max: float | None = None, bit_depth: int | None = None) -> np.ndarray:
     """Pixels of any integer or float type on the network's 8-bit scale, grey or RGB as they are.
 
-    Microscope cameras write 12-16 bit images: every integer type but uint8 is divided by 257,
-    so 65535 maps to 255 for every image alike and brightness keeps its meaning between
-    images. Floats count as [0, 1] when their maximum (`float_max`, else the array's) is at
-    most 1, else as 8-bit values.
+    Integers are scaled by the camera's full scale: 2**bit_depth - 1 maps to 255, so a 12-bit
+    camera's 4095 is white whether its container has 12 or 16 bits (values above it are
+    clipped). Without `bit_depth`, the container's: every integer type but uint8 is divided by
+    257 (65535 maps to 255), so brightness keeps its meaning between images. Floats count as
+    [0, 1] when their maximum (`float_max`, else the array's) is at most 1, else as 8-bit values.
     """
+    if bit_depth is not None and np.issubdtype(pixels.dtype, np.integer) and bit_depth < 8 * pixels.itemsize:
+        if pixels.dtype == np.uint16:
+            return uint16_to_uint8(bit_depth)[pixels]
+        return np.clip(pixels.astype(np.float64) * (255 / (2**bit_depth - 1)) + 0.5, 0, 255).astype(np.uint8)
     if pixels.dtype == np.uint8:
         return pixels
     if pixels.dtype == np.uint16:
-        return UINT16_TO_UINT8[pixels]  # the same values as below, looked up: a frame at a time is common
+        return uint16_to_uint8(16)[pixels]  # the same values as below, looked up: a frame at a time is common
     if np.issubdtype(pixels.dtype, np.integer):
         scale = 1 / 257.0
     else:
@@ -39,13 +46,37 @@ def as_uint8(pixels: np.ndarray, float_max: float | None = None) -> np.ndarray:
     return np.clip(pixels.astype(np.float64) * scale + 0.5, 0, 255).astype(np.uint8)
 
 
-UINT16_TO_UINT8 = as_uint8(np.arange(2**16, dtype=np.uint32))
+@functools.lru_cache(maxsize=None)
+def uint16_to_uint8(bit_depth: int) -> np.ndarray:
+    """as_uint8 of every uint16 value for a camera of `bit_depth` bits, as a lookup table."""
+    values = np.arange(2**16, dtype=np.float64) * (255 / (2**bit_depth - 1))
+    return np.clip(values + 0.5, 0, 255).astype(np.uint8)
+
+
+def full_range_uint16(pixels: np.ndarray, bit_depth: int) -> np.ndarray:
+    """uint16 pixels of a `bit_depth`-bit camera stretched to the 16-bit range, so that a file
+    written with them needs no bit depth to be read right."""
+    if bit_depth >= 16:
+        return pixels
+    return np.clip(np.rint(pixels * (65535 / (2**bit_depth - 1))), 0, 65535).astype(np.uint16)
 
 
 def image_pixels(image) -> np.ndarray:
     """An open PIL image as a numpy array: grey and RGB as they are (16-bit grey stays 16-bit),
     palette, alpha, CMYK and 1-bit images as RGB."""
     return np.asarray(image.convert("RGB") if image.mode in ("P", "RGBA", "CMYK", "LA", "1") else image)
+
+
+def resample(pixels: np.ndarray, scale: float) -> np.ndarray:
+    """uint8 grey or RGB pixels resampled to `scale` times their size (scale = the frame's pixel
+    size / the wanted one): area averaging when shrinking, as a coarser camera pixel
+    integrates the light; bilinear interpolation when enlarging."""
+    from PIL import Image
+
+    height, width = pixels.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(pixels).resize(size, method))
 
 
 def tile_origins(height: int, width: int, tiles_per_side: int = 4, stride: int | None = None) -> list[tuple[int, int]]:

@@ -38,52 +38,15 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from cli import free_mib, run, usable_cpu_count
-from imaging import (IMAGE_SIZE, MAD_TO_SD, MAX_SATURATED, MIN_CONTRAST, as_uint8, has_content, rgb_uint8,
-                     sobel_gradients, sobel_sharpness, tile_origins)
+from cli import add_bit_depth_argument, free_mib, run, usable_cpu_count
+from focus_measures import FOCUS_MEASURES, curve_peak, focus_channel
+from imaging import (IMAGE_SIZE, MAD_TO_SD, MAX_SATURATED, MIN_CONTRAST, as_uint8, full_range_uint16, has_content,
+                     rgb_uint8, sobel_sharpness, tile_origins)
 from schema import (CAMERA_PIXEL_UM, CSV_COLUMNS, REFRACTIVE_INDEX, SPLITS, TRACE_COLUMNS, WAVELENGTH_UM,
                     depth_of_field_um)
 from stacks import OPEN_TIFFS, Stack, StackError, check_stacks, find_stacks, read_slice
 
 # ---------------------------------------------------------------- focus per region
-
-def focus_channel(pixels: np.ndarray) -> np.ndarray:
-    """The plane whose focus defines the labels, as float32: a grey frame, or an RGB frame's green
-    channel. Red and blue focus on either side of green in objectives not fully corrected for
-    colour, and green light (0.55 um) is the DOF formula's; a grey camera's focus is that of
-    its whole band."""
-    return (pixels[..., 1] if pixels.ndim == 3 else pixels).astype(np.float32)
-
-
-def tile_sums(image: np.ndarray, origins: list[tuple[int, int]]) -> np.ndarray:
-    """The sum of `image` over every tile."""
-    return np.array([image[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE].sum(dtype=np.float64) for y, x in origins])
-
-
-def normalized_variance(grey: np.ndarray, origins) -> np.ndarray:
-    """Variance / mean of each tile: robust to noise and to the lamp's brightness."""
-    n = IMAGE_SIZE * IMAGE_SIZE
-    mean = tile_sums(grey, origins) / n
-    variance = tile_sums(grey.astype(np.float64) ** 2, origins) / n - mean**2
-    return np.clip(variance, 0, None) / np.maximum(mean, 1e-9)
-
-
-def brenner(grey: np.ndarray, origins) -> np.ndarray:
-    """Mean squared difference between pixels two apart, across and down: sharp-peaked, noise-sensitive."""
-    energy = np.zeros_like(grey)
-    energy[:, :-2] += (grey[:, 2:] - grey[:, :-2]) ** 2
-    energy[:-2, :] += (grey[2:, :] - grey[:-2, :]) ** 2
-    return tile_sums(energy, origins) / IMAGE_SIZE**2
-
-
-def tenengrad(grey: np.ndarray, origins) -> np.ndarray:
-    """Mean squared Sobel gradient (Sobel energy)."""
-    gx, gy = sobel_gradients(grey)
-    return tile_sums(gx**2 + gy**2, origins) / IMAGE_SIZE**2
-
-
-FOCUS_MEASURES = {"normalized_variance": normalized_variance, "brenner": brenner, "tenengrad": tenengrad}
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -92,6 +55,7 @@ class Settings:
     focus_measure: str
     min_contrast: float
     max_saturated: float
+    bit_depth: int | None  # a 10-14 bit camera's, for 16-bit frames
 
 
 def measure_slice(task: tuple[Stack, int, list[tuple[int, int]], Settings]) -> tuple[np.ndarray, np.ndarray]:
@@ -99,31 +63,10 @@ def measure_slice(task: tuple[Stack, int, list[tuple[int, int]], Settings]) -> t
     stack, index, origins, settings = task
     pixels = read_slice(stack, index)
     measure = FOCUS_MEASURES[settings.focus_measure](focus_channel(pixels), origins)
-    seen = as_uint8(pixels)  # as the network sees it (a float frame scaled by its own maximum)
+    seen = as_uint8(pixels, bit_depth=settings.bit_depth)  # as the network sees it (a float frame by its maximum)
     content = np.array([has_content(seen[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE], settings.min_contrast,
                                     settings.max_saturated) for y, x in origins])
     return measure, content
-
-
-def curve_peak(z_um: np.ndarray, curve: np.ndarray, min_peak_contrast: float) -> tuple[float, str]:
-    """(z of the curve's peak, "ok") or (nan, why not): "edge" when the maximum is the first or
-    last slice, "flat" when it stands less than `min_peak_contrast` above the curve's lowest.
-
-    The peak lies between slices: the vertex of a parabola through the log of the curve at
-    the maximum and up to two slices on either side (a Gaussian-shaped peak is a parabola in
-    log), kept within one slice of the maximum.
-    """
-    top = int(np.argmax(curve))
-    if top in (0, len(curve) - 1):
-        return math.nan, "edge"
-    if curve[top] < (1 + min_peak_contrast) * max(curve.min(), 1e-12):
-        return math.nan, "flat"
-    around = slice(max(0, top - 2), min(len(curve), top + 3))
-    z, log_curve = z_um[around] - z_um[top], np.log(np.maximum(curve[around], 1e-12))
-    a, b, _ = np.polyfit(z, log_curve, 2)
-    low, high = sorted((z_um[top - 1] - z_um[top], z_um[top + 1] - z_um[top]))
-    vertex = -b / (2 * a) if a < 0 else 0.0
-    return float(z_um[top] + np.clip(vertex, low, high)), "ok"
 
 
 def surface_terms(centres: np.ndarray, frame_shape: tuple[int, int], order: str) -> np.ndarray:
@@ -221,13 +164,17 @@ class SliceJob:
     dof_um: float
     folder: Path  # where this stack's tiles go
     root: Path  # the dataset's root, for relative paths
+    bit_depth: int | None  # a 10-14 bit camera's, for 16-bit frames
 
 
-def tile_pixels(tile: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    """A tile as it is stored: 8-bit grey or RGB as is, 16-bit grey as 16-bit; other types
-    (16-bit RGB, float) as `seen`, the tile on the 8-bit scale, in RGB as the dataset classes
-    would make of them."""
-    if tile.dtype == np.uint8 or (tile.dtype == np.uint16 and tile.ndim == 2):
+def tile_pixels(tile: np.ndarray, seen: np.ndarray, bit_depth: int | None) -> np.ndarray:
+    """A tile as it is stored: 8-bit grey or RGB as is, 16-bit grey as 16-bit (a 10-14 bit
+    camera's stretched to the 16-bit range, so that the dataset needs no bit depth); other
+    types (16-bit RGB, float) as `seen`, the tile on the 8-bit scale, in RGB as the dataset
+    classes would make of them."""
+    if tile.dtype == np.uint16 and tile.ndim == 2:
+        return full_range_uint16(tile, bit_depth) if bit_depth else tile
+    if tile.dtype == np.uint8:
         return tile
     return rgb_uint8(seen)
 
@@ -235,7 +182,7 @@ def tile_pixels(tile: np.ndarray, seen: np.ndarray) -> np.ndarray:
 def write_slice_tiles(job: SliceJob) -> list[list]:
     """Write the tiles of one slice that have a label; their CSV rows."""
     pixels = read_slice(job.stack, job.index)
-    seen = as_uint8(pixels)  # as the network sees it (a float frame scaled by its own maximum)
+    seen = as_uint8(pixels, bit_depth=job.bit_depth)  # as the network sees it (a float frame by its maximum)
     rows = []
     for (y, x), label in zip(job.origins, job.labels_um):
         if math.isnan(label):
@@ -245,7 +192,7 @@ def write_slice_tiles(job: SliceJob) -> list[list]:
         path = job.folder / f"z{job.index:03d}_y{y:05d}_x{x:05d}.tif"
         # uncompressed TIFF: lossless, 16 bits kept, and 30x faster to write than PNG, which
         # gains little on noisy camera tiles
-        stored = tile_pixels(tile, seen_tile)
+        stored = tile_pixels(tile, seen_tile, job.bit_depth)
         tifffile.imwrite(path, stored, photometric="minisblack" if stored.ndim == 2 else "rgb")
         rows.append([path.relative_to(job.root).as_posix(), f"{sobel_sharpness(seen_tile):.4f}",
                      f"{label:.4f}", f"{job.stack.magnification:g}", f"{job.stack.na:g}",
@@ -373,6 +320,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"),
                         help="share of each objective's stacks per split")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split")
+    add_bit_depth_argument(parser)
     parser.add_argument("--min_contrast", type=float, default=MIN_CONTRAST,
                         help="a tile has content when its 4x4-pixel blocks differ by this many grey levels (0-255)")
     parser.add_argument("--max_saturated", type=float, default=MAX_SATURATED,
@@ -425,7 +373,7 @@ def mapped(function, tasks: list, workers: int, description: str):
 
 def analyse(stacks: list[Stack], args) -> dict[str, Focus]:
     """Focus of every stack, read slice by slice (memory: a few slices per worker)."""
-    settings = Settings(args.focus_measure, args.min_contrast, args.max_saturated)
+    settings = Settings(args.focus_measure, args.min_contrast, args.max_saturated, args.bit_depth)
     results = {}
     for stack in stacks:
         origins = tile_origins(*stack.frame_shape, stride=args.stride)
@@ -454,7 +402,7 @@ def write_dataset(root: Path, stacks: list[Stack], focus: dict[str, Focus], spli
             folder = root / "images" / stack.objective / stack.name
             folder.mkdir(parents=True)
             jobs = [SliceJob(stack, i, slice_labels(stack, found, i, dof_um, args.max_defocus_dof), found.origins,
-                             dof_um, folder, root) for i in range(len(stack.z_um))]
+                             dof_um, folder, root, args.bit_depth) for i in range(len(stack.z_um))]
             rows = [row for rows in mapped(write_slice_tiles, jobs, args.workers, f"tiles {stack.source.name}")
                     for row in rows]
             split_dir = root / f".{line['split']}"
@@ -491,7 +439,7 @@ def print_summary(summary: list[dict]) -> None:
 def main(args) -> None:
     check_args(args)
     stacks = find_stacks(args.stacks, args.magnification, args.na, args.z_step_um)
-    check_stacks(stacks)
+    check_stacks(stacks, args.bit_depth)
     if args.flip_z:
         for stack in stacks:
             stack.z_um = -stack.z_um

@@ -48,18 +48,19 @@ class ImageDecodeError(DatasetError, OSError):
     """An image file exists but cannot be read as an image, or has the wrong size."""
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB from any PIL mode; 16- and 32-bit greyscale are scaled down, not clipped to white."""
+def to_rgb(image: Image.Image, bit_depth: int | None = None) -> Image.Image:
+    """8-bit RGB from any PIL mode; 16- and 32-bit greyscale are scaled down by the camera's
+    `bit_depth` (else the container's), not clipped to white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return Image.fromarray(rgb_uint8(np.asarray(image)))
+        return Image.fromarray(rgb_uint8(np.asarray(image), bit_depth=bit_depth))
     return image.convert("RGB")
 
 
-def load_rgb_image(path: Path) -> Image.Image:
+def load_rgb_image(path: Path, bit_depth: int | None = None) -> Image.Image:
     """Open an image file as 8-bit RGB; the error names the file if it cannot be decoded."""
     try:
         with Image.open(path) as image:
-            return to_rgb(image)
+            return to_rgb(image, bit_depth)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageDecodeError(f"cannot decode image {path}: {error}") from error
 
@@ -217,17 +218,18 @@ class AutofocusDataset(Dataset):
 
     Image paths that are absolute or climb out of root_dir with '..' are refused unless
     `allow_outside_root=True`; `image_size=(224, 224)` refuses images of any other size
-    when they are read.
+    when they are read; `bit_depth` (10-14) scales 16-bit images of such a camera.
     """
 
     required_columns: tuple[str, ...] = ("image_path",)
     target_column: str  # what the network predicts
 
     def __init__(self, root_dir: Path, dataset_type: str, transform=None, glob_pattern: str = MOAF_GLOB,
-                 *, allow_outside_root: bool = False, image_size: tuple[int, int] | None = None):
+                 *, allow_outside_root: bool = False, image_size: tuple[int, int] | None = None,
+                 bit_depth: int | None = None):
         super().__init__()
         self.frame = read_split(root_dir, dataset_type, glob_pattern, self.required_columns, allow_outside_root)
-        self.image_size = image_size
+        self.image_size, self.bit_depth = image_size, bit_depth
         self.root_dir = root_dir
         self.dataset_dir = root_dir / f".{dataset_type}"
         self.image_paths = self.frame["abs_image_path"].tolist()
@@ -242,7 +244,7 @@ class AutofocusDataset(Dataset):
         The error names the CSV file and line of the row: a file can become unreadable mid-run."""
         where = f"{self.frame['csv_file'].iat[idx]} line {self.frame['csv_line'].iat[idx]}"
         try:
-            image = load_rgb_image(self.image_paths[idx])
+            image = load_rgb_image(self.image_paths[idx], self.bit_depth)
         except ImageDecodeError as error:
             raise ImageDecodeError(f"{where}: {error}") from error
         if self.image_size is not None and image.size != tuple(self.image_size):

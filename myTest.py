@@ -172,10 +172,17 @@ def result_table(test_set, pt_outputs: dict, onnx_outputs: dict, onnx_time_cost)
 
 def onnx_metadata(checkpoint: dict, task: str) -> dict[str, str]:
     """What the ONNX file records of its training: task, unit, head and, where the checkpoint
-    has it, the largest |label| trained on (focus.py reports estimates beyond it as out of range)."""
-    metadata = {"task": task, "unit": TASKS[task].unit, "head": checkpoint.get("args", {}).get("head", "signed")}
+    has them, the largest |label| trained on (the autofocus reports estimates beyond it as out
+    of range), the specimen pixel size per objective and the camera pixel (the autofocus
+    resamples frames to them)."""
+    trained_args = checkpoint.get("args", {})
+    metadata = {"task": task, "unit": TASKS[task].unit, "head": trained_args.get("head", "signed")}
     if "train_label_abs_max" in checkpoint:
         metadata["label_abs_max"] = repr(checkpoint["train_label_abs_max"])
+    if checkpoint.get("pixel_size_um"):
+        metadata["pixel_size_um"] = json.dumps(checkpoint["pixel_size_um"])
+    if "camera_pixel_um" in trained_args:
+        metadata["camera_pixel_um"] = repr(trained_args["camera_pixel_um"])
     return metadata
 
 

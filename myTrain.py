@@ -26,7 +26,7 @@ import argparse
 from pathlib import Path
 
 from cli import add_data_arguments, positive, probability, run
-from schema import DEFAULT_BACKBONE, HEADS, MOAF_GLOB, SOAF_GLOB, TASK_NAMES
+from schema import CAMERA_PIXEL_UM, DEFAULT_BACKBONE, HEADS, MOAF_GLOB, SOAF_GLOB, TASK_NAMES
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -68,6 +68,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "so that no epoch after the last best is lost (default: %(default)s)")
     parser.add_argument("--check", action="store_true",
                         help="only check the dataset (every CSV row and image) and exit")
+    parser.add_argument("--camera_pixel_um", type=positive(float), default=CAMERA_PIXEL_UM,
+                        help="the camera's pixel size in um: with each objective's magnification it gives the "
+                        "specimen pixel size the network learns at, recorded in checkpoints and ONNX files so "
+                        "that a microscope's frames are resampled to it (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--scheduler", choices=["none", "cosine", "plateau"], default="none",
                         help="learning-rate schedule per epoch: none keeps --lr; cosine decays it to 0 at "
@@ -117,7 +121,7 @@ from imaging import IMAGE_SIZE
 from myDataset import check_split
 from processes import (STOP, fit_threads_to_cores, gather_from_processes, init_distributed, leave_distributed,
                        loader_workers, progress, rank_and_world_size, resolve_device)
-from schema import SPLITS, dof_um_of_rows
+from schema import SPLITS, dof_um_of_rows, objective_name
 from tasks import TASKS, build_dataset, build_loader
 
 # --- data ---------------------------------------------------------------------------------
@@ -174,6 +178,17 @@ def training_labels(train_set) -> torch.Tensor:
 def mean_predictor_mae(train_labels: torch.Tensor, val_set) -> float:
     """The validation MAE of always predicting the training labels' mean: the bar a network has to clear."""
     return float((target_values(val_set) - train_labels.mean()).abs().mean())
+
+
+def training_pixel_sizes(train_set, camera_pixel_um: float) -> dict[str, float]:
+    """The specimen pixel size (um) the network learns blur at, per objective of the training
+    split: camera pixel / magnification. A network reads blur in pixels, so a microscope must
+    give it frames at this sampling (FocusPredictor resamples to it). Empty where the CSVs
+    do not name their objectives."""
+    if not {"magnification", "NA"} <= set(train_set.frame.columns):
+        return {}
+    objectives = train_set.frame[["magnification", "NA"]].drop_duplicates().itertuples(index=False)
+    return {objective_name(m, na): camera_pixel_um / m for m, na in objectives}
 
 
 def one_depth_of_field(dataset, task: str) -> float | None:
@@ -348,7 +363,8 @@ def prepare_run_folder(args) -> dict:
     return config
 
 
-def checkpoint_state(model, optimizer, scheduler, options, train_loss: float, train_labels, args) -> dict:
+def checkpoint_state(model, optimizer, scheduler, options, train_loss: float, train_labels, pixel_size_um: dict,
+                     args) -> dict:
     """Everything a checkpoint holds but the epoch and losses CheckpointSaver adds; collective under
     torchrun (every process hands in its random state), so every process calls it."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -356,6 +372,7 @@ def checkpoint_state(model, optimizer, scheduler, options, train_loss: float, tr
             "scaler": options.scaler.state_dict(),  # empty when the scaler is disabled (all but fp16)
             "train_loss": train_loss, "train_label_mean": float(train_labels.mean()),  # the baseline to beat
             "train_label_abs_max": float(train_labels.abs().max()),  # the range a prediction can be trusted in
+            "pixel_size_um": pixel_size_um,  # per objective: the sampling the network learnt blur at
             "args": args_as_dict(args), "rng_states": gather_from_processes(rng_states())}
 
 
@@ -434,6 +451,7 @@ def train(args: argparse.Namespace) -> None:
     train_loader, val_loader = build_loaders(args, train_set, val_set, device)
     train_labels, one_dof = training_labels(train_set), one_depth_of_field(train_set, args.task)
     baseline_mae = mean_predictor_mae(train_labels, val_set)
+    pixel_size_um = training_pixel_sizes(train_set, args.camera_pixel_um)
 
     resume_from, checkpoint = resume_checkpoint(args)
     model = build_model(args, device, options.channels_last, fresh=checkpoint is None)
@@ -481,7 +499,8 @@ def train(args: argparse.Namespace) -> None:
             step_scheduler(scheduler, val_loss)
 
             save_start = time.time()
-            state = checkpoint_state(model, optimizer, scheduler, options, train_loss, train_labels, args)
+            state = checkpoint_state(model, optimizer, scheduler, options, train_loss, train_labels,
+                                     pixel_size_um, args)
             saved = saver.save_epoch(epoch, val_loss, state) if rank == 0 else []
             print(f"Epoch {epoch} ({epoch + 1}/{args.epochs}) | Train Loss: {train_loss:.4f} | "
                   f"Val Loss: {val_loss:.4f} | LR: {current_lr:.2e} | Time: {time.time() - start_time:.2f}s"

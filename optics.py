@@ -246,19 +246,25 @@ class VirtualMicroscope:
     is how much further from focus the right edge of the frame is than the left (a tilted
     slide; the frame's centre is at `defocus_um`); `empty=True` images a blank slide and
     `bare_share` > 0 leaves a band of bare glass that share of the frame wide down its middle.
+    `pixel_um` is the specimen pixel size, camera pixel / magnification unless given (another
+    camera or binning behind the same objective).
     """
 
     def __init__(self, magnification: float, na: float, size: int = 1024, defocus_um: float = 0.0,
                  seed: int = 0, optics: Optics = Optics(), tilt_um: float = 0.0, empty: bool = False,
-                 bare_share: float = 0.0):
+                 bare_share: float = 0.0, pixel_um: float | None = None):
         if size < IMAGE_SIZE:
             raise ValueError(f"frames must be at least {IMAGE_SIZE} pixels wide, got {size}")
-        self.magnification, self.na, self.optics = magnification, na, optics
+        self.na, self.optics = na, optics
+        self.pixel_um = pixel_um or CAMERA_PIXEL_UM / magnification
+        # the renderer takes the sampling as a magnification behind the standard camera pixel;
+        # the blur in micrometres depends on NA and wavelength alone
+        self.render_magnification = CAMERA_PIXEL_UM / self.pixel_um
         self.dof_um = depth_of_field_um(magnification, na)
         self.defocus_um, self.tilt_um = defocus_um, tilt_um
         self.rng = np.random.default_rng(seed)
         self.transmission = (np.full((size, size, 3), 0.95) if empty else
-                             tissue_field(self.rng, magnification, size))
+                             tissue_field(self.rng, self.render_magnification, size))
         bare = round(bare_share * size)
         self.transmission[:, (size - bare) // 2: (size + bare) // 2] = 0.95
 
@@ -266,16 +272,21 @@ class VirtualMicroscope:
         self.defocus_um += delta_um
 
     def acquire(self, bits: int = 8, grey: bool = False) -> np.ndarray:
-        """The camera frame at the stage's position: a tilted field in vertical strips of
-        TILT_STRIP_PX columns, each at its own defocus; shot and read noise; 8 or 16 bits, RGB or
-        grey (a monochrome camera under white light)."""
+        """The camera frame at the stage's position: `optical_image` with shot and read noise;
+        8 or 16 bits, RGB or grey (a monochrome camera under white light)."""
+        image = self.optical_image()
+        return camera_image(self.rng, image @ np.array(GREY_WEIGHTS) if grey else image, bits)
+
+    def optical_image(self) -> np.ndarray:
+        """The light on the camera's pixels at the stage's position, RGB in [0, 1] (before
+        noise): a tilted field in vertical strips of TILT_STRIP_PX columns, each at its own defocus."""
         column_defocus = strip_defocus_um(self.defocus_um, self.tilt_um, self.transmission.shape[1])
         image = np.empty_like(self.transmission)
         for z_um in np.unique(column_defocus):
             columns = column_defocus == z_um
-            image[:, columns] = defocused_channels(self.transmission, z_um, self.magnification, self.na,
+            image[:, columns] = defocused_channels(self.transmission, z_um, self.render_magnification, self.na,
                                                    self.dof_um, self.optics)[:, columns]
-        return camera_image(self.rng, image @ np.array(GREY_WEIGHTS) if grey else image, bits)
+        return image
 
 
 def strip_defocus_um(defocus_um: float, tilt_um: float, size: int) -> np.ndarray:

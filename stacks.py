@@ -258,7 +258,7 @@ def stacks_from_table(table: Path, default_z_step_um: float | None) -> list[Stac
     return stacks
 
 
-def check_stacks(stacks: list[Stack]) -> None:
+def check_stacks(stacks: list[Stack], bit_depth: int | None = None) -> None:
     """Refuse what no analysis can use: too few slices, frames smaller than a tile, repeated names."""
     seen = {}
     for stack in stacks:
@@ -272,14 +272,15 @@ def check_stacks(stacks: list[Stack]) -> None:
         if key in seen:
             raise StackError(f"{stack.source} and {seen[key]} would share the name {stack.name}: rename one")
         seen[key] = stack.source
-        warn_if_dark(stack)
+        if bit_depth is None:
+            warn_if_dark(stack)
 
 
 def warn_if_dark(stack: Stack) -> None:
     """16-bit frames that use only the lowest 12 bits (a 12-bit camera) become nearly black at
-    the project's 1/257 scaling, and their tiles would count as empty: say so before the work."""
+    the 16-bit scaling, and their tiles would count as empty: say so before the work."""
     middle = read_slice(stack, len(stack.z_um) // 2)
     if middle.dtype == np.uint16 and middle.max() < 4096:
         print(f"warning: {stack.source}: 16-bit frames whose brightest value is {middle.max()} (a 12-bit "
               "camera?); 16-bit images are scaled by 1/257 for the network, so these look nearly black and "
-              "their tiles may count as empty: scale them to the 16-bit range first (x16 for 12 bits)")
+              "their tiles may count as empty: give the camera's bits per pixel, --bit_depth 12")

@@ -38,7 +38,8 @@ def build_dataset(args, split: str, transform, task: str | None = None, glob: st
     """One split of the task's dataset with the script's image-size and path rules."""
     task = task or args.task
     return TASKS[task].dataset(args.root_dir, split, transform, glob or args.glob or TASKS[task].default_glob,
-                               allow_outside_root=args.allow_outside_root, image_size=(IMAGE_SIZE, IMAGE_SIZE))
+                               allow_outside_root=args.allow_outside_root, image_size=(IMAGE_SIZE, IMAGE_SIZE),
+                               bit_depth=args.bit_depth)
 
 
 def start_worker(worker_id: int) -> None:

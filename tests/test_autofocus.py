@@ -1,5 +1,6 @@
 """autofocus.py: frames to estimates as the network sees their tiles, bad frames and models refused by
 name, and the focus loop's rules with scripted predictors and on the virtual microscope."""
+import json
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 
 from autofocus import FocusError, FocusEstimate, FocusPredictor, focus_loop
 from exported_model import ModelFileError
-from myModel import MOAFModel, export_onnx
+from myModel import MOAFModel, SOAFModel, export_onnx
 from optics import VirtualMicroscope
 from schema import depth_of_field_um
 from imaging import IMAGE_SIZE
@@ -206,9 +207,10 @@ def test_where_the_network_cannot_tell_two_places_apart_the_loop_keeps_the_one_i
 
 
 def test_every_move_is_bounded_and_out_of_range_moves_toward_the_side():
+    """The third image is the last: no untested move after it, the stage stays where it was rated closest."""
     result, end = scripted_loop(-120.0, [True] * 5, tolerance_um=1.0, max_images=3, max_step_um=30.0)
-    assert result.moves_um == [30.0, 30.0, 30.0] and result.estimates[0].status == "out_of_range"
-    assert not result.converged and end == -30.0 and result.stop_reason == "images_used_up"
+    assert result.moves_um == [30.0, 30.0] and result.estimates[0].status == "out_of_range"
+    assert not result.converged and end == -60.0 and result.stop_reason == "images_used_up"
 
 
 def test_an_estimate_beyond_the_trained_range_says_so(soaf_onnx, tissue_frame):
@@ -247,3 +249,88 @@ def test_closed_loop_focuses_the_virtual_microscope(trained_split_run):
         ends.append(scope.defocus_um / dof_um)
     print("ends in DOF:", [round(end, 2) for end in ends])
     assert sum(abs(end) <= 1 for end in ends) >= 4, ends
+
+
+def test_no_move_leaves_the_stage_range_and_focus_beyond_it_stops_at_the_limit():
+    """Focus 40 um below, the range ends 25 um below: moves of at most 10 um down to the limit, then stop there."""
+    stage = {"z": 40.0}
+    visited = []
+
+    def move_by(delta):
+        stage["z"] += delta
+        visited.append(stage["z"])
+    predictor = ScriptedPredictor(stage, [True] * 10)
+    result = focus_loop(lambda: stage, move_by, predictor, tolerance_um=1.0, max_images=8, max_step_um=10.0,
+                        z_range_um=(15.0, 100.0), z_um=lambda: stage["z"])
+    assert min(visited) == 15.0 and stage["z"] == 15.0 and result.at_limit and result.stop_reason == "at_limit"
+    assert not result.converged and result.images == 4 and result.moved_um == -25.0
+
+
+def test_a_start_outside_the_range_moves_nothing():
+    stage = {"z": 5.0}
+    moves = []
+    with pytest.raises(FocusError, match="outside z_range_um"):
+        focus_loop(lambda: stage, moves.append, ScriptedPredictor(stage, [True]), tolerance_um=1.0,
+                   z_range_um=(10.0, 20.0), z_um=lambda: stage["z"])
+    assert moves == []
+
+
+def test_a_loop_that_does_not_converge_ends_where_the_network_rated_closest():
+    """The network says 8 um at 8, then 20 and 30 where the loop's moves took it: with the
+    images used up, back to where it said 8."""
+    stage = {"z": 8.0}
+    said = iter([8.0, 20.0, 30.0])
+
+    class Predictor:
+        max_distance_um = 50.0
+
+        def predict(self, frame):
+            defocus = next(said)
+            return FocusEstimate(defocus, "ok", abs(defocus), None, 0.0, 16, 16)
+
+    def move_by(delta):
+        stage["z"] += delta
+    result = focus_loop(lambda: stage, move_by, Predictor(), tolerance_um=1.0, max_images=3)
+    assert result.stop_reason == "images_used_up" and stage["z"] == 8.0 and result.moved_um == 0.0
+
+
+def test_twelve_bit_frames_in_16_bit_containers_are_scaled_by_the_camera_bit_depth(soaf_onnx, tissue_frame):
+    twelve_bit = np.rint(tissue_frame.astype(np.float64) * 4095 / 255).astype(np.uint16)
+    expected = FocusPredictor(soaf_onnx).predict(tissue_frame)
+    scaled = FocusPredictor(soaf_onnx, bit_depth=12).predict(twelve_bit)
+    assert scaled.defocus_um == pytest.approx(expected.defocus_um, abs=1e-4)
+    dark = FocusPredictor(soaf_onnx).predict(twelve_bit)  # as a 16-bit image it is nearly black
+    assert dark.status == "no_sample"
+
+
+def with_pixel_size(tmp_path, pixel_um: float):
+    torch.manual_seed(0)
+    metadata = {"label_abs_max": "40.0", "pixel_size_um": json.dumps({"10x/0.3": pixel_um})}
+    return export_onnx(SOAFModel(pretrained=False).eval(), tmp_path / "soaf.onnx", metadata)
+
+
+def test_frames_are_resampled_to_the_trained_pixel_size(tmp_path, tissue_frame):
+    """A frame at 0.65 um taken as 0.4875 um pixels (0.75x the trained size) is shrunk by area
+    averaging before tiling; more than 2x coarser is refused; a model without the size warns."""
+    from imaging import resample
+
+    model = with_pixel_size(tmp_path, 0.65)
+    predictor = FocusPredictor(model, pixel_size_um=0.4875)
+    assert predictor.trained_pixel_um == 0.65 and predictor.scale == pytest.approx(0.75)
+    tiles, total = predictor.tiles(tissue_frame)
+    assert total == 16 and tiles.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    shrunk = resample(tissue_frame, 0.75)
+    assert shrunk.shape == (384, 384, 3) and np.array_equal(tiles[0], shrunk[:IMAGE_SIZE, :IMAGE_SIZE])
+    assert FocusPredictor(model, pixel_size_um=0.65).scale is None
+    with pytest.raises(FocusError, match="2.2x coarser than the 0.65 um"):
+        FocusPredictor(model, pixel_size_um=1.43)
+    with pytest.warns(UserWarning, match="does not record the pixel size"):
+        FocusPredictor(export_onnx(SOAFModel(pretrained=False).eval(), tmp_path / "old.onnx"), pixel_size_um=0.5)
+
+
+def test_a_moaf_model_takes_the_pixel_size_of_its_objective_or_the_camera_pixel(tmp_path):
+    torch.manual_seed(0)
+    metadata = {"pixel_size_um": json.dumps({"10x/0.3": 0.65, "20x/0.7": 0.325}), "camera_pixel_um": "6.5"}
+    moaf = export_onnx(MOAFModel(pretrained=False).eval(), tmp_path / "moaf.onnx", metadata)
+    assert FocusPredictor(moaf, magnification=20, na=0.7).trained_pixel_um == 0.325
+    assert FocusPredictor(moaf, magnification=40, na=0.75).trained_pixel_um == pytest.approx(6.5 / 40)

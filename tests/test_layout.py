@@ -41,7 +41,7 @@ def test_no_module_imports_itself_back_through_others():
 
 def test_no_script_imports_another_script():
     scripts = {name for name in MODULES if is_script(name)} - CONTRACT_SCRIPTS
-    assert {"myTrain", "myTest", "focus", "make_dataset", "make_demo_data", "bench"} <= scripts
+    assert {"myTrain", "myTest", "focus", "make_dataset", "make_demo_data", "bench", "micromanager"} <= scripts
     assert {name: sorted(project_imports(name) & scripts) for name in MODULES if project_imports(name) & scripts} == {}
 
 
@@ -59,13 +59,14 @@ def test_importing_the_modules_prints_nothing():
 
 def test_deployment_and_data_tools_do_not_load_torch():
     """autofocus.py runs on a microscope's computer, make_dataset.py on a data server: numpy, not torch."""
-    check = ("import sys, autofocus, focus, make_dataset, make_demo_data, optics, stacks, exported_model; "
+    check = ("import sys, autofocus, focus, make_dataset, make_demo_data, optics, stacks, exported_model, micromanager; "
              "print(sorted({'torch', 'torchvision'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
 
 
-@pytest.mark.parametrize("script", ["myTrain.py", "myTest.py", "bench.py", "focus.py", "make_dataset.py"])
+@pytest.mark.parametrize("script", ["myTrain.py", "myTest.py", "bench.py", "focus.py", "make_dataset.py",
+                                    "micromanager.py"])
 def test_help_answers_without_loading_torch(script):
     check = (f"import runpy, sys; sys.argv = ['{script}', '--help']\n"
              f"try:\n    runpy.run_path('{script}', run_name='__main__')\n"

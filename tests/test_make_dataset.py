@@ -111,9 +111,9 @@ def test_tiles_are_stored_as_the_network_sees_them_and_flip_z_turns_the_labels(s
                      metadata={"axes": "ZCYX", "PhysicalSizeZ": 250, "PhysicalSizeZUnit": "nm"})
     planes, = stack_files.find_stacks(tmp_path / "planes.ome.tif", 20, 0.7, None)
     sixteen_bit_rgb = stack_files.read_slice(planes, 3)
-    assert (make_dataset.tile_pixels(sixteen_bit_rgb, as_uint8(sixteen_bit_rgb)) == frames[3]).all()
+    assert (make_dataset.tile_pixels(sixteen_bit_rgb, as_uint8(sixteen_bit_rgb), None) == frames[3]).all()
     grey = frames[3, ..., 1].astype(np.float32) / 255  # floats in [0, 1], as the frame's maximum says
-    assert (make_dataset.tile_pixels(grey, as_uint8(grey, float_max=1.0)) == np.repeat(frames[3, ..., 1:2], 3, axis=2)).all()
+    assert (make_dataset.tile_pixels(grey, as_uint8(grey, float_max=1.0), None) == np.repeat(frames[3, ..., 1:2], 3, axis=2)).all()
 
     shutil.copytree(stacks / "half_bare", tmp_path / "folder" / "half_bare")
     for name in ("flat.ome.tif", "tilted.tif"):
@@ -124,6 +124,25 @@ def test_tiles_are_stored_as_the_network_sees_them_and_flip_z_turns_the_labels(s
     up, down = (dataset_rows(out).set_index("image_path")["defocus_label"].sort_index()
                 for out in (tmp_path / "up", tmp_path / "down"))
     assert down.to_numpy() == pytest.approx(-up.to_numpy(), abs=1e-3)
+
+
+def test_a_12_bit_camera_gives_the_dataset_of_its_16_bit_twin_with_bit_depth(stacks, tmp_path):
+    """The tilted grey stack as a 12-bit camera writes it (values up to 4095 in 16-bit pages):
+    with --bit_depth 12 the same tiles get the same labels, stored stretched to 16 bits."""
+    frames = tifffile.imread(stacks / "tilted.tif")
+    for name, pixels in (("full", frames), ("twelve", frames // 16)):
+        (tmp_path / name).mkdir()
+        tifffile.imwrite(tmp_path / name / "tilted.tif", pixels, imagej=True, metadata={"axes": "ZYX", "spacing": 0.8})
+    make_dataset.main(arguments(tmp_path / "full", tmp_path / "full_out", "--magnification", 20, "--na", 0.7,
+                                "--stride", STRIDE, "--workers", 1, "--split", 1, 0, 0))
+    make_dataset.main(arguments(tmp_path / "twelve", tmp_path / "twelve_out", "--magnification", 20, "--na", 0.7,
+                                "--stride", STRIDE, "--workers", 1, "--split", 1, 0, 0, "--bit_depth", 12))
+    full, twelve = (dataset_rows(tmp_path / out).set_index("image_path").sort_index() for out in ("full_out", "twelve_out"))
+    assert list(full.index) == list(twelve.index) and len(full) > 0
+    assert twelve["defocus_label"].to_numpy() == pytest.approx(full["defocus_label"].to_numpy(), abs=0.05)
+    path = full.index[0]
+    stored, original = (tifffile.imread(tmp_path / out / path).astype(int) for out in ("twelve_out", "full_out"))
+    assert np.abs(stored - original).max() <= 16
 
 
 @pytest.mark.parametrize("problem, message", [
@@ -165,15 +184,6 @@ def test_bad_input_is_refused_by_name_and_nothing_is_written(stacks, tmp_path, p
     else:
         assert not out.exists()
     assert [path.name for path in tmp_path.iterdir() if "incomplete" in path.name] == []
-
-
-def test_focus_curve_peak_lies_between_slices_and_refuses_edges_and_flat_curves():
-    z = np.arange(9) * 0.5
-    curve = np.exp(-((z - 2.15) ** 2) / 0.8)  # a Gaussian peak: a parabola in log
-    assert make_dataset.curve_peak(z, curve, 0.3) == (pytest.approx(2.15, abs=1e-6), "ok")
-    assert make_dataset.curve_peak(z, curve[::-1], 0.3)[0] == pytest.approx(4 - 2.15, abs=1e-6)
-    assert make_dataset.curve_peak(z, np.exp(-z), 0.3)[1] == "edge"
-    assert make_dataset.curve_peak(z, 1 + 0.01 * curve, 0.3)[1] == "flat"
 
 
 def test_surface_fit_ignores_a_column_of_fooled_tiles():

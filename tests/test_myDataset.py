@@ -182,6 +182,15 @@ def test_sixteen_bit_and_palette_images_become_8_bit_rgb(tmp_path):
     assert (dataset[2][0] * 255).round()[:, 0, 0].tolist() == [90, 90, 90]
 
 
+def test_a_12_bit_camera_s_16_bit_images_are_scaled_by_its_bit_depth(tmp_path):
+    root = write_dataset(tmp_path, {"10x_0.3_a.csv": [row("i12.png")]})
+    ramp = np.array([[0, 2048, 4095]], dtype=np.uint16).repeat(IMAGE_SIZE, axis=0).repeat(75, axis=1)[:, :IMAGE_SIZE]
+    Image.fromarray(ramp).save(root / "i12.png")
+    twelve = (SOAFDataset(root, "train", bit_depth=12)[0][0] * 255).round()
+    assert twelve[0, 0, [0, 100, 223]].tolist() == [0, 128, 255]
+    assert (SOAFDataset(root, "train")[0][0] * 255).round()[0, 0, 223] == 16  # read as 16-bit: nearly black
+
+
 def test_images_of_another_size_are_refused_when_a_size_is_required(tmp_path):
     root = write_dataset(tmp_path, {"10x_0.3_a.csv": [row("small.png")]})
     Image.new("RGB", (100, 80)).save(root / "small.png")

@@ -13,7 +13,7 @@ def test_the_task_table_has_the_schema_names_units_and_globs():
 
 
 def test_a_split_is_built_with_the_task_glob_unless_one_is_given(demo_root):
-    args = SimpleNamespace(root_dir=demo_root, task="soaf", glob=None, allow_outside_root=False)
+    args = SimpleNamespace(root_dir=demo_root, task="soaf", glob=None, allow_outside_root=False, bit_depth=None)
     soaf = build_dataset(args, "val", None)
     assert set(soaf.frame["magnification"]) == {10.0} and soaf.image_size == (IMAGE_SIZE, IMAGE_SIZE)
     assert set(build_dataset(args, "val", None, task="moaf").frame["magnification"]) == {10.0, 20.0}
