@@ -93,6 +93,8 @@ class FocusPredictor:
       was trained at (its file's metadata); up to MAX_COARSER times coarser, else FocusError.
       None: frames are used as they come. `set_pixel_size` changes it (another objective).
     - `bit_depth`: the camera's bits per pixel, for 10-14 bit cameras in 16-bit frames.
+    - `offset_um` is taken off every estimate: a microscope's calibration of the model
+      (micromanager.calibrate), read from the file beside the model unless given.
     """
 
     def __init__(self, model_path, magnification: float | None = None, na: float | None = None,
@@ -101,8 +103,9 @@ class FocusPredictor:
                  tiles_per_side: int = 4, stride: int | None = None, min_tiles: int = 3,
                  min_contrast: float = MIN_CONTRAST, max_saturated: float = MAX_SATURATED,
                  max_distance_um: float | None = None, threads: int = 0, pixel_size_um: float | None = None,
-                 bit_depth: int | None = None):
-        self.session = open_session(Path(model_path), threads=threads)
+                 bit_depth: int | None = None, offset_um: float | None = None):
+        self.model_path = Path(model_path)
+        self.session = open_session(self.model_path, threads=threads)
         inputs = {node.name: node for node in self.session.get_inputs()}
         self.outputs = [node.name for node in self.session.get_outputs()]
         self.is_moaf = "params" in inputs
@@ -123,7 +126,10 @@ class FocusPredictor:
         if bit_depth is not None and not 1 <= bit_depth <= 16:
             raise FocusError(f"bit_depth must be 1 to 16, got {bit_depth}")
         self.bit_depth = bit_depth
+        self.objective = objective_name(magnification, na) if self.is_moaf else None
+        self.offset_um = offset_um if offset_um is not None else calibrated_offset_um(self.model_path, self.objective)
         self.trained_pixel_um = trained_pixel_size(metadata, magnification, na)
+        self.dof_um = self.to_um if self.is_moaf else trained_dof_um(metadata)  # None where the file cannot tell
         self.scale = None  # frame size -> the trained sampling's; None: frames are used as they come
         self.set_pixel_size(pixel_size_um)
 
@@ -194,12 +200,32 @@ class FocusPredictor:
         else:
             distance, p_positive = float(np.median(np.abs(signed))), None
             defocus = math.copysign(distance, float(np.median(signed)))
+        if self.offset_um:
+            defocus -= self.offset_um
+            distance = abs(defocus)
         spread = float(MAD_TO_SD * np.median(np.abs(signed - np.median(signed))))
         beyond = self.max_distance_um is not None and distance > self.max_distance_um
         reason = (f"distance {distance:.2f} um is beyond the largest trained on, {self.max_distance_um:.2f} um"
                   if beyond else "")
         return FocusEstimate(defocus, "out_of_range" if beyond else "ok", distance, p_positive, spread,
                              len(signed), total, reason)
+
+
+def calibration_file(model_path) -> Path:
+    """Where micromanager.calibrate saves a microscope's calibration of a model: beside it."""
+    return Path(model_path).with_suffix(".calibration.json")
+
+
+def calibrated_offset_um(model_path, objective: str | None) -> float:
+    """The offset a saved calibration found for this model (and objective, for MOAF); 0 without one."""
+    path = calibration_file(model_path)
+    if not path.is_file():
+        return 0.0
+    try:
+        saved = json.loads(path.read_text())
+        return float(saved["offset_um"]) if saved.get("objective") == objective else 0.0
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise FocusError(f"cannot read the calibration {path}: {error}") from None
 
 
 def trained_pixel_size(metadata: dict, magnification: float | None, na: float | None) -> float | None:
@@ -213,6 +239,15 @@ def trained_pixel_size(metadata: dict, magnification: float | None, na: float | 
         if "camera_pixel_um" in metadata:
             return float(metadata["camera_pixel_um"]) / magnification
     return next(iter(sizes.values())) if len(sizes) == 1 else None
+
+
+def trained_dof_um(metadata: dict) -> float | None:
+    """The depth of field of a SOAF model's objective, by the formula, where its file names one objective."""
+    sizes = json.loads(metadata.get("pixel_size_um", "{}"))
+    if len(sizes) != 1:
+        return None
+    magnification, na = (float(part) for part in next(iter(sizes)).rstrip().replace("x/", " ").split())
+    return depth_of_field_um(magnification, na, camera_pixel_um=float(metadata.get("camera_pixel_um", CAMERA_PIXEL_UM)))
 
 
 def check_frame(frame) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The network as the autofocus of a Micro-Manager microscope (pymmcore-plus): focus once where
-the stage is (`autofocus`), or at every position of an acquisition (`AutofocusEngine`); the demo
-microscope as pymmcore-plus Python devices. The only file that imports pymmcore-plus.
+the stage is (`autofocus`), or at every position of an acquisition (`AutofocusEngine`); a z-sweep
+that says whether a network can be trusted on this microscope (`calibrate`); the demo microscope
+as pymmcore-plus Python devices. The only file that imports pymmcore-plus.
 
     from autofocus import FocusPredictor
     from micromanager import AutofocusEngine
@@ -11,16 +12,21 @@ microscope as pymmcore-plus Python devices. The only file that imports pymmcore-
 
     python micromanager.py --model model.onnx --demo                  # an autofocused acquisition, no hardware
     python micromanager.py --model model.onnx --config MMConfig.cfg   # focus a real microscope once
+    python micromanager.py --model model.onnx --config MMConfig.cfg --calibrate 40   # does it work here?
 
 The core's camera, focus device and pixel size (its pixel-size configuration) are used as they
 are set; the frames are resampled to the pixel size the network was trained at, and scaled
 by the camera's bit depth.
 """
 import argparse
+import json
 import logging
 import math
 import re
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import useq
@@ -30,8 +36,10 @@ from pymmcore_plus.experimental.unicore import (ShutterDevice, SimpleCameraDevic
                                                 XYStageDevice)
 from pymmcore_plus.mda import MDAEngine
 
-from autofocus import FocusPredictor, FocusResult, focus_loop
-from cli import UserError, positive, run
+from autofocus import FocusPredictor, FocusResult, calibration_file, focus_loop
+from cli import UserError, positive, run, writing
+from focus_measures import FOCUS_MEASURES, curve_peak, focus_channel
+from imaging import tile_origins
 from optics import Optics, VirtualMicroscope
 from schema import CAMERA_PIXEL_UM, depth_of_field_um
 
@@ -135,6 +143,105 @@ class AutofocusEngine(MDAEngine):
         return metadata
 
 
+@dataclass
+class Calibration:
+    """How a network's estimates compare with the focus a z-sweep shows, on one microscope."""
+
+    z_um: np.ndarray  # the sweep's stage positions
+    true_defocus_um: np.ndarray  # z - the sweep's focus, as make_dataset.py labels
+    estimates_um: np.ndarray  # the network's defocus per slice; nan where it gave none
+    focus_z_um: float  # where the focus measure peaks
+    dof_um: float
+    distance_error_dof: float  # mean | |estimate| - |true| |
+    side_accuracy: float  # share of slices more than half a DOF from focus whose side is right
+    scale: float  # estimate ~ scale x true + offset_um, fitted by least squares
+    offset_um: float
+
+    def report(self) -> str:
+        return (f"focus at z = {self.focus_z_um:.2f} um; {np.isfinite(self.estimates_um).sum()} of {len(self.z_um)} "
+                f"slices with an estimate: distance error {self.distance_error_dof:.2f} DOF, side accuracy "
+                f"{self.side_accuracy:.0%}, estimate = {self.scale:.2f} x true {self.offset_um:+.2f} um "
+                f"(DOF {self.dof_um:.2f} um)")
+
+
+def calibrate(core: CMMCorePlus, predictor: FocusPredictor, span_um: float, steps: int,
+              dof_um: float | None = None, focus_measure: str = "brenner", min_peak_contrast: float = 0.3,
+              z_range_um: tuple[float, float] | None = None, plot_path: Path | None = None,
+              save: bool = False) -> Calibration:
+    """Does this network work on this microscope? A z-sweep of `steps` slices over `span_um`
+    centred where the stage is, at one position: each slice labelled as make_dataset.py labels
+    (the focus measure's peak per tile, placed between slices; their median is the focus),
+    against the network's estimate there. The stage returns to its start; the sweep must lie in
+    `z_range_um`. `plot_path`: a PNG of estimate against true defocus; `save`: the offset goes
+    into the file beside the model, which FocusPredictor applies from then on."""
+    focus_device = check_core(core)
+    use_camera_settings(core, predictor)
+    dof_um = dof_um or predictor.dof_um
+    if not dof_um:
+        raise MicroscopeError("the model's file does not say its objective: give dof_um")
+    start = core.getPosition(focus_device)
+    z_um = start + np.linspace(-span_um / 2, span_um / 2, steps)
+    if z_range_um is not None and not (z_range_um[0] <= z_um[0] and z_um[-1] <= z_range_um[1]):
+        raise MicroscopeError(f"the sweep {z_um[0]:.2f}..{z_um[-1]:.2f} leaves z_range_um {z_range_um}: nothing moved")
+    curves, estimates = [], []
+    try:
+        for z in z_um:
+            core.setPosition(focus_device, float(z))
+            core.waitForDevice(focus_device)
+            core.snapImage()
+            frame = core.getImage()
+            origins = tile_origins(frame.shape[0], frame.shape[1], predictor.tiles_per_side)
+            curves.append(FOCUS_MEASURES[focus_measure](focus_channel(frame), origins))
+            estimates.append(predictor.predict(frame).defocus_um)
+    finally:
+        core.setPosition(focus_device, start)
+        core.waitForDevice(focus_device)
+    peaks = [peak for peak, status in (curve_peak(z_um, curve, min_peak_contrast) for curve in np.array(curves).T)
+             if status == "ok"]
+    if not peaks:
+        raise MicroscopeError(f"no tile's focus lies inside the sweep {z_um[0]:.2f}..{z_um[-1]:.2f}: widen span_um "
+                              "or start nearer focus")
+    calibration = compared(z_um, float(np.median(peaks)), np.array(estimates), dof_um)
+    if plot_path is not None:
+        plot_calibration(calibration, plot_path)
+    if save:
+        calibration_file(predictor.model_path).write_text(json.dumps(
+            {"objective": predictor.objective, "offset_um": calibration.offset_um, "scale": calibration.scale,
+             "distance_error_dof": calibration.distance_error_dof, "side_accuracy": calibration.side_accuracy},
+            indent=2) + "\n")
+    return calibration
+
+
+def compared(z_um: np.ndarray, focus_z_um: float, estimates_um: np.ndarray, dof_um: float) -> Calibration:
+    """The sweep's slices against their estimates: errors in DOF and the fitted line."""
+    true = z_um - focus_z_um
+    known = np.isfinite(estimates_um)
+    if known.sum() < 2:
+        raise MicroscopeError(f"the network gave an estimate for {known.sum()} of {len(z_um)} slices: too few to "
+                              "compare (a field without tissue?)")
+    distance_error = float(np.mean(np.abs(np.abs(estimates_um[known]) - np.abs(true[known])))) / dof_um
+    sided = known & (np.abs(true) > dof_um / 2)
+    side_accuracy = float(np.mean(np.sign(estimates_um[sided]) == np.sign(true[sided]))) if sided.any() else math.nan
+    scale, offset = np.polyfit(true[known], estimates_um[known], 1)
+    return Calibration(z_um, true, estimates_um, focus_z_um, dof_um, distance_error, side_accuracy, float(scale),
+                       float(offset))
+
+
+def plot_calibration(calibration: Calibration, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5, 5))
+    axes = figure.subplots()
+    true_dof, estimate_dof = calibration.true_defocus_um / calibration.dof_um, calibration.estimates_um / calibration.dof_um
+    axes.plot(true_dof, true_dof, color="grey", linewidth=1, label="perfect")
+    axes.plot(true_dof, estimate_dof, "o-", label="network")
+    axes.set(xlabel="true defocus (DOF), from the focus measure", ylabel="estimated defocus (DOF)",
+             title=f"distance error {calibration.distance_error_dof:.2f} DOF, side {calibration.side_accuracy:.0%}")
+    axes.legend()
+    with writing(path):
+        figure.savefig(path, dpi=120, bbox_inches="tight")
+
+
 def result_summary(result: FocusResult) -> dict:
     """A focus result as plain values (frame metadata, JSON): why it stopped, the last
     estimate, the images taken and the z moved."""
@@ -181,14 +288,17 @@ class DemoSlide:
 
 
 class DemoZStage(StageDevice):
-    """The focus drive: z in um, larger z further up (defocus grows with z above focus)."""
+    """The focus drive: z in um, larger z further up (defocus grows with z above focus); every
+    position it was sent to is in `visited`."""
 
     def __init__(self) -> None:
         super().__init__()
         self.z_um = 0.0
+        self.visited: list[float] = []
 
     def set_position_um(self, val: float) -> None:
         self.z_um = float(val)
+        self.visited.append(self.z_um)
 
     def get_position_um(self) -> float:
         return self.z_um
@@ -290,12 +400,12 @@ def python_device_core() -> UniMMCore:
 
 
 def demo_core(slide: DemoSlide | None = None, bits: int = 8, grey: bool = False,
-              pixel_size_um: float | None = None) -> UniMMCore:
+              pixel_size_um: float | None = None, z: DemoZStage | None = None) -> UniMMCore:
     """A pymmcore-plus core whose camera, lamp, Z and XY stages are the demo microscope's
     Python devices, with a pixel-size configuration (the slide's pixel size unless given)."""
-    slide = slide or DemoSlide()
+    slide, z = slide or DemoSlide(), z or DemoZStage()
     core = python_device_core()
-    xy, z = DemoXYStage(), DemoZStage()
+    xy = DemoXYStage()
     devices = {"Camera": DemoCamera(slide, xy, z, bits, grey), "Z": z, "XY": xy, "Lamp": DemoLamp()}
     for label, device in devices.items():
         core.loadPyDevice(label, device)
@@ -336,6 +446,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frame_size", type=positive(int), default=512,
                         help="--demo camera frame size (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="--demo slide (default: %(default)s)")
+    parser.add_argument("--calibrate", type=positive(float), default=None, metavar="SPAN_UM",
+                        help="instead of focusing: a z-sweep this many um wide, centred where the stage is (--demo: "
+                             "near focus at the slide's centre), the network's estimates against the focus it shows")
+    parser.add_argument("--steps", type=positive(int), default=21, help="--calibrate slices (default: %(default)s)")
+    parser.add_argument("--plot", type=Path, default=Path("calibration.png"),
+                        help="--calibrate: estimate against true defocus (default: %(default)s)")
+    parser.add_argument("--save_calibration", action="store_true",
+                        help="--calibrate: save the offset beside the model, where FocusPredictor applies it")
     return parser
 
 
@@ -354,8 +472,8 @@ def run_demo(args, predictor: FocusPredictor) -> None:
     """A multi-position, multi-time-point acquisition on the demo microscope, autofocused at
     every position and time point; per position and time point: defocus before, images, after."""
     dof_um = depth_of_field_um(args.magnification, args.na)
-    slide = DemoSlide(args.magnification, args.na, args.frame_size, seed=args.seed)
-    core = demo_core(slide)
+    slide, z_stage = DemoSlide(args.magnification, args.na, args.frame_size, seed=args.seed), DemoZStage()
+    core = demo_core(slide, z=z_stage)
     rng = np.random.default_rng(args.seed)
     positions = [useq.Position(x=x, y=y, z=0.0) for x, y in rng.uniform(-1500, 1500, size=(args.positions, 2))]
     z_range = tuple(args.z_range_um) if args.z_range_um else (-20 * dof_um, 20 * dof_um)
@@ -383,16 +501,59 @@ def run_demo(args, predictor: FocusPredictor) -> None:
     for t in range(args.time_points):
         images = [summary.get("images", 0) for time, _, _, summary in frames if time == t]
         print(f"time point {t}: {np.mean(images):.2f} images per autofocus")
+    print(f"the focus stage stayed within {min(z_stage.visited):.2f}..{max(z_stage.visited):.2f} um "
+          f"(z_range_um {z_range[0]:.2f}..{z_range[1]:.2f})")
+    print_integration_cost(core, predictor, args.tolerance_dof * dof_um, args.max_images)
 
 
-def focus_once(args, predictor: FocusPredictor) -> None:
-    """Load a Micro-Manager configuration and focus once where the stage is."""
+def print_integration_cost(core: CMMCorePlus, predictor: FocusPredictor, tolerance_um: float, max_images: int,
+                           repeats: int = 10) -> None:
+    """What `autofocus` costs beyond its snaps (snapImage, getImage) and predictions, per call,
+    measured on `repeats` calls where the stage is."""
+    spent = {"snap": 0.0, "predict": 0.0}
+
+    def timed(function, key):
+        def call(*args):
+            start = time.perf_counter()
+            try:
+                return function(*args)
+            finally:
+                spent[key] += time.perf_counter() - start
+        return call
+
+    core.snapImage, core.getImage = timed(core.snapImage, "snap"), timed(core.getImage, "snap")
+    predictor.predict = timed(predictor.predict, "predict")
+    start = time.perf_counter()
+    for _ in range(repeats):
+        autofocus(core, predictor, tolerance_um, max_images)
+    total = (time.perf_counter() - start) / repeats
+    snap, predict = spent["snap"] / repeats, spent["predict"] / repeats
+    del core.snapImage, core.getImage, predictor.predict
+    print(f"per autofocus ({repeats} calls): {1000 * total:.1f} ms, of which snaps {1000 * snap:.1f} ms, "
+          f"predictions {1000 * predict:.1f} ms, the integration itself {1000 * (total - snap - predict):.2f} ms")
+
+
+def run_calibration(args, core: CMMCorePlus, predictor: FocusPredictor) -> None:
+    z_range = tuple(args.z_range_um) if args.z_range_um else None
+    calibration = calibrate(core, predictor, args.calibrate, args.steps, z_range_um=z_range, plot_path=args.plot,
+                            save=args.save_calibration)
+    print(calibration.report())
+    print(f"plot: {args.plot}" + (f"; offset saved in {calibration_file(args.model)}" if args.save_calibration else ""))
+
+
+def configured_core(config: str) -> CMMCorePlus:
+    """A core with a Micro-Manager configuration file loaded."""
     with no_installation_search_error():
         core = CMMCorePlus()
     try:
-        core.loadSystemConfiguration(args.config)
+        core.loadSystemConfiguration(config)
     except (RuntimeError, OSError) as error:
-        raise MicroscopeError(f"cannot load {args.config}: {error}") from None
+        raise MicroscopeError(f"cannot load {config}: {error}") from None
+    return core
+
+
+def focus_once(args, core: CMMCorePlus, predictor: FocusPredictor) -> None:
+    """Focus once where the stage is."""
     tolerance_um = args.tolerance_dof * depth_of_field_um(args.magnification, args.na)
     z_range = tuple(args.z_range_um) if args.z_range_um else None
     start = core.getZPosition()
@@ -402,10 +563,16 @@ def focus_once(args, predictor: FocusPredictor) -> None:
 
 def main(args) -> None:
     predictor = build_predictor(args)
-    if args.demo:
+    if args.demo and args.calibrate:
+        slide = DemoSlide(args.magnification, args.na, args.frame_size, seed=args.seed)
+        core = demo_core(slide)
+        core.setZPosition(slide.focus_z_um(0, 0) + 0.3 * slide.dof_um)
+        run_calibration(args, core, predictor)
+    elif args.demo:
         run_demo(args, predictor)
     else:
-        focus_once(args, predictor)
+        core = configured_core(args.config)
+        (run_calibration if args.calibrate else focus_once)(args, core, predictor)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import useq
 from autofocus import FocusError, FocusEstimate, FocusPredictor
 from conftest import ROOT
 from micromanager import (AutofocusEngine, DemoCamera, DemoSlide, DemoXYStage, DemoZStage, MicroscopeError, autofocus,
-                          camera_bit_depth, demo_core, python_device_core)
+                          calibrate, camera_bit_depth, demo_core, python_device_core)
 from myModel import SOAFModel, export_onnx
 from schema import depth_of_field_um
 
@@ -70,24 +70,9 @@ class FarPredictor(FocusPredictor):
         return FocusEstimate(distance, "out_of_range", distance, None, 0.0, 16, 16)
 
 
-class RecordingZStage(DemoZStage):
-    def __init__(self):
-        super().__init__()
-        self.visited = []
-
-    def set_position_um(self, val: float) -> None:
-        super().set_position_um(val)
-        self.visited.append(self.z_um)
-
-
 def test_a_predictor_that_always_says_far_stops_at_the_range_and_never_leaves_it(model_10x):
-    core = python_device_core()
-    xy, z = DemoXYStage(), RecordingZStage()
-    for label, device in {"Camera": DemoCamera(slide_10x(), xy, z), "Z": z, "XY": xy}.items():
-        core.loadPyDevice(label, device)
-        core.initializeDevice(label)
-    core.setCameraDevice("Camera")
-    core.setFocusDevice("Z")
+    z = DemoZStage()
+    core = demo_core(slide_10x(), z=z)
     result = autofocus(core, FarPredictor(model_10x, z), tolerance_um=1.0, max_images=6, max_step_um=20.0,
                        z_range_um=(-45.0, 45.0))
     assert result.stop_reason == "at_limit" and result.at_limit and not result.converged
@@ -127,9 +112,75 @@ def test_the_cores_pixel_size_reaches_the_predictor(model_10x):
         autofocus(core, predictor, tolerance_um=1.0)
 
 
+class OffsetPredictor(FocusPredictor):
+    """Knows the true defocus of the demo stage and says it 1.5 um too high, on either side."""
+
+    def __init__(self, model, slide, stage):
+        super().__init__(model)
+        self.slide, self.stage = slide, stage
+
+    def predict(self, frame):
+        defocus = self.stage.z_um - self.slide.focus_z_um(0, 0) + 1.5
+        return FocusEstimate(defocus, "ok", abs(defocus), None, 0.0, 16, 16)
+
+
+def test_calibration_finds_focus_as_the_dataset_tool_does_and_the_saved_offset_is_applied(tmp_path, model_10x):
+    slide, z = slide_10x(seed=4), DemoZStage()
+    core = demo_core(slide, z=z)
+    core.setZPosition(slide.focus_z_um(0, 0) + 0.3 * DOF_10X)
+    model = tmp_path / "model.onnx"
+    model.write_bytes(model_10x.read_bytes())
+    calibration = calibrate(core, OffsetPredictor(model, slide, z), span_um=6 * DOF_10X, steps=13,
+                            plot_path=tmp_path / "calibration.png", save=True)
+    assert abs(calibration.focus_z_um - slide.focus_z_um(0, 0)) < 0.25 * DOF_10X
+    found_minus_true = calibration.focus_z_um - slide.focus_z_um(0, 0)
+    assert calibration.scale == pytest.approx(1.0) and calibration.offset_um == pytest.approx(1.5 + found_minus_true)
+    assert calibration.side_accuracy == 1.0 and core.getZPosition() == pytest.approx(slide.focus_z_um(0, 0) + 0.3 * DOF_10X)
+    assert (tmp_path / "calibration.png").stat().st_size > 0 and "distance error" in calibration.report()
+    assert FocusPredictor(model).offset_um == pytest.approx(calibration.offset_um)
+    assert FocusPredictor(model_10x).offset_um == 0.0
+    with pytest.raises(MicroscopeError, match="leaves z_range_um"):
+        calibrate(core, FocusPredictor(model), span_um=6 * DOF_10X, steps=5, z_range_um=(-1.0, 1.0))
+
+
 def positions_apart_in_focus(slide: DemoSlide, count: int) -> list[useq.Position]:
     """Positions on a line through the slide whose focus lies 3 DOF apart end to end."""
     return [useq.Position(x=x, y=0.0, z=0.0) for x in np.linspace(-1200, 1200, count)]
+
+
+class TruthfulPredictor(FocusPredictor):
+    """Says the true defocus of the demo slide where the core's stages stand."""
+
+    def __init__(self, model, slide, core):
+        super().__init__(model)
+        self.slide, self.core = slide, core
+
+    def predict(self, frame):
+        defocus = self.core.getZPosition() - self.slide.focus_z_um(*self.core.getXYPosition())
+        return FocusEstimate(defocus, "ok", abs(defocus), None, 0.0, 16, 16)
+
+
+def test_the_engine_keeps_each_positions_correction_for_its_later_events(model_10x):
+    """With a network that is always right: one move at each position out of focus (the middle one
+    starts in focus), then every later autofocus finds its position in focus with one image;
+    frames carry the results."""
+    slide = slide_10x()
+    core = demo_core(slide)
+    engine = AutofocusEngine(core, TruthfulPredictor(model_10x, slide, core), tolerance_um=0.5)
+    core.mda.set_engine(engine)
+    frames = []
+
+    @core.mda.events.frameReady.connect
+    def record(image, event, metadata):
+        frames.append((event.index["t"], core.getZPosition() - slide.focus_z_um(*core.getXYPosition()),
+                       metadata["autofocus"]))
+
+    core.mda.run(useq.MDASequence(stage_positions=positions_apart_in_focus(slide, 3), time_plan={"interval": 0,
+                                  "loops": 2}, autofocus_plan=useq.AxesBasedAF(axes=("p",))))
+    assert len(frames) == 6 and all(abs(defocus) < 1e-6 for _, defocus, _ in frames)
+    assert [summary["images"] for _, _, summary in frames] == [2, 1, 2, 1, 1, 1]
+    assert all(summary["stop_reason"] == "within_tolerance" for _, _, summary in frames)
+    assert [summary["z_moved_um"] == 0.0 for _, _, summary in frames] == [False, True, False, True, True, True]
 
 
 @pytest.mark.slow
@@ -200,3 +251,20 @@ def test_the_same_field_at_another_pixel_size_gives_the_same_estimate(trained_sp
     print("resampled (DOF):", np.round(resampled, 3), "as they come:", np.round(as_they_come, 3))
     assert max(resampled) <= 0.25
     assert np.mean(as_they_come) > 2 * np.mean(resampled)
+
+
+@pytest.mark.slow
+def test_the_demo_command_runs_an_autofocused_acquisition_and_a_calibration(model_10x, tmp_path):
+    from conftest import run_script
+
+    demo = run_script("micromanager.py", "--model", model_10x, "--demo", "--magnification", 10, "--na", 0.3,
+                      "--positions", 2, "--time_points", 1, "--frame_size", 448, cwd=tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    assert "t 0 position 1: start" in demo.stdout and "the focus stage stayed within" in demo.stdout
+    assert "the integration itself" in demo.stdout and "Micro-Manager" not in demo.stderr
+    calibration = run_script("micromanager.py", "--model", model_10x, "--demo", "--magnification", 10, "--na", 0.3,
+                             "--calibrate", 6 * DOF_10X, "--steps", 7, "--frame_size", 448, cwd=tmp_path)
+    assert calibration.returncode == 0, calibration.stderr
+    assert "distance error" in calibration.stdout and (tmp_path / "calibration.png").is_file()
+    missing = run_script("micromanager.py", "--model", tmp_path / "none.onnx", "--demo", cwd=tmp_path)
+    assert missing.returncode == 1 and "none.onnx does not exist" in missing.stderr and "Traceback" not in missing.stderr
