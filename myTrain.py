@@ -403,11 +403,14 @@ def last_epoch_kept(saver: CheckpointSaver, rank: int, args):
     except CheckpointError:
         raise  # a checkpoint write failed (a full disk): another would fail too
     except BaseException as error:
+        loader_died = isinstance(error, RuntimeError) and "DataLoader worker" in str(error)
+        if loader_died and hasattr(signal, "SIGCHLD"):
+            # torch's handler raises again for every other loader that ends, even while the last
+            # epoch is being written below
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if rank == 0:
             keep_last_finished_epoch(saver)
-        if isinstance(error, RuntimeError) and "DataLoader worker" in str(error):
-            if hasattr(signal, "SIGCHLD"):  # torch's handler would report each loader ended at exit again
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        if loader_died:
             raise LoaderDiedError(
                 f"an image-loading process died ({message_of(error)}); the kernel's out-of-memory killer is the "
                 f"usual cause. Try fewer --num_workers (this run: {args.num_workers})"
