@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from cli import UserError
+from error_model import STUDENT_DOF, ErrorModel
 from exported_model import open_session
 from imaging import (IMAGE_SIZE, MAD_TO_SD, MAX_SATURATED, MIN_CONTRAST, as_uint8, has_content, resample, rgb_uint8,
                      tile_origins)
-from schema import CAMERA_PIXEL_UM, CONFIDENT_P, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um, objective_name
+from schema import CAMERA_PIXEL_UM, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um, objective_name
 
 MAX_COARSER = 2.0  # frames up to this many times coarser than the trained pixel are interpolated; beyond, refused
 
@@ -51,12 +52,12 @@ class FocusEstimate:
     tiles_used: int
     tiles_total: int
     reason: str = ""  # why the status is not "ok", in words
+    distance_spread_um: float = 0.0  # the same of the tiles' distances
 
 
 # why focus_loop stopped: FocusResult.stop_reason
 STOP_REASONS = {
-    "within_tolerance": "the estimate was within the tolerance",
-    "unresolved": "the last move changed nothing the network can see: closer than it resolves",
+    "within_tolerance": "in focus within the tolerance with the probability asked for",
     "no_sample": "too few tiles with content: no further move",
     "at_limit": "focus lies beyond z_range_um: the stage stopped at the limit, then went to the place rated closest",
     "images_used_up": "max_images frames were taken: the stage went to the place rated closest",
@@ -65,12 +66,13 @@ STOP_REASONS = {
 
 @dataclass
 class FocusResult:
-    converged: bool  # the loop stopped in focus as far as the network can tell (within tolerance or unresolved)
+    converged: bool  # the loop stopped in focus with the confidence asked for
     images: int  # frames acquired
     moves_um: list[float] = field(default_factory=list)
     estimates: list[FocusEstimate] = field(default_factory=list)
     stop_reason: str = "images_used_up"  # a key of STOP_REASONS
     at_limit: bool = False  # a move was cut short at an end of z_range_um
+    p_in_focus: float = math.nan  # where it stopped: the probability that focus lies within the tolerance
 
     @property
     def moved_um(self) -> float:
@@ -130,8 +132,19 @@ class FocusPredictor:
         self.offset_um = offset_um if offset_um is not None else calibrated_offset_um(self.model_path, self.objective)
         self.trained_pixel_um = trained_pixel_size(metadata, magnification, na)
         self.dof_um = self.to_um if self.is_moaf else trained_dof_um(metadata)  # None where the file cannot tell
+        self.error_model = self.network_error_model(metadata)
         self.scale = None  # frame size -> the trained sampling's; None: frames are used as they come
         self.set_pixel_size(pixel_size_um)
+
+    def network_error_model(self, metadata: dict) -> ErrorModel:
+        """The error measured on the validation split when the model was exported (in um), or,
+        for a file without one, a conservative default and a warning."""
+        if "error_model" in metadata:
+            return ErrorModel.from_metadata(metadata["error_model"]).in_um(self.to_um)
+        saturation = self.max_distance_um or 10 * (self.dof_um or 10.0)
+        warnings.warn("the model's file has no measured error model (exported before it did): the focus loop "
+                      "assumes a wide error and may need more images; export it again with myTest.py", stacklevel=3)
+        return ErrorModel.conservative(saturation)
 
     def set_pixel_size(self, pixel_size_um: float | None) -> None:
         """The pixel size (um in the specimen) of the frames to come; None: use them as they are."""
@@ -204,11 +217,13 @@ class FocusPredictor:
             defocus -= self.offset_um
             distance = abs(defocus)
         spread = float(MAD_TO_SD * np.median(np.abs(signed - np.median(signed))))
+        distances = outputs["distance"] if "distance" in outputs else np.abs(signed)
+        distance_spread = float(MAD_TO_SD * np.median(np.abs(distances - np.median(distances))))
         beyond = self.max_distance_um is not None and distance > self.max_distance_um
         reason = (f"distance {distance:.2f} um is beyond the largest trained on, {self.max_distance_um:.2f} um"
                   if beyond else "")
         return FocusEstimate(defocus, "out_of_range" if beyond else "ok", distance, p_positive, spread,
-                             len(signed), total, reason)
+                             len(signed), total, reason, distance_spread)
 
 
 def calibration_file(model_path) -> Path:
@@ -267,42 +282,49 @@ def check_frame(frame) -> np.ndarray:
     return frame
 
 
-def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float, max_images: int = 5,
-               max_step_um: float | None = None, confident_p: float = CONFIDENT_P,
-               z_range_um: tuple[float, float] | None = None, z_um=None) -> FocusResult:
-    """Acquire, predict, move the stage by -defocus; repeat until an estimate is within
-    `tolerance_um` or `max_images` frames were taken. The last, small move is made too when
-    the side is known (a signed head, or a split head's p beyond `confident_p`): it costs no
-    image, and networks tend to underestimate distances near focus; a coin-flip side would
-    as often double the distance. `acquire()` returns a frame, `move_by(delta_um)` moves the
-    stage relative to where it is.
+CONFIDENCE = 0.8  # focus_loop stops when the stage is within the tolerance with at least this probability
 
-    - "no_sample": no further move, the loop stops (it never invents a target).
-    - "out_of_range": a move of at most `max_step_um` toward the predicted side.
-    - Each move is checked against what blur shows next, as a person would: the distance
-      should shrink by about the move. If it grew by about the move, the move went the
-      wrong way and the next one goes back by the move and on by the distance seen before
-      it (or by the distance seen now, if larger), whatever the network says of the side.
-      If it did not change by half the move either, the stage is closer to focus than the
-      network can resolve (its distance has a floor near focus): the loop stops, converged,
-      at whichever of the two places it rated closer, instead of stepping back and forth
-      around focus. No change in the upper half of the trained range is the other end,
-      where the network saturates: the move went the wrong way. A drop by less than half
-      the move from the upper half of the range still counts as closer: the distance seen
-      there may have been saturated, short of the true one.
-    - Every move is at most `max_step_um`. An error (a bad frame, a camera or stage error)
-      propagates before any further move.
+
+def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float, max_images: int = 5,
+               max_step_um: float | None = None, confidence: float = CONFIDENCE,
+               z_range_um: tuple[float, float] | None = None, z_um=None,
+               prior_sd_um: float | None = None) -> FocusResult:
+    """Focus by inference: after every frame, the probability of each candidate focus position
+    given everything seen so far (where the stage stood for each frame, and what its tiles
+    said), from the network's measured error (`predictor.error_model`: its floor near focus,
+    its spread, where it saturates, how reliable its side is). `acquire()` returns a frame,
+    `move_by(delta_um)` moves the stage relative to where it is.
+
+    - Stop when the stage is within `tolerance_um` of focus with probability `confidence`,
+      counting a last small move (at most twice the tolerance, not imaged) to the position
+      most likely in focus. Otherwise move there (at most `max_step_um`) and take another frame;
+      if that is where the stage is already, step to the likeliest place beyond the tolerance
+      instead, so that the next frame tells something new.
+    - What the old rules of thumb did falls out of the same model: a move that made the blur
+      grow went the wrong way; a distance that does not change is the network's floor near
+      focus or its saturation far away; a coin-flip side is tried, and undone when wrong.
+    - "no_sample" (too few tiles with content): no further move, the loop stops.
+    - With the images used up, the stage stands at the position most likely in focus among
+      those imaged and the one computed from them all.
     - `z_range_um` (low, high), in the units of `z_um()`, which reads the stage: no move
       leaves it; one that would stops at the limit (`at_limit`), and if focus still lies
       beyond, the loop stops there ("at_limit"). A start outside the range: FocusError, no move.
-    - A loop that does not converge (images used up, at a limit) ends at the place the
-      network rated closest among those it imaged, never at an untested last guess.
+    - An error (a bad frame, a camera or stage error) propagates before any further move.
+    - `prior_sd_um`: focus is known to lie near the start, give or take this much (a
+      position focused before, drifting since): a Student's t prior of that scale; without
+      it, every candidate position is as likely before the first frame.
+    `result.p_in_focus` is the last probability of being within the tolerance.
     """
     stage = LimitedStage(move_by, max_step_um, z_range_um, z_um)
+    model = predictor.error_model
+    # focus positions relative to the start: as far out as the network's range, and the moves, may reach
+    candidates = focus_candidates((2 + max_images) * model.saturation, tolerance_um)
+    offsets, log_prior = model.field_offsets()
+    log_joint = np.repeat(log_prior[:, None], len(candidates), axis=1)  # field offset x focus position
+    if prior_sd_um:
+        log_joint -= 2 * np.log1p((candidates / prior_sd_um) ** 2 / STUDENT_DOF)
     result = FocusResult(converged=False, images=0)
-    seen = []  # (distance, where the stage was relative to the start) of every usable image
-    previous_distance, last_move = None, 0.0
-    high = predictor.max_distance_um / 2 if predictor.max_distance_um else math.inf  # upper half of the trained range
+    imaged = []  # where each usable frame was taken, relative to the start
     for _ in range(max_images):
         estimate = predictor.predict(acquire())
         result.images += 1
@@ -310,43 +332,52 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
         if estimate.status == "no_sample":
             result.stop_reason = "no_sample"
             break
-        seen.append((estimate.distance_um, stage.moved_um))
-        effect = move_effect(estimate.distance_um, previous_distance, last_move)
-        if effect == "unchanged" and estimate.distance_um > high:
-            effect = "further"  # no change high in the trained range: beyond it, where the network saturates
-        elif effect == "unchanged" and estimate.distance_um < previous_distance and previous_distance > high:
-            effect = "closer"  # in from where the network may have saturated
-        if effect == "unchanged":
-            if estimate.distance_um > previous_distance:
-                stage.move(-last_move)  # the network cannot tell the two places apart but rated the last one closer
-            result.converged, result.stop_reason = True, "unresolved"
-            break
-        if estimate.status == "ok" and abs(estimate.defocus_um) <= tolerance_um:
-            side_known = estimate.p_positive is None or abs(estimate.p_positive - 0.5) >= confident_p - 0.5
-            if estimate.defocus_um and side_known:
-                stage.move(-estimate.defocus_um)
+        here = stage.moved_um
+        imaged.append(here)
+        log_joint += model.log_likelihood(estimate.distance_um, estimate.defocus_um, estimate.p_positive,
+                                          estimate.tiles_used, estimate.distance_spread_um, here - candidates, offsets)
+        log_posterior = np.logaddexp.reduce(log_joint, axis=0)
+        in_focus = probability_in_focus(log_posterior, candidates, tolerance_um)
+        best = int(np.argmax(in_focus))
+        target, result.p_in_focus = float(candidates[best]), float(in_focus[best])
+        if result.p_in_focus >= confidence and abs(target - here) <= 2 * tolerance_um:
+            stage.move(target - here)
             result.converged, result.stop_reason = True, "within_tolerance"
             break
         if result.images == max_images:
-            break  # no image left to test a further move with
-        side, distance = math.copysign(1.0, estimate.defocus_um), estimate.distance_um
-        if effect == "further":
-            # the last move went the wrong way: go back, and on by the larger of the distance seen
-            # now and the move plus the distance seen before it; each can only fall short (beyond
-            # the trained range the network saturates; a signed head unsure of the side
-            # predicts near zero)
-            side = math.copysign(1.0, last_move)
-            distance = max(distance, abs(last_move) + previous_distance)
-        move = stage.move(-side * distance)
-        if not move and stage.at_limit:
+            break
+        if abs(target - here) < tolerance_um / 2:
+            elsewhere = np.abs(candidates - here) > tolerance_um
+            target = float(candidates[elsewhere][np.argmax(log_posterior[elsewhere])])
+        if not stage.move(target - here) and stage.at_limit:
             result.stop_reason = "at_limit"  # already at the limit, and focus lies beyond it
             break
-        previous_distance, last_move = estimate.distance_um, move
-    if not result.converged and seen:
-        closest = min(reversed(seen), key=lambda distance_and_place: distance_and_place[0])  # ties: the latest
-        stage.move(closest[1] - stage.moved_um)  # back to the place rated closest
+    if not result.converged and imaged:
+        last_in_focus = probability_in_focus(log_posterior, candidates, tolerance_um)
+        options = [*imaged, float(candidates[int(np.argmax(last_in_focus))])]
+        chosen = max(reversed(options), key=lambda place: float(np.interp(place, candidates, last_in_focus)))
+        stage.move(chosen - stage.moved_um)
+        result.p_in_focus = float(np.interp(stage.moved_um, candidates, last_in_focus))
     result.moves_um, result.at_limit = stage.moves_um, stage.at_limit
     return result
+
+
+def focus_candidates(reach_um: float, tolerance_um: float, points: int = 3001) -> np.ndarray:
+    """Candidate focus positions relative to the start, `reach_um` either side, a tenth of the
+    tolerance apart or as many as `points` allow."""
+    step = max(tolerance_um / 10, 2 * reach_um / (points - 1))
+    reach = reach_um
+    return np.arange(-reach, reach + step / 2, step)
+
+
+def probability_in_focus(log_posterior: np.ndarray, candidates: np.ndarray, tolerance_um: float) -> np.ndarray:
+    """For the stage at each candidate position, the probability that focus lies within the tolerance of it."""
+    posterior = np.exp(log_posterior - log_posterior.max())
+    cumulative = np.concatenate([[0.0], np.cumsum(posterior)]) / posterior.sum()
+    step = candidates[1] - candidates[0]
+    reach = int(round(tolerance_um / step))
+    index = np.arange(len(candidates))
+    return cumulative[np.minimum(index + reach + 1, len(candidates))] - cumulative[np.maximum(index - reach, 0)]
 
 
 class LimitedStage:
@@ -388,15 +419,3 @@ class LimitedStage:
 
 def bounded(move_um: float, max_step_um: float | None) -> float:
     return move_um if max_step_um is None else math.copysign(min(abs(move_um), max_step_um), move_um)
-
-
-def move_effect(distance_um: float, previous_um: float | None, move_um: float) -> str | None:
-    """What the last move did to the distance from focus, judged against half the move:
-    "closer", "further" or "unchanged"; None before the first move."""
-    if previous_um is None or not move_um:
-        return None
-    if distance_um < previous_um - abs(move_um) / 2:
-        return "closer"
-    if distance_um > previous_um + abs(move_um) / 2:
-        return "further"
-    return "unchanged"

@@ -143,6 +143,38 @@ def plot_report(results: pd.DataFrame, unit: str, stem: Path) -> list[Path]:
     return figure_paths
 
 
+def plot_error_model(labels: np.ndarray, distances: np.ndarray, signed: np.ndarray, model, unit: str,
+                     path: Path) -> Path:
+    """The validation split's predicted distance against the true one with the error model's
+    mean and spread of one tile, and the side's reliability, measured and modelled."""
+    true = np.abs(labels)
+    grid = np.linspace(0, max(true.max(), model.saturation) * 1.05, 200)
+    figure = Figure(figsize=(11, 4.5))
+    left, right = figure.subplots(1, 2)
+    left.scatter(true, distances, s=12, alpha=0.7, label="validation images")
+    mean, sigma = model.mean_distance(grid), model.sigma(grid)
+    left.plot(grid, mean, color="black", label="error model: mean")
+    left.fill_between(grid, mean - sigma, mean + sigma, color="grey", alpha=0.3, label="+- one tile's spread")
+    left.plot(grid, grid, color="grey", linestyle="--", linewidth=1, label="perfect")
+    left.set(xlabel=f"true distance from focus ({unit})", ylabel=f"predicted distance ({unit})",
+             title="Distance: what the loop expects to read")
+    left.grid(alpha=0.3)
+    left.legend()
+    edges = np.quantile(true, np.linspace(0, 1, 7))
+    centres, shares = [], []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (true >= low) & (true <= high) & (true > 0)
+        if inside.any():
+            centres.append(true[inside].mean())
+            shares.append(np.mean(np.sign(signed[inside]) == np.sign(labels[inside])))
+    right.plot(centres, shares, "o", label="validation images (sixths by distance)")
+    right.plot(grid, model.side_accuracy(grid), color="black", label="error model")
+    right.set(xlabel=f"true distance from focus ({unit})", ylabel="side right", ylim=(0.3, 1.02),
+              title="Side of focus")
+    figure_paths = save_figure(figure, right, path)
+    return figure_paths
+
+
 def save_figure(figure, axis, path: Path) -> Path:
     """Legend, grid, tight layout, PNG at a readable resolution."""
     axis.grid(alpha=0.3)

@@ -36,8 +36,8 @@ from pymmcore_plus.experimental.unicore import (ShutterDevice, SimpleCameraDevic
                                                 XYStageDevice)
 from pymmcore_plus.mda import MDAEngine
 
-from autofocus import FocusPredictor, FocusResult, calibration_file, focus_loop
-from cli import UserError, positive, run, writing
+from autofocus import CONFIDENCE, FocusPredictor, FocusResult, calibration_file, focus_loop
+from cli import UserError, positive, probability, run, writing
 from focus_measures import FOCUS_MEASURES, curve_peak, focus_channel
 from imaging import tile_origins
 from optics import Optics, VirtualMicroscope
@@ -49,12 +49,13 @@ class MicroscopeError(UserError):
 
 
 def autofocus(core: CMMCorePlus, predictor: FocusPredictor, tolerance_um: float, max_images: int = 5,
-              max_step_um: float | None = None, z_range_um: tuple[float, float] | None = None) -> FocusResult:
+              max_step_um: float | None = None, z_range_um: tuple[float, float] | None = None,
+              confidence: float = CONFIDENCE, prior_sd_um: float | None = None) -> FocusResult:
     """Focus where the stage is, with the core's camera and focus device: focus_loop on
     snapImage/getImage and relative moves of the focus device, never outside `z_range_um`
     (absolute, in the focus device's units). Frames get the core's pixel size (when it has a
     pixel-size configuration, else the predictor's own) and the camera's bit depth. A camera
-    or stage error propagates with no further move."""
+    or stage error propagates with no further move. `confidence`, `prior_sd_um`: as focus_loop's."""
     focus_device = check_core(core)
     use_camera_settings(core, predictor)
 
@@ -66,8 +67,8 @@ def autofocus(core: CMMCorePlus, predictor: FocusPredictor, tolerance_um: float,
         core.setRelativePosition(focus_device, delta_um)
         core.waitForDevice(focus_device)
 
-    return focus_loop(acquire, move_by, predictor, tolerance_um, max_images, max_step_um,
-                      z_range_um=z_range_um, z_um=lambda: core.getPosition(focus_device))
+    return focus_loop(acquire, move_by, predictor, tolerance_um, max_images, max_step_um, confidence,
+                      z_range_um=z_range_um, z_um=lambda: core.getPosition(focus_device), prior_sd_um=prior_sd_um)
 
 
 def check_core(core: CMMCorePlus) -> str:
@@ -107,13 +108,17 @@ class AutofocusEngine(MDAEngine):
     `autofocus`, and the z it moved is kept as the position's correction, as the engine keeps
     a hardware autofocus's: the later events at that position (other time points, z-stacks
     relative to focus) are taken at the corrected z, and the next autofocus there starts from
-    it. Each frame's metadata holds its position's last autofocus result under "autofocus"."""
+    it, expecting focus within `drift_um` of it (focus_loop's prior; default: the
+    tolerance), so that a position still in focus takes one image. Each frame's metadata
+    holds its position's last autofocus result under "autofocus"."""
 
     def __init__(self, core: CMMCorePlus, predictor: FocusPredictor, tolerance_um: float, max_images: int = 5,
-                 max_step_um: float | None = None, z_range_um: tuple[float, float] | None = None, **options):
+                 max_step_um: float | None = None, z_range_um: tuple[float, float] | None = None,
+                 confidence: float = CONFIDENCE, drift_um: float | None = None, **options):
         super().__init__(core, **options)
+        self.drift_um = drift_um if drift_um is not None else tolerance_um
         self.predictor, self.tolerance_um, self.max_images = predictor, tolerance_um, max_images
-        self.max_step_um, self.z_range_um = max_step_um, z_range_um
+        self.max_step_um, self.z_range_um, self.confidence = max_step_um, z_range_um, confidence
         self.results: dict[int | None, FocusResult] = {}  # the last autofocus at each position index
 
     def setup_sequence(self, sequence: useq.MDASequence):
@@ -129,8 +134,9 @@ class AutofocusEngine(MDAEngine):
     def focus_position(self, position: int | None) -> FocusResult:
         core = self.mmcore
         start = core.getZPosition()
+        focused_before = position in self.results and self.results[position].converged
         result = autofocus(core, self.predictor, self.tolerance_um, self.max_images, self.max_step_um,
-                           self.z_range_um)
+                           self.z_range_um, self.confidence, self.drift_um if focused_before else None)
         self._z_correction[position] = self._z_correction.get(position, 0.0) + core.getZPosition() - start
         self.results[position] = result
         return result
@@ -249,7 +255,8 @@ def result_summary(result: FocusResult) -> dict:
     estimate = last.defocus_um if last is not None and math.isfinite(last.defocus_um) else None
     return {"stop_reason": result.stop_reason, "converged": result.converged,
             "status": last.status if last is not None else None, "defocus_um": estimate,
-            "images": result.images, "z_moved_um": result.moved_um, "at_limit": result.at_limit}
+            "images": result.images, "z_moved_um": result.moved_um, "at_limit": result.at_limit,
+            "p_in_focus": result.p_in_focus if math.isfinite(result.p_in_focus) else None}
 
 
 # --- the demo microscope as Python devices ----------------------------------------------------
@@ -438,6 +445,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tolerance_dof", type=positive(float), default=0.5,
                         help="stop within this many depths of field of focus (default: %(default)s)")
     parser.add_argument("--max_images", type=positive(int), default=5, help="per autofocus (default: %(default)s)")
+    parser.add_argument("--confidence", type=probability, default=CONFIDENCE,
+                        help="stop when in focus within the tolerance with this probability, by the network's "
+                             "measured error (default: %(default)s)")
     parser.add_argument("--z_range_um", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="the focus device never leaves this range (default: the demo's +-20 DOF; none)")
     parser.add_argument("--positions", type=positive(int), default=6, help="--demo positions (default: %(default)s)")
@@ -477,7 +487,8 @@ def run_demo(args, predictor: FocusPredictor) -> None:
     rng = np.random.default_rng(args.seed)
     positions = [useq.Position(x=x, y=y, z=0.0) for x, y in rng.uniform(-1500, 1500, size=(args.positions, 2))]
     z_range = tuple(args.z_range_um) if args.z_range_um else (-20 * dof_um, 20 * dof_um)
-    engine = AutofocusEngine(core, predictor, args.tolerance_dof * dof_um, args.max_images, z_range_um=z_range)
+    engine = AutofocusEngine(core, predictor, args.tolerance_dof * dof_um, args.max_images, z_range_um=z_range,
+                             confidence=args.confidence)
     core.mda.set_engine(engine)
     frames = []
 
@@ -557,7 +568,7 @@ def focus_once(args, core: CMMCorePlus, predictor: FocusPredictor) -> None:
     tolerance_um = args.tolerance_dof * depth_of_field_um(args.magnification, args.na)
     z_range = tuple(args.z_range_um) if args.z_range_um else None
     start = core.getZPosition()
-    result = autofocus(core, predictor, tolerance_um, args.max_images, z_range_um=z_range)
+    result = autofocus(core, predictor, tolerance_um, args.max_images, z_range_um=z_range, confidence=args.confidence)
     print(f"z {start:.2f} -> {core.getZPosition():.2f} um: {result_summary(result)}")
 
 

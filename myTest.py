@@ -62,7 +62,8 @@ from engine import split_batch
 from myModel import calibration_feeds, export_onnx, quantize_onnx
 from exported_model import open_session
 from processes import fit_threads_to_cores, progress, resolve_device
-from metrics import per_objective_metrics, plot_report
+from error_model import fit_error_model
+from metrics import per_objective_metrics, plot_error_model, plot_report
 from schema import dof_um_of_rows
 from tasks import TASKS, build_dataset, build_loader
 
@@ -170,7 +171,18 @@ def result_table(test_set, pt_outputs: dict, onnx_outputs: dict, onnx_time_cost)
     return results
 
 
-def onnx_metadata(checkpoint: dict, task: str) -> dict[str, str]:
+def measured_error_model(args, model, checkpoint: dict, task: str, glob: str | None, device) -> tuple:
+    """The network's error on the validation split (error_model.py): (model, labels, distances, signed)."""
+    val_set = build_dataset(args, "val", transforms.ToTensor(), task, glob)
+    outputs = predict_pytorch(model, build_loader(val_set, args.batch_size, args.num_workers, device, shuffle=False),
+                              device)
+    labels = val_set.frame[val_set.target_column].to_numpy(dtype=np.float64)
+    distances = outputs["distance"] if "distance" in outputs else np.abs(outputs["output"])
+    saturation = checkpoint.get("train_label_abs_max", float(np.abs(labels).max()))
+    return fit_error_model(labels, distances, outputs["output"], saturation), labels, distances, outputs["output"]
+
+
+def onnx_metadata(checkpoint: dict, task: str, error_model=None) -> dict[str, str]:
     """What the ONNX file records of its training: task, unit, head and, where the checkpoint
     has them, the largest |label| trained on (the autofocus reports estimates beyond it as out
     of range), the specimen pixel size per objective and the camera pixel (the autofocus
@@ -183,6 +195,8 @@ def onnx_metadata(checkpoint: dict, task: str) -> dict[str, str]:
         metadata["pixel_size_um"] = json.dumps(checkpoint["pixel_size_um"])
     if "camera_pixel_um" in trained_args:
         metadata["camera_pixel_um"] = repr(trained_args["camera_pixel_um"])
+    if error_model is not None:
+        metadata["error_model"] = error_model.to_metadata()
     return metadata
 
 
@@ -215,9 +229,11 @@ def main(args: argparse.Namespace) -> None:
     model = load_model(checkpoint, ckpt_path, task, fe_str, device)
 
     pt_outputs = predict_pytorch(model, loader, device)
+    error_model, val_labels, val_distances, val_signed = measured_error_model(args, model, checkpoint, task, glob,
+                                                                              device)
     name = output_name(ckpt_path)
     with writing(args.onnx_dir / f"{name}.onnx"):
-        onnx_path = export_onnx(model, args.onnx_dir / f"{name}.onnx", onnx_metadata(checkpoint, task))
+        onnx_path = export_onnx(model, args.onnx_dir / f"{name}.onnx", onnx_metadata(checkpoint, task, error_model))
     session = open_session(onnx_path, device.type == "cuda", args.onnx_threads)
     onnx_outputs, onnx_time_cost = predict_onnx(session, test_set, args.warmup)
 
@@ -242,8 +258,11 @@ def main(args: argparse.Namespace) -> None:
         metrics_path.write_text(json.dumps(summary, indent=2) + "\n")
     with writing(args.result_dir / f"{name}_*.png"):
         plots = plot_report(results, unit, args.result_dir / name)
+        plots.append(plot_error_model(val_labels, val_distances, val_signed, error_model, unit,
+                                      args.result_dir / f"{name}_error_model.png"))
     print(f"ONNX model: {onnx_path}")
     print_summary(results, metrics, unit, session.get_providers())
+    print(f"Error model (validation split, in the ONNX file for the focus loop): {error_model.describe(unit)}")
     print(f"Metrics: {metrics_path}")
     print(f"Plots: {', '.join(str(path) for path in plots)}")
     print(f"Results: {result_path}")

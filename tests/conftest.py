@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT))
 
 import myTrain  # noqa: E402
 import torch  # noqa: E402
+from error_model import ErrorModel  # noqa: E402
 from make_demo_data import make_demo_dataset, write_demo_stacks  # noqa: E402
 from myModel import SOAFModel, export_onnx  # noqa: E402
 from myTest import get_args_parser as get_test_args_parser, main as test_main  # noqa: E402
@@ -63,10 +64,11 @@ def stacks(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def soaf_onnx(tmp_path_factory) -> Path:
-    """An untrained SOAF model exported as myTest.py exports, trained range +-40 um."""
+    """An untrained SOAF model exported as myTest.py exports, trained range +-40 um, with an error model."""
     torch.manual_seed(0)
     model = SOAFModel(pretrained=False).eval()
-    return export_onnx(model, tmp_path_factory.mktemp("focus") / "soaf.onnx", {"label_abs_max": "40.0"})
+    return export_onnx(model, tmp_path_factory.mktemp("focus") / "soaf.onnx",
+                       {"label_abs_max": "40.0", "error_model": ErrorModel.conservative(40.0).to_metadata()})
 
 
 @pytest.fixture(scope="session")

@@ -4,12 +4,14 @@ import json
 
 from PIL import Image
 import numpy as np
+import onnxruntime
 import pandas as pd
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from checkpoints import find_best_checkpoint
 from conftest import FAST, run_script, scalar_steps
+from error_model import ErrorModel
 
 
 @pytest.mark.slow
@@ -29,7 +31,14 @@ def test_train_then_test_end_to_end(demo_root, tmp_path):
     best = find_best_checkpoint(tmp_path / ".ckpts")
     result_file = tmp_path / ".result" / f"ckpts-{best.stem}_test.csv"
     assert tested.stdout.strip().endswith(f"Results: {result_file.relative_to(tmp_path)}")
-    assert (tmp_path / ".onnx" / f"ckpts-{best.stem}.onnx").is_file()
+    onnx_file = tmp_path / ".onnx" / f"ckpts-{best.stem}.onnx"
+    metadata = onnxruntime.InferenceSession(str(onnx_file)).get_modelmeta().custom_metadata_map
+    error_model = ErrorModel.from_metadata(metadata["error_model"])  # measured on the validation split
+    assert error_model.images == len(pd.concat(pd.read_csv(f) for f in (demo_root / ".val").glob("10x_0.3*.csv")))
+    assert "Error model (validation split" in tested.stdout
+    assert (tmp_path / ".result" / f"ckpts-{best.stem}_error_model.png").is_file()
+    assert json.loads(metadata["pixel_size_um"]) == {"10x/0.3": pytest.approx(0.65)}
+    assert metadata["camera_pixel_um"] == "6.5"
     results = pd.read_csv(result_file)
     assert list(results.columns[:5]) == ["image_path", "label", "pt_pred", "onnx_pred", "onnx_time_cost"]
     expected = pd.concat([pd.read_csv(f) for f in sorted((demo_root / ".test").glob("10x_0.3*.csv"))])

@@ -1,0 +1,149 @@
+"""How far to trust a network: its error measured on the validation split, a few numbers that
+travel in the ONNX file's metadata, and the likelihood of what a frame shows for each candidate
+defocus, which the focus loop reasons with. numpy only; lengths in the model's unit (um for
+SOAF, DOF for MOAF) until `in_um`.
+
+The measured model, for a true distance d from focus (whatever the side):
+- the predicted distance is spread around gain * sqrt(min(d, saturation)^2 + floor^2):
+  a floor near focus (a network reads a few tenths of a DOF where the image is sharp) and no
+  growth beyond the largest distance trained on (`saturation`);
+- its spread is sigma0 + sigma_slope * min(d, saturation); most of it is the field's own: a
+  field unlike most reads long or short at every distance, by an offset that spreads by
+  `field_spread` between the validation images (their residuals' robust spread);
+- the side is right with probability 0.5 + (side_max - 0.5) * (1 - exp(-d / side_scale)):
+  a coin flip at focus, as reliable as the optics allow further out.
+A frame's estimate is the median of its tiles: for a given field offset its spread is that
+of the frame's own tiles scaled by 1.2533 / sqrt(tiles), plus the uncertainty of the fit
+itself. The focus loop infers the field offset with the focus, from frames at several places.
+"""
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from imaging import MAD_TO_SD
+
+MEDIAN_EFFICIENCY = 1.2533  # the standard error of a median of normal values over that of their mean
+STUDENT_DOF = 3  # the degrees of freedom of the distance's likelihood: heavy tails, a finite variance
+
+
+@dataclass(frozen=True)
+class ErrorModel:
+    floor: float  # the distance read at focus, before the gain
+    gain: float
+    sigma0: float  # spread of one tile's distance at focus
+    sigma_slope: float  # growth of that spread per unit of distance
+    saturation: float  # the largest distance trained on: beyond, the network sees no difference
+    side_max: float  # the side's reliability far from focus
+    side_scale: float  # the distance over which it reaches most of that
+    images: int  # validation images measured (the fit's own uncertainty shrinks with them)
+    field_spread: float = 0.0  # standard deviation of a field's offset on the distance read
+    measured: bool = True  # False: a conservative default for a model exported without one
+
+    def mean_distance(self, distance: np.ndarray) -> np.ndarray:
+        return self.gain * np.sqrt(np.minimum(distance, self.saturation) ** 2 + self.floor**2)
+
+    def sigma(self, distance: np.ndarray) -> np.ndarray:
+        return self.sigma0 + self.sigma_slope * np.minimum(distance, self.saturation)
+
+    def side_accuracy(self, distance: np.ndarray) -> np.ndarray:
+        return 0.5 + (self.side_max - 0.5) * (1 - np.exp(-distance / self.side_scale))
+
+    def in_um(self, um_per_unit: float) -> "ErrorModel":
+        """The same model with lengths in um (a MOAF model's DOF times `um_per_unit`)."""
+        return replace(self, floor=self.floor * um_per_unit, sigma0=self.sigma0 * um_per_unit,
+                       saturation=self.saturation * um_per_unit, side_scale=self.side_scale * um_per_unit)
+
+    def to_metadata(self) -> str:
+        return json.dumps({name: round(value, 6) if isinstance(value, float) else value
+                           for name, value in asdict(self).items() if name != "measured"})
+
+    @classmethod
+    def from_metadata(cls, text: str) -> "ErrorModel":
+        return cls(**json.loads(text))
+
+    @classmethod
+    def conservative(cls, saturation: float) -> "ErrorModel":
+        """For a model whose file has no measured error: wide spreads and a side seldom trusted."""
+        return cls(floor=0.1 * saturation, gain=1.0, sigma0=0.1 * saturation, sigma_slope=0.2, saturation=saturation,
+                   side_max=0.8, side_scale=0.2 * saturation, images=0, field_spread=0.1 * saturation, measured=False)
+
+    def field_offsets(self, count: int = 15) -> tuple[np.ndarray, np.ndarray]:
+        """Field offsets over +-4 spreads and the log of their prior weights: Student's t, for
+        now and then a field far unlike the validation images."""
+        offsets = np.linspace(-4, 4, count) * self.field_spread
+        z = offsets / max(self.field_spread, 1e-9)
+        log_prior = -2 * np.log1p(z * z / STUDENT_DOF)
+        return offsets, log_prior - np.logaddexp.reduce(log_prior)
+
+    def log_likelihood(self, distance: float, defocus: float, p_positive: float | None, tiles: int,
+                       tile_spread: float, candidates: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """log P(what a frame showed | its true defocus is each of `candidates`, its field's
+        offset each of `offsets`), shape (offsets, candidates): the median distance, its side
+        (a split head's p_positive, else the sign of `defocus`), from `tiles` tiles whose
+        distances spread by `tile_spread` (standard deviation)."""
+        true_distance = np.abs(candidates)
+        fit = self.sigma(true_distance) * math.sqrt(2 / max(self.images, 2))
+        sigma = np.sqrt((MEDIAN_EFFICIENCY * tile_spread / math.sqrt(max(tiles, 1))) ** 2 + fit**2)
+        # Student's t with 3 degrees of freedom rather than a normal: a frame now and then reads
+        # far off, and one such frame must not outweigh the rest
+        z = (distance - offsets[:, None] - self.mean_distance(true_distance)) / sigma
+        log_likelihood = -2 * np.log1p(z * z / STUDENT_DOF) - np.log(sigma)
+        right = self.side_accuracy(true_distance)
+        if p_positive is not None:
+            # a split head's log-odds, trusted as far as its side was found reliable at each distance
+            # on the validation split (near focus, little) and never beyond the most reliable it was
+            log_odds = math.log(np.clip(p_positive, 1e-4, 1 - 1e-4) / np.clip(1 - p_positive, 1e-4, 1))
+            reliability = (right - 0.5) / max(self.side_max - 0.5, 1e-6)
+            limit = math.log(self.side_max / (1 - self.side_max))
+            side_log_odds = np.clip(log_odds * reliability, -limit, limit) * np.sign(candidates)
+            log_likelihood -= np.log1p(np.exp(-side_log_odds))
+        else:
+            log_likelihood += np.log(np.where(np.sign(candidates) == math.copysign(1, defocus), right, 1 - right))
+        return log_likelihood
+
+    def describe(self, unit: str) -> str:
+        return (f"distance read at focus {self.gain * self.floor:.3f} {unit}, spread of one tile "
+                f"{self.sigma0:.3f} {unit} + {self.sigma_slope:.3f} x distance (between fields "
+                f"{self.field_spread:.3f} {unit}), flat beyond {self.saturation:.3f} {unit}; side right far from "
+                f"focus {self.side_max:.0%}, two thirds of that margin within {self.side_scale:.3f} {unit}; from "
+                f"{self.images} validation images")
+
+
+def fit_error_model(labels: np.ndarray, distances: np.ndarray, signed: np.ndarray, saturation: float) -> ErrorModel:
+    """The error model of a network's validation predictions: true signed `labels`, predicted
+    `distances` (a split head's, or |prediction|) and signed predictions `signed`.
+
+    The mean by least absolute deviations over a grid of floor and gain; the spread by least
+    squares on the absolute residuals (times sqrt(pi/2), the ratio of a normal spread to its
+    mean absolute value); the side's curve by maximum likelihood over a grid, its ceiling
+    below 1 by one image's worth (no network is certain from a few dozen images)."""
+    true = np.abs(np.asarray(labels, dtype=np.float64))
+    distances = np.asarray(distances, dtype=np.float64)
+    best = (math.inf, 0.0, 1.0)
+    for floor in np.linspace(0, 0.3 * saturation, 31):
+        for gain in np.linspace(0.6, 1.4, 41):
+            loss = np.abs(distances - gain * np.sqrt(np.minimum(true, saturation) ** 2 + floor**2)).sum()
+            best = min(best, (loss, floor, gain))
+    _, floor, gain = best
+    residual = np.abs(distances - gain * np.sqrt(np.minimum(true, saturation) ** 2 + floor**2)) * math.sqrt(math.pi / 2)
+    basis = np.stack([np.ones_like(true), np.minimum(true, saturation)], axis=1)
+    sigma0, sigma_slope = np.linalg.lstsq(basis, residual, rcond=None)[0]
+    sigma0, sigma_slope = max(float(sigma0), 0.02 * saturation), max(float(sigma_slope), 0.0)
+
+    sided = true > 0
+    right = (np.sign(signed) == np.sign(labels))[sided]
+    best_side = (-math.inf, 0.5, saturation)
+    for side_max in np.linspace(0.5, 1 - 1 / (sided.sum() + 2), 50):
+        for side_scale in np.linspace(0.02, 1.0, 50) * saturation:
+            accuracy = 0.5 + (side_max - 0.5) * (1 - np.exp(-true[sided] / side_scale))
+            log_likelihood = float(np.sum(np.where(right, np.log(accuracy), np.log(1 - accuracy))))
+            best_side = max(best_side, (log_likelihood, side_max, side_scale))
+    _, side_max, side_scale = best_side
+
+    inside = true < saturation
+    residual = (distances - gain * np.sqrt(true**2 + floor**2))[inside]
+    field_spread = float(MAD_TO_SD * np.median(np.abs(residual - np.median(residual)))) if inside.sum() >= 5 else sigma0
+    return ErrorModel(float(floor), float(gain), sigma0, sigma_slope, float(saturation), float(side_max),
+                      float(side_scale), int(len(true)), max(field_spread, 0.01 * saturation))
