@@ -336,7 +336,7 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
         imaged.append(here)
         log_joint += model.log_likelihood(estimate.distance_um, estimate.defocus_um, estimate.p_positive,
                                           estimate.tiles_used, estimate.distance_spread_um, here - candidates, offsets)
-        log_posterior = np.logaddexp.reduce(log_joint, axis=0)
+        log_posterior = np.log(np.exp(log_joint - log_joint.max()).sum(axis=0) + 1e-300)  # field offsets summed out
         in_focus = probability_in_focus(log_posterior, candidates, tolerance_um)
         best = int(np.argmax(in_focus))
         target, result.p_in_focus = float(candidates[best]), float(in_focus[best])
