@@ -338,8 +338,7 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
                                           estimate.tiles_used, estimate.distance_spread_um, here - candidates, offsets)
         log_posterior = np.log(np.exp(log_joint - log_joint.max()).sum(axis=0) + 1e-300)  # field offsets summed out
         in_focus = probability_in_focus(log_posterior, candidates, tolerance_um)
-        best = int(np.argmax(in_focus))
-        target, result.p_in_focus = float(candidates[best]), float(in_focus[best])
+        target, result.p_in_focus = likeliest_in_focus(in_focus, candidates, here)
         if result.p_in_focus >= confidence and abs(target - here) <= 2 * tolerance_um:
             stage.move(target - here)
             result.converged, result.stop_reason = True, "within_tolerance"
@@ -368,6 +367,15 @@ def focus_candidates(reach_um: float, tolerance_um: float, points: int = 3001) -
     step = max(tolerance_um / 10, 2 * reach_um / (points - 1))
     reach = reach_um
     return np.arange(-reach, reach + step / 2, step)
+
+
+def likeliest_in_focus(in_focus: np.ndarray, candidates: np.ndarray, here: float) -> tuple[float, float]:
+    """(the position most likely in focus, that probability); of positions as likely within a
+    thousandth (where the network saturates, all those beyond its range), the nearest."""
+    best = in_focus.max()
+    near_best = np.flatnonzero(in_focus >= best * 0.999)
+    chosen = near_best[np.argmin(np.abs(candidates[near_best] - here))]
+    return float(candidates[chosen]), float(in_focus[chosen])
 
 
 def probability_in_focus(log_posterior: np.ndarray, candidates: np.ndarray, tolerance_um: float) -> np.ndarray:

@@ -90,7 +90,8 @@ class ErrorModel:
         # far off, and one such frame must not outweigh the rest
         z = (distance - offsets[:, None] - self.mean_distance(true_distance)) / sigma
         log_likelihood = -2 * np.log1p(z * z / STUDENT_DOF) - np.log(sigma)
-        right = self.side_accuracy(true_distance)
+        # beyond the trained range the validation split says nothing of the side: no evidence there
+        right = np.where(true_distance <= self.saturation, self.side_accuracy(true_distance), 0.5)
         if p_positive is not None:
             # a split head's log-odds, trusted as far as its side was found reliable at each distance
             # on the validation split (near focus, little) and never beyond the most reliable it was
