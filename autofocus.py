@@ -20,6 +20,7 @@ the spread between tiles is reported with the estimate.
 """
 import json
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from error_model import STUDENT_DOF, ErrorModel
 from exported_model import open_session
 from imaging import (IMAGE_SIZE, MAD_TO_SD, MAX_SATURATED, MIN_CONTRAST, as_uint8, has_content, resample, rgb_uint8,
                      tile_origins)
-from schema import CAMERA_PIXEL_UM, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um, objective_name
+from schema import CAMERA_PIXEL_UM, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um, objective_name, objective_of_name
 
 MAX_COARSER = 2.0  # frames up to this many times coarser than the trained pixel are interpolated; beyond, refused
 
@@ -226,6 +227,18 @@ class FocusPredictor:
                              len(signed), total, reason, distance_spread)
 
 
+def timed(function, spent: dict, key: str):
+    """`function`, adding the seconds each call takes to spent[key]: to tell the focus loop's own
+    cost from the camera's and the network's."""
+    def call(*args):
+        start = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            spent[key] += time.perf_counter() - start
+    return call
+
+
 def calibration_file(model_path) -> Path:
     """Where micromanager.calibrate saves a microscope's calibration of a model: beside it."""
     return Path(model_path).with_suffix(".calibration.json")
@@ -261,7 +274,7 @@ def trained_dof_um(metadata: dict) -> float | None:
     sizes = json.loads(metadata.get("pixel_size_um", "{}"))
     if len(sizes) != 1:
         return None
-    magnification, na = (float(part) for part in next(iter(sizes)).rstrip().replace("x/", " ").split())
+    magnification, na = objective_of_name(next(iter(sizes)))
     return depth_of_field_um(magnification, na, camera_pixel_um=float(metadata.get("camera_pixel_um", CAMERA_PIXEL_UM)))
 
 
@@ -352,11 +365,10 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
             result.stop_reason = "at_limit"  # already at the limit, and focus lies beyond it
             break
     if not result.converged and imaged:
-        last_in_focus = probability_in_focus(log_posterior, candidates, tolerance_um)
-        options = [*imaged, float(candidates[int(np.argmax(last_in_focus))])]
-        chosen = max(reversed(options), key=lambda place: float(np.interp(place, candidates, last_in_focus)))
+        options = [*imaged, float(candidates[int(np.argmax(in_focus))])]  # by the last frame's posterior
+        chosen = max(reversed(options), key=lambda place: float(np.interp(place, candidates, in_focus)))
         stage.move(chosen - stage.moved_um)
-        result.p_in_focus = float(np.interp(stage.moved_um, candidates, last_in_focus))
+        result.p_in_focus = float(np.interp(stage.moved_um, candidates, in_focus))
     result.moves_um, result.at_limit = stage.moves_um, stage.at_limit
     return result
 
@@ -365,8 +377,7 @@ def focus_candidates(reach_um: float, tolerance_um: float, points: int = 3001) -
     """Candidate focus positions relative to the start, `reach_um` either side, a tenth of the
     tolerance apart or as many as `points` allow."""
     step = max(tolerance_um / 10, 2 * reach_um / (points - 1))
-    reach = reach_um
-    return np.arange(-reach, reach + step / 2, step)
+    return np.arange(-reach_um, reach_um + step / 2, step)
 
 
 def likeliest_in_focus(in_focus: np.ndarray, candidates: np.ndarray, here: float) -> tuple[float, float]:

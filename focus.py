@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autofocus import CONFIDENCE, FocusError, FocusPredictor, focus_loop
+from autofocus import CONFIDENCE, FocusError, FocusPredictor, focus_loop, timed
 from cli import add_bit_depth_argument, positive, probability, run
 from imaging import image_pixels
 from schema import CAMERA_PIXEL_UM, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um
@@ -47,27 +47,12 @@ def simulate(args, predictor: FocusPredictor) -> None:
         start = rng.uniform(-args.start_dof, args.start_dof) * dof_um
         scope = VirtualMicroscope(args.magnification, args.na, size=args.frame_size, defocus_um=start,
                                   seed=args.seed + trial, optics=optics)
-        spent = [0.0]
-
-        def acquire():  # the camera's time is not the loop's
-            began = time.perf_counter()
-            frame = scope.acquire()
-            spent[0] += time.perf_counter() - began
-            return frame
-
-        predict = predictor.predict
-
-        def timed_predict(frame):  # nor is the network's
-            began = time.perf_counter()
-            estimate = predict(frame)
-            spent[0] += time.perf_counter() - began
-            return estimate
-
-        predictor.predict = timed_predict
+        spent = {"camera and network": 0.0}  # not the loop's own cost
+        predictor.predict = timed(predictor.predict, spent, "camera and network")
         began = time.perf_counter()
-        result = focus_loop(acquire, scope.move_by, predictor, args.tolerance_dof * dof_um, args.max_images,
-                            confidence=args.confidence)
-        loop_s += time.perf_counter() - began - spent[0]
+        result = focus_loop(timed(scope.acquire, spent, "camera and network"), scope.move_by, predictor,
+                            args.tolerance_dof * dof_um, args.max_images, confidence=args.confidence)
+        loop_s += time.perf_counter() - began - spent["camera and network"]
         del predictor.predict
         images_total += result.images
         within = abs(scope.defocus_um) <= dof_um

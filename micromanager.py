@@ -36,7 +36,7 @@ from pymmcore_plus.experimental.unicore import (ShutterDevice, SimpleCameraDevic
                                                 XYStageDevice)
 from pymmcore_plus.mda import MDAEngine
 
-from autofocus import CONFIDENCE, FocusPredictor, FocusResult, calibration_file, focus_loop
+from autofocus import CONFIDENCE, FocusPredictor, FocusResult, calibration_file, focus_loop, timed
 from cli import UserError, positive, probability, run, writing
 from focus_measures import FOCUS_MEASURES, curve_peak, focus_channel
 from imaging import tile_origins
@@ -211,10 +211,12 @@ def calibrate(core: CMMCorePlus, predictor: FocusPredictor, span_um: float, step
     if plot_path is not None:
         plot_calibration(calibration, plot_path)
     if save:
-        calibration_file(predictor.model_path).write_text(json.dumps(
-            {"objective": predictor.objective, "offset_um": calibration.offset_um, "scale": calibration.scale,
-             "distance_error_dof": calibration.distance_error_dof, "side_accuracy": calibration.side_accuracy},
-            indent=2) + "\n")
+        path = calibration_file(predictor.model_path)
+        with writing(path):
+            path.write_text(json.dumps(
+                {"objective": predictor.objective, "offset_um": calibration.offset_um, "scale": calibration.scale,
+                 "distance_error_dof": calibration.distance_error_dof, "side_accuracy": calibration.side_accuracy},
+                indent=2) + "\n")
     return calibration
 
 
@@ -522,18 +524,8 @@ def print_integration_cost(core: CMMCorePlus, predictor: FocusPredictor, toleran
     """What `autofocus` costs beyond its snaps (snapImage, getImage) and predictions, per call,
     measured on `repeats` calls where the stage is."""
     spent = {"snap": 0.0, "predict": 0.0}
-
-    def timed(function, key):
-        def call(*args):
-            start = time.perf_counter()
-            try:
-                return function(*args)
-            finally:
-                spent[key] += time.perf_counter() - start
-        return call
-
-    core.snapImage, core.getImage = timed(core.snapImage, "snap"), timed(core.getImage, "snap")
-    predictor.predict = timed(predictor.predict, "predict")
+    core.snapImage, core.getImage = timed(core.snapImage, spent, "snap"), timed(core.getImage, spent, "snap")
+    predictor.predict = timed(predictor.predict, spent, "predict")
     start = time.perf_counter()
     for _ in range(repeats):
         autofocus(core, predictor, tolerance_um, max_images)

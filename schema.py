@@ -46,6 +46,12 @@ def objective_name(magnification: float, na: float) -> str:
     return f"{magnification:g}x/{na:g}"
 
 
+def objective_of_name(name: str) -> tuple[float, float]:
+    """(magnification, NA) of a name objective_name wrote: 10x/0.3 -> (10.0, 0.3)."""
+    magnification, na = name.split("x/")
+    return float(magnification), float(na)
+
+
 def objective_prefix(magnification: float, na: float) -> str:
     """How a CSV file name starts for an objective, so that a glob picks it: 10x_0.3."""
     return f"{magnification:g}x_{na:g}"

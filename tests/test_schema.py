@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from schema import depth_of_field_um, dof_um_of_rows, objective_name, objective_prefix
+from schema import depth_of_field_um, dof_um_of_rows, objective_name, objective_of_name, objective_prefix
 
 
 def test_depth_of_field_comes_from_the_csv_ratio():
@@ -19,3 +19,4 @@ def test_depth_of_field_formula_gives_the_readme_values():
 
 def test_an_objective_is_shown_one_way_and_named_in_files_another():
     assert objective_name(10.0, 0.3) == "10x/0.3" and objective_prefix(40.0, 0.75) == "40x_0.75"
+    assert objective_of_name(objective_name(40.0, 0.75)) == (40.0, 0.75)
