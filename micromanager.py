@@ -141,6 +141,17 @@ class AutofocusEngine(MDAEngine):
         self.results[position] = result
         return result
 
+    def _set_event_z(self, event: useq.MDAEvent) -> None:
+        """The engine's own z moves (each event's z plus its position's correction) kept in
+        `z_range_um` as the autofocus's are: one outside stops the acquisition before it moves."""
+        if self.z_range_um is not None:
+            z_um = event.z_pos + self._z_correction.get(event.index.get("p"), 0.0)
+            low, high = self.z_range_um
+            if not low <= z_um <= high:
+                raise MicroscopeError(f"event {dict(event.index)} asks for z = {z_um:.2f}, outside z_range_um "
+                                      f"({low:g}, {high:g}): the acquisition stops there, the stage not moved")
+        super()._set_event_z(event)
+
     def get_frame_metadata(self, event: useq.MDAEvent, *args, **kwargs):
         metadata = super().get_frame_metadata(event, *args, **kwargs)
         result = self.results.get(event.index.get("p"))

@@ -191,6 +191,16 @@ def test_the_engine_keeps_each_positions_correction_for_its_later_events(model_1
                                                                                            True, True]
 
 
+def test_an_acquisition_never_sends_the_stage_outside_the_range(model_10x):
+    """A position whose z lies beyond z_range_um: the engine stops before moving there."""
+    z = DemoZStage()
+    core = demo_core(slide_10x(), z=z)
+    core.mda.set_engine(AutofocusEngine(core, FocusPredictor(model_10x), tolerance_um=1.0, z_range_um=(-50.0, 50.0)))
+    with pytest.raises(MicroscopeError, match="outside z_range_um"):
+        core.mda.run(useq.MDASequence(stage_positions=[useq.Position(x=0.0, y=0.0, z=80.0)]))
+    assert all(-50.0 <= visited <= 50.0 for visited in z.visited)
+
+
 @pytest.mark.slow
 def test_an_autofocused_acquisition_takes_every_position_in_focus(trained_split_run):
     """Four positions whose focus differs by several DOF, two time points: the network trained
