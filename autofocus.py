@@ -74,6 +74,9 @@ class FocusResult:
     stop_reason: str = "images_used_up"  # a key of STOP_REASONS
     at_limit: bool = False  # a move was cut short at an end of z_range_um
     p_in_focus: float = math.nan  # where it stopped: the probability that focus lies within the tolerance
+    # what the frames told of the field's own offset (log weights over the error model's
+    # field_offsets): the next loop on the same field starts from it (focus_loop's field_log_prior)
+    field_log_posterior: np.ndarray | None = None
 
     @property
     def moved_um(self) -> float:
@@ -295,13 +298,16 @@ def check_frame(frame) -> np.ndarray:
     return frame
 
 
+# a field focused before may read unlike it did then (the specimen changed, the stage came back
+# elsewhere): this much of its offset's prior stays the population's
+FIELD_CHANGE = 0.2
 CONFIDENCE = 0.8  # focus_loop stops when the stage is within the tolerance with at least this probability
 
 
 def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float, max_images: int = 5,
                max_step_um: float | None = None, confidence: float = CONFIDENCE,
                z_range_um: tuple[float, float] | None = None, z_um=None,
-               prior_sd_um: float | None = None) -> FocusResult:
+               prior_sd_um: float | None = None, field_log_prior: np.ndarray | None = None) -> FocusResult:
     """Focus by inference: after every frame, the probability of each candidate focus position
     given everything seen so far (where the stage stood for each frame, and what its tiles
     said), from the network's measured error (`predictor.error_model`: its floor near focus,
@@ -326,6 +332,8 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
     - `prior_sd_um`: focus is known to lie near the start, give or take this much (a
       position focused before, drifting since): a Student's t prior of that scale; without
       it, every candidate position is as likely before the first frame.
+    - `field_log_prior`: an earlier loop's `result.field_log_posterior` on the same field:
+      how long or short this field reads is known, so a frame near focus tells the distance.
     `result.p_in_focus` is the last probability of being within the tolerance.
     """
     stage = LimitedStage(move_by, max_step_um, z_range_um, z_um)
@@ -333,6 +341,8 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
     # focus positions relative to the start: as far out as the network's range, and the moves, may reach
     candidates = focus_candidates((2 + max_images) * model.saturation, tolerance_um)
     offsets, log_prior = model.field_offsets()
+    if field_log_prior is not None:
+        log_prior = field_seen_before(log_prior, field_log_prior)
     log_joint = np.repeat(log_prior[:, None], len(candidates), axis=1)  # field offset x focus position
     if prior_sd_um:
         log_joint -= 2 * np.log1p((candidates / prior_sd_um) ** 2 / STUDENT_DOF)
@@ -370,7 +380,20 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
         stage.move(chosen - stage.moved_um)
         result.p_in_focus = float(np.interp(stage.moved_um, candidates, in_focus))
     result.moves_um, result.at_limit = stage.moves_um, stage.at_limit
+    if imaged:
+        field = np.log(np.exp(log_joint - log_joint.max()).sum(axis=1) + 1e-300)
+        result.field_log_posterior = field - np.logaddexp.reduce(field)
     return result
+
+
+def field_seen_before(population: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """The log prior of a field's offset when an earlier loop on it learnt `seen` (its
+    result's field_log_posterior), kept open by FIELD_CHANGE to the population's `population`."""
+    seen = np.asarray(seen, dtype=np.float64)
+    if seen.shape != population.shape:
+        raise ValueError(f"field_log_prior has {seen.size} values, the error model's field offsets {population.size}: "
+                         "it must be a field_log_posterior of a loop with the same predictor")
+    return np.logaddexp(math.log(1 - FIELD_CHANGE) + seen, math.log(FIELD_CHANGE) + population)
 
 
 def focus_candidates(reach_um: float, tolerance_um: float, points: int = 3001) -> np.ndarray:

@@ -50,12 +50,14 @@ class MicroscopeError(UserError):
 
 def autofocus(core: CMMCorePlus, predictor: FocusPredictor, tolerance_um: float, max_images: int = 5,
               max_step_um: float | None = None, z_range_um: tuple[float, float] | None = None,
-              confidence: float = CONFIDENCE, prior_sd_um: float | None = None) -> FocusResult:
+              confidence: float = CONFIDENCE, prior_sd_um: float | None = None,
+              field_log_prior: np.ndarray | None = None) -> FocusResult:
     """Focus where the stage is, with the core's camera and focus device: focus_loop on
     snapImage/getImage and relative moves of the focus device, never outside `z_range_um`
     (absolute, in the focus device's units). Frames get the core's pixel size (when it has a
     pixel-size configuration, else the predictor's own) and the camera's bit depth. A camera
-    or stage error propagates with no further move. `confidence`, `prior_sd_um`: as focus_loop's."""
+    or stage error propagates with no further move. `confidence`, `prior_sd_um`,
+    `field_log_prior`: as focus_loop's."""
     focus_device = check_core(core)
     use_camera_settings(core, predictor)
 
@@ -68,7 +70,8 @@ def autofocus(core: CMMCorePlus, predictor: FocusPredictor, tolerance_um: float,
         core.waitForDevice(focus_device)
 
     return focus_loop(acquire, move_by, predictor, tolerance_um, max_images, max_step_um, confidence,
-                      z_range_um=z_range_um, z_um=lambda: core.getPosition(focus_device), prior_sd_um=prior_sd_um)
+                      z_range_um=z_range_um, z_um=lambda: core.getPosition(focus_device), prior_sd_um=prior_sd_um,
+                      field_log_prior=field_log_prior)
 
 
 def check_core(core: CMMCorePlus) -> str:
@@ -109,7 +112,8 @@ class AutofocusEngine(MDAEngine):
     a hardware autofocus's: the later events at that position (other time points, z-stacks
     relative to focus) are taken at the corrected z, and the next autofocus there starts from
     it, expecting focus within `drift_um` of it (focus_loop's prior; default: the
-    tolerance), so that a position still in focus takes one image. Each frame's metadata
+    tolerance) and knowing how long or short its field reads from the autofocus before, so
+    that a position still in focus takes one image. Each frame's metadata
     holds its position's last autofocus result under "autofocus"."""
 
     def __init__(self, core: CMMCorePlus, predictor: FocusPredictor, tolerance_um: float, max_images: int = 5,
@@ -134,9 +138,11 @@ class AutofocusEngine(MDAEngine):
     def focus_position(self, position: int | None) -> FocusResult:
         core = self.mmcore
         start = core.getZPosition()
-        focused_before = position in self.results and self.results[position].converged
+        before = self.results.get(position)
+        focused_before = before is not None and before.converged
         result = autofocus(core, self.predictor, self.tolerance_um, self.max_images, self.max_step_um,
-                           self.z_range_um, self.confidence, self.drift_um if focused_before else None)
+                           self.z_range_um, self.confidence, self.drift_um if focused_before else None,
+                           before.field_log_posterior if before is not None else None)
         self._z_correction[position] = self._z_correction.get(position, 0.0) + core.getZPosition() - start
         self.results[position] = result
         return result

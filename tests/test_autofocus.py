@@ -83,19 +83,20 @@ SHARP = ErrorModel(floor=0.3, gain=1.0, sigma0=0.3, sigma_slope=0.02, saturation
 
 class ScriptedNetwork:
     """A network as its error model says: it reads sqrt(d^2 + floor^2), capped at `saturation`,
-    from 16 tiles spread by `tile_spread`; the side right unless `sides` says otherwise (a
-    signed head's, or a split head's p_positive when `p_positive` is given)."""
+    plus the field's own `field_offset`, from 16 tiles spread by `tile_spread`; the side right
+    unless `sides` says otherwise (a signed head's, or a split head's p_positive when
+    `p_positive` is given)."""
 
-    def __init__(self, stage, sides=(), error_model=SHARP, p_positive=None, tile_spread=0.3):
+    def __init__(self, stage, sides=(), error_model=SHARP, p_positive=None, tile_spread=0.3, field_offset=0.0):
         self.stage, self.sides, self.error_model = stage, iter(sides), error_model
-        self.p_positive, self.tile_spread = p_positive, tile_spread
+        self.p_positive, self.tile_spread, self.field_offset = p_positive, tile_spread, field_offset
 
     def predict(self, frame):
         if frame is None:
             return FocusEstimate(math.nan, "no_sample", math.nan, None, math.nan, 0, 16)
         true = self.stage["z"]
         model = self.error_model
-        distance = float(model.mean_distance(np.array(abs(true))))
+        distance = float(model.mean_distance(np.array(abs(true)))) + self.field_offset
         side = math.copysign(1, true) * (1 if next(self.sides, True) else -1)
         return FocusEstimate(side * distance, "ok", distance, self.p_positive, self.tile_spread, 16, 16, "",
                              self.tile_spread)
@@ -120,6 +121,24 @@ def test_a_network_as_good_as_its_error_model_says_focuses_with_one_move():
 def test_a_start_in_focus_takes_one_image():
     result, end = scripted_loop(0.2, tolerance_um=1.0)
     assert result.images == 1 and result.converged and abs(end) <= 1.0
+
+
+def test_a_field_focused_before_is_known_and_a_start_near_focus_takes_one_image():
+    """A field that reads 1 um long (twice the offsets' spread): near focus, a first look cannot
+    tell that from 1 um of defocus and takes a second image; once a loop has focused that
+    field, the next one, starting 0.4 um out, knows how it reads and stops after one."""
+    model = replace(SHARP, field_spread=0.5)
+
+    def reads_long(stage):
+        return ScriptedNetwork(stage, error_model=model, field_offset=1.0)
+    first, end = scripted_loop(10.0, reads_long, tolerance_um=1.0)
+    assert first.converged and abs(end) <= 1.0
+    fresh, _ = scripted_loop(end + 0.4, reads_long, tolerance_um=1.0, prior_sd_um=1.0)
+    known, end = scripted_loop(end + 0.4, reads_long, tolerance_um=1.0, prior_sd_um=1.0,
+                               field_log_prior=first.field_log_posterior)
+    assert fresh.images == 2 and known.images == 1 and known.converged and abs(end) <= 1.0
+    with pytest.raises(ValueError, match="field_log_prior has 3 values"):
+        scripted_loop(0.0, reads_long, tolerance_um=1.0, field_log_prior=np.zeros(3))
 
 
 def test_a_wrong_side_is_undone_when_the_blur_grows():
