@@ -42,6 +42,7 @@ def simulate(args, predictor: FocusPredictor) -> None:
     rng = np.random.default_rng(args.seed)
     optics = Optics(args.chromatic_shift_dof)
     stopped = []  # (images taken, within 1 DOF when stopped) per trial
+    claims = []  # (p_in_focus, within the tolerance) of each trial that stopped saying it was in focus
     images_total, loop_s = 0, 0.0
     for trial in range(args.trials):
         start = rng.uniform(-args.start_dof, args.start_dof) * dof_um
@@ -57,6 +58,8 @@ def simulate(args, predictor: FocusPredictor) -> None:
         images_total += result.images
         within = abs(scope.defocus_um) <= dof_um
         stopped.append((result.images, within))
+        if result.converged:
+            claims.append((result.p_in_focus, abs(scope.defocus_um) <= args.tolerance_dof * dof_um))
         print(f"trial {trial}: start {start / dof_um:+.2f} DOF, moves {[round(m / dof_um, 2) for m in result.moves_um]} "
               f"DOF, stopped after {result.images} image(s): {result.stop_reason} (p in focus "
               f"{result.p_in_focus:.2f}), end {scope.defocus_um / dof_um:+.2f} DOF, "
@@ -67,8 +70,22 @@ def simulate(args, predictor: FocusPredictor) -> None:
           f"mean images {images.mean():.2f}, within 1 DOF when stopped {within.mean():.0%}")
     shares = ", ".join(f"{np.mean(within & (images <= count)):.0%}" for count in (2, 3, 4))
     print(f"within 1 DOF when stopped after at most 2 / 3 / 4 images: {shares}")
+    if claims:
+        print(claims_held(*(np.array(column) for column in zip(*claims))))
     print(f"the loop's own cost (all but the camera and the network): {1000 * loop_s / images_total:.2f} ms per image")
     print_latency(predictor, args.seed)
+
+
+def claims_held(claimed: np.ndarray, held: np.ndarray) -> str:
+    """How often the trials that stopped as in focus (with probability `claimed`) were (`held`)."""
+    expected = float(claimed.mean())
+    line = (f"{len(claimed)} trials stopped as in focus within the tolerance, with mean probability {expected:.2f}: "
+            f"{held.mean():.0%} were")
+    # fewer by more than two binomial standard errors: the network errs more on this microscope
+    # than on the validation split its error model was measured on
+    if held.mean() < expected - 2 * math.sqrt(expected * (1 - expected) / len(claimed)):
+        line += " (fewer: the error model from the validation split is too kind to this microscope)"
+    return line
 
 
 def print_latency(predictor: FocusPredictor, seed: int, repeats: int = 20) -> None:

@@ -8,7 +8,7 @@ from PIL import Image
 
 from autofocus import FocusEstimate
 from conftest import run_script
-from focus import as_json, described
+from focus import as_json, claims_held, described, get_args_parser, main
 from optics import VirtualMicroscope
 
 
@@ -39,3 +39,14 @@ def test_the_text_line_names_the_reason_and_never_a_move_of_nan():
     far = FocusEstimate(60.0, "out_of_range", 60.0, None, 2.0, 16, 16, "distance 60.00 um is beyond ...")
     assert "out_of_range (distance 60.00 um is beyond ...), defocus +60.00 um" in described("far.png", far)
     assert as_json({"defocus_um": float("nan"), "tiles_used": 1}) == {"defocus_um": None, "tiles_used": 1}
+
+
+def test_simulated_trials_report_images_stops_and_whether_the_loops_claims_held(soaf_onnx, capsys):
+    main(get_args_parser().parse_args(["--model", str(soaf_onnx), "--simulate", "--magnification", "10", "--na", "0.3",
+                                       "--trials", "2", "--max_images", "2", "--frame_size", "448"]))
+    out = capsys.readouterr().out
+    assert out.count("trial ") == 2 and "stopped after" in out and "2 trials, start within +-5.0 DOF" in out
+    assert "within 1 DOF when stopped after at most 2 / 3 / 4 images:" in out and "ms per image" in out
+    honest = claims_held(np.full(50, 0.9), np.arange(50) < 44)
+    assert honest.startswith("50 trials stopped as in focus") and "88% were" in honest and "too kind" not in honest
+    assert "too kind" in claims_held(np.full(50, 0.9), np.arange(50) < 35)
