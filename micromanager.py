@@ -472,6 +472,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--positions", type=positive(int), default=6, help="--demo positions (default: %(default)s)")
     parser.add_argument("--time_points", type=positive(int), default=2,
                         help="--demo time points (default: %(default)s)")
+    parser.add_argument("--drift_dof", type=float, default=0.0,
+                        help="--demo: between time points the slide's focus drifts by up to this many DOF, "
+                             "drawn uniformly (default: %(default)s)")
     parser.add_argument("--frame_size", type=positive(int), default=512,
                         help="--demo camera frame size (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="--demo slide (default: %(default)s)")
@@ -517,11 +520,23 @@ def run_demo(args, predictor: FocusPredictor) -> None:
         frames.append((event.index.get("t", 0), event.index.get("p"), (core.getZPosition() - slide.focus_z_um(x, y))
                        / dof_um, metadata.get("autofocus", {})))
 
+    drifts_dof = np.random.default_rng(args.seed + 1).uniform(-1, 1, args.time_points) * args.drift_dof
+    drifts_dof[0] = 0.0
+    time_point = {"t": 0}
+
+    @core.mda.events.eventStarted.connect
+    def drift(event):
+        t = event.index.get("t", 0)
+        if t != time_point["t"]:  # a new time point: the whole slide's focus has drifted
+            time_point["t"] = t
+            slide.z0_um += drifts_dof[t] * dof_um
+
     sequence = useq.MDASequence(stage_positions=positions, time_plan={"interval": 0, "loops": args.time_points},
                                 autofocus_plan=useq.AxesBasedAF(axes=("p",)))
     core.mda.run(sequence)
     print(f"{args.positions} positions x {args.time_points} time points at {args.magnification:g}x/{args.na:g} "
-          f"(DOF {dof_um:.2f} um), tolerance {args.tolerance_dof} DOF")
+          f"(DOF {dof_um:.2f} um), tolerance {args.tolerance_dof} DOF, drift between time points up to "
+          f"{args.drift_dof} DOF")
     for t, p, end_dof, summary in frames:
         start_dof = end_dof - summary.get("z_moved_um", 0.0) / dof_um
         print(f"t {t} position {p}: start {start_dof:+.2f} DOF, {summary.get('images')} image(s), "
@@ -530,7 +545,8 @@ def run_demo(args, predictor: FocusPredictor) -> None:
     print(f"frames within 1 DOF of focus: {within}/{len(frames)}")
     for t in range(args.time_points):
         images = [summary.get("images", 0) for time, _, _, summary in frames if time == t]
-        print(f"time point {t}: {np.mean(images):.2f} images per autofocus")
+        print(f"time point {t}: {np.mean(images):.2f} images per autofocus" +
+              (f" (focus drifted {drifts_dof[t]:+.2f} DOF)" if t else ""))
     print(f"the focus stage stayed within {min(z_stage.visited):.2f}..{max(z_stage.visited):.2f} um "
           f"(z_range_um {z_range[0]:.2f}..{z_range[1]:.2f})")
     print_integration_cost(core, predictor, args.tolerance_dof * dof_um, args.max_images)

@@ -279,9 +279,10 @@ def test_the_demo_command_runs_an_autofocused_acquisition_and_a_calibration(mode
     from conftest import run_script
 
     demo = run_script("micromanager.py", "--model", model_10x, "--demo", "--magnification", 10, "--na", 0.3,
-                      "--positions", 2, "--time_points", 1, "--frame_size", 448, cwd=tmp_path)
+                      "--positions", 2, "--time_points", 2, "--drift_dof", 0.5, "--frame_size", 448, cwd=tmp_path)
     assert demo.returncode == 0, demo.stderr
-    assert "t 0 position 1: start" in demo.stdout and "the focus stage stayed within" in demo.stdout
+    assert "t 1 position 1: start" in demo.stdout and "the focus stage stayed within" in demo.stdout
+    assert "drift between time points up to 0.5 DOF" in demo.stdout
     assert "the integration itself" in demo.stdout and "Micro-Manager" not in demo.stderr
     calibration = run_script("micromanager.py", "--model", model_10x, "--demo", "--magnification", 10, "--na", 0.3,
                              "--calibrate", 6 * DOF_10X, "--steps", 7, "--frame_size", 448, cwd=tmp_path)
