@@ -472,7 +472,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--positions", type=positive(int), default=6, help="--demo positions (default: %(default)s)")
     parser.add_argument("--time_points", type=positive(int), default=2,
                         help="--demo time points (default: %(default)s)")
-    parser.add_argument("--drift_dof", type=float, default=0.0,
+    parser.add_argument("--drift_dof", type=positive(float, allow_zero=True), default=0.0,
                         help="--demo: between time points the slide's focus drifts by up to this many DOF, "
                              "drawn uniformly (default: %(default)s)")
     parser.add_argument("--frame_size", type=positive(int), default=512,
