@@ -1,7 +1,7 @@
 """Write a synthetic autofocus dataset in the layout myDataset.py reads, or focus stacks with known focus.
 
-    python make_demo_data.py demo_data                                   # 10x/0.3 and 20x/0.7, seconds
-    python make_demo_data.py demo_data --train 400 --seed 1              # more training images
+    python make_demo_data.py demo_data                                   # 10x/0.3 and 20x/0.7, under a minute
+    python make_demo_data.py small --train 192 --val 32 --seed 1         # fewer images, faster training
     python make_demo_data.py weak_cue --chromatic_shift_dof 0            # the side of focus barely shows
     python make_demo_data.py demo40 --objectives 10x_0.3 40x_0.75 --max_defocus_dof 8
     python make_demo_data.py stacks --stacks --objectives 20x_0.7        # focus stacks for make_dataset.py
