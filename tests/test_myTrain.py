@@ -62,18 +62,21 @@ def test_ctrl_c_keeps_checkpoints_and_rerun_resumes(demo_root, tmp_path):
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={"PYTHONUNBUFFERED": "1", **dict(__import__("os").environ)})
     lines = []
-    for line in process.stdout:  # wait until two epochs are done, then interrupt in the third
+    for line in process.stdout:  # wait until two epochs are done, then interrupt a later one
         lines.append(line)
         if line.startswith("Epoch 1 (2/50)"):
             break
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    rest, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "rerun the same command to resume" in stderr and "Traceback" not in stderr
     assert not list((tmp_path / ".ckpts").glob("*.tmp"))
+    # on a fast machine more epochs may finish in the half second; the best is one that did
+    finished = sum(line.startswith("Epoch ") for line in [*lines, *rest.splitlines()])
+    assert 2 <= finished < 50
     best = find_best_checkpoint(tmp_path / ".ckpts")
-    assert torch.load(best, weights_only=True)["epoch"] in (0, 1)
+    assert torch.load(best, weights_only=True)["epoch"] < finished
     assert scalar_steps(tmp_path / "runs" / "soaf")[:2] == [0, 1]  # the writer was closed properly
 
     rerun = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", "3", *FAST, cwd=tmp_path)
