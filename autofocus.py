@@ -381,7 +381,7 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, tolerance_um: float,
         result.p_in_focus = float(np.interp(stage.moved_um, candidates, in_focus))
     result.moves_um, result.at_limit = stage.moves_um, stage.at_limit
     if imaged:
-        field = np.log(np.exp(log_joint - log_joint.max()).sum(axis=1) + 1e-300)
+        field = np.logaddexp.reduce(log_joint, axis=1)  # focus positions summed out
         result.field_log_posterior = field - np.logaddexp.reduce(field)
     return result
 
