@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from myDataset import DatasetError, read_split
-from metrics import focus_metrics
-from schema import CSV_COLUMNS, dof_um_of_rows, objective_name
+from autofocuskit.datasets import DatasetError, read_split
+from autofocuskit.metrics import focus_metrics
+from autofocuskit.schema import CSV_COLUMNS, dof_um_of_rows, objective_name
 
 
 def with_objective_and_dof(frame: pd.DataFrame) -> pd.DataFrame:

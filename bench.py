@@ -20,8 +20,8 @@ the project/reference ratios.
 import argparse
 from pathlib import Path
 
-from cli import positive, run, usable_cpu_count
-from schema import DEFAULT_BACKBONE, TASK_NAMES
+from autofocuskit.cli import positive, run, usable_cpu_count
+from autofocuskit.schema import DEFAULT_BACKBONE, TASK_NAMES
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -65,13 +65,13 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.transforms import v2
 
-from checkpoints import save_atomically
-from engine import DefocusLoss, StepOptions, recalibrate_batchnorm, step_options, train_epoch, validation_epoch
-from imaging import IMAGE_SIZE
-from myModel import calibration_feeds, export_onnx, quantize_onnx
-from exported_model import open_session
-from processes import resolve_device
-from tasks import TASKS, build_loader
+from autofocuskit.checkpoints import save_atomically
+from autofocuskit.epochs import DefocusLoss, StepOptions, reestimate_batchnorm, step_options, train_epoch, validation_epoch
+from autofocuskit.imaging import IMAGE_SIZE
+from autofocuskit.networks import quantization_feeds, export_onnx, quantize_onnx
+from autofocuskit.exported_model import open_session
+from autofocuskit.processes import resolve_device
+from autofocuskit.tasks import TASKS, build_loader
 
 
 
@@ -118,7 +118,7 @@ def epoch_time(model, train_loader, val_loader, setup: Setup, device, save) -> t
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
     start = time.perf_counter()
     train_epoch(model, train_loader, DefocusLoss(), optimizer, device, options=setup.options, augment=setup.augment)
-    recalibrate_batchnorm(model, train_loader, device, setup.bn_recalibration_batches, setup.options)
+    reestimate_batchnorm(model, train_loader, device, setup.bn_recalibration_batches, setup.options)
     validation_epoch(model, val_loader, DefocusLoss(), device, setup.options)
     synchronize(device)
     save_start = time.perf_counter()
@@ -174,6 +174,18 @@ def machine_description(device: torch.device) -> str:
             f"device {device}")
 
 
+def build_loaders(args, dataset, train_plain, val_plain, device) -> dict:
+    """The reference's plain DataLoaders and the project's own, by setup name: (train, val)."""
+    return {
+        "reference": (DataLoader(train_plain, args.batch_size, shuffle=True, num_workers=args.num_workers),
+                      DataLoader(val_plain, args.batch_size, num_workers=args.num_workers)),
+        "project": (build_loader(dataset("train", v2.PILToTensor()), args.batch_size, args.num_workers,
+                                 device, shuffle=True),
+                    build_loader(dataset("val", v2.PILToTensor()), args.batch_size, args.num_workers, device,
+                                 shuffle=False)),
+    }
+
+
 def main(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     if device.type == "cuda":
@@ -188,14 +200,7 @@ def main(args: argparse.Namespace) -> None:
     reference = Setup("reference", StepOptions(), bn_recalibration_batches=0, augment=False)
     project = Setup("project", step_options(args, device), bn_recalibration_batches=10, augment=True)
     train_plain, val_plain = dataset("train", transforms.ToTensor()), dataset("val", transforms.ToTensor())
-    loaders = {
-        "reference": (DataLoader(train_plain, args.batch_size, shuffle=True, num_workers=args.num_workers),
-                      DataLoader(val_plain, args.batch_size, num_workers=args.num_workers)),
-        "project": (build_loader(dataset("train", v2.PILToTensor()), args.batch_size, args.num_workers,
-                                 device, shuffle=True),
-                    build_loader(dataset("val", v2.PILToTensor()), args.batch_size, args.num_workers, device,
-                                 shuffle=False)),
-    }
+    loaders = build_loaders(args, dataset, train_plain, val_plain, device)
     print(f"Machine: {machine_description(device)}")
     print(f"Data: {root}, task {args.task}, {len(train_plain)} training and {len(val_plain)} validation images, "
           f"batch {args.batch_size}, {args.num_workers} workers")
@@ -225,16 +230,13 @@ def main(args: argparse.Namespace) -> None:
             runners[setup.name, "PyTorch eager"] = pytorch_runner(model, example, device)
             runners[setup.name, "ONNX Runtime"] = onnx_runner(session, example)
             if setup is project and args.quantize:
-                calibration = calibration_feeds(dataset("train", transforms.ToTensor()), 64, list(model.input_names))
+                calibration = quantization_feeds(dataset("train", transforms.ToTensor()), 64, list(model.input_names))
                 int8 = open_session(quantize_onnx(onnx_path, calibration, Path(folder) / "int8.onnx"),
                                     device.type == "cuda")
                 runners[setup.name, "ONNX int8"] = onnx_runner(int8, example)
-            results[setup.name] = {
-                "data loading (images/s)": loading,
-                "training step (images/s)": steps,
-                "training epoch (images/s)": len(train_plain) / seconds,
-                "checkpoint write (% of the epoch)": 100 * save_seconds / seconds,
-            }
+            results[setup.name] = {"data loading (images/s)": loading, "training step (images/s)": steps,
+                                   "training epoch (images/s)": len(train_plain) / seconds,
+                                   "checkpoint write (% of the epoch)": 100 * save_seconds / seconds}
         print("batch-1 latency, all models taking turns ...", flush=True)
         for (name, runtime), (median, p95) in interleaved_latency_ms(runners, args.latency_runs).items():
             results[name][f"{runtime} batch 1, median (ms)"] = median

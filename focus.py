@@ -1,5 +1,6 @@
 """Estimate the defocus of camera frames with an exported autofocus model, or run closed-loop
-trials on the virtual microscope of optics.py; the autofocus itself is in autofocus.py.
+trials on the virtual microscope of autofocuskit/optics.py; the autofocus itself is autofocuskit's
+FocusPredictor and focus_loop.
 
     python focus.py --model model.onnx frame.tif [--magnification 20 --na 0.7] [--json]
     python focus.py --model model.onnx --simulate --magnification 10 --na 0.3     # closed-loop trials
@@ -13,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from autofocus import CONFIDENCE, FocusError, FocusPredictor, focus_loop, timed
-from cli import add_bit_depth_argument, positive, probability, run
-from imaging import image_pixels
-from schema import CAMERA_PIXEL_UM, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um
+from autofocuskit.cli import add_bit_depth_argument, positive, probability, run
+from autofocuskit.loop import DEFAULTS, FocusSettings, focus_loop, timed
+from autofocuskit.predictor import FocusError, FocusPredictor
+from autofocuskit.imaging import image_pixels
+from autofocuskit.schema import CAMERA_PIXEL_UM, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um
 
 
 def read_frame(path: Path) -> np.ndarray:
@@ -36,7 +38,7 @@ def simulate(args, predictor: FocusPredictor) -> None:
     """Closed-loop trials on the demo data's virtual microscope: per trial and in all, the images
     taken until the loop stopped and whether the stage was then within 1 DOF; the loop's own
     cost per image; the frame latency."""
-    from optics import Optics, VirtualMicroscope
+    from autofocuskit.optics import Optics, VirtualMicroscope
 
     dof_um = depth_of_field_um(args.magnification, args.na)
     rng = np.random.default_rng(args.seed)
@@ -51,8 +53,8 @@ def simulate(args, predictor: FocusPredictor) -> None:
         spent = {"camera and network": 0.0}  # not the loop's own cost
         predictor.predict = timed(predictor.predict, spent, "camera and network")
         began = time.perf_counter()
-        result = focus_loop(timed(scope.acquire, spent, "camera and network"), scope.move_by, predictor,
-                            args.tolerance_dof * dof_um, args.max_images, confidence=args.confidence)
+        settings = FocusSettings(args.tolerance_dof * dof_um, args.max_images, confidence=args.confidence)
+        result = focus_loop(timed(scope.acquire, spent, "camera and network"), scope.move_by, predictor, settings)
         loop_s += time.perf_counter() - began - spent["camera and network"]
         del predictor.predict
         images_total += result.images
@@ -90,7 +92,7 @@ def claims_held(claimed: np.ndarray, held: np.ndarray) -> str:
 
 def print_latency(predictor: FocusPredictor, seed: int, repeats: int = 20) -> None:
     """Median time of predict() on 1024 and 2048 pixel frames, beside ONNX Runtime's time for the same tiles."""
-    from optics import VirtualMicroscope
+    from autofocuskit.optics import VirtualMicroscope
 
     for size in (1024, 2048):
         frame = VirtualMicroscope(10, 0.3, size=size, seed=seed).acquire()
@@ -131,11 +133,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--simulate", action="store_true", help="closed-loop trials on the virtual microscope")
     parser.add_argument("--trials", type=int, default=50, help="--simulate trials (default: %(default)s)")
-    parser.add_argument("--max_images", type=int, default=4, help="--simulate images per trial (default: %(default)s)")
+    parser.add_argument("--max_images", type=positive(int), default=DEFAULTS.max_images,
+                        help="--simulate images per trial (default: %(default)s)")
     parser.add_argument("--start_dof", type=float, default=5.0,
                         help="--simulate starts within +-this many DOF (default: %(default)s)")
     parser.add_argument("--tolerance_dof", type=float, default=0.5, help="--simulate tolerance (default: %(default)s)")
-    parser.add_argument("--confidence", type=probability, default=CONFIDENCE,
+    parser.add_argument("--confidence", type=probability, default=DEFAULTS.confidence,
                         help="--simulate: stop when in focus within the tolerance with this probability, by the "
                              "network's measured error (default: %(default)s)")
     parser.add_argument("--frame_size", type=int, default=1024, help="--simulate frame size (default: %(default)s)")
@@ -146,9 +149,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    predictor = FocusPredictor(args.model, args.magnification, args.na, args.dof_um, args.wavelength_um,
-                               args.refractive_index, args.camera_pixel_um, args.tiles_per_side, args.stride,
-                               args.min_tiles, pixel_size_um=args.pixel_size_um, bit_depth=args.bit_depth)
+    predictor = FocusPredictor(args.model, magnification=args.magnification, na=args.na, dof_um=args.dof_um,
+                               wavelength_um=args.wavelength_um, refractive_index=args.refractive_index,
+                               camera_pixel_um=args.camera_pixel_um, tiles_per_side=args.tiles_per_side,
+                               stride=args.stride, min_tiles=args.min_tiles, pixel_size_um=args.pixel_size_um,
+                               bit_depth=args.bit_depth)
     if args.simulate:
         if args.magnification is None or args.na is None:
             raise FocusError("--simulate needs the objective: --magnification and --na")

@@ -38,13 +38,11 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from cli import add_bit_depth_argument, free_mib, run, usable_cpu_count
-from focus_measures import FOCUS_MEASURES, curve_peak, focus_channel
-from imaging import (IMAGE_SIZE, MAD_TO_SD, MAX_SATURATED, MIN_CONTRAST, as_uint8, full_range_uint16, has_content,
-                     rgb_uint8, sobel_sharpness, tile_origins)
-from schema import (CAMERA_PIXEL_UM, CSV_COLUMNS, REFRACTIVE_INDEX, SPLITS, TRACE_COLUMNS, WAVELENGTH_UM,
-                    depth_of_field_um)
-from stacks import OPEN_TIFFS, Stack, StackError, check_stacks, find_stacks, read_slice
+from autofocuskit.cli import add_bit_depth_argument, free_mib, run, usable_cpu_count
+from autofocuskit.focus_measures import FOCUS_MEASURES, curve_peak, focus_channel
+from autofocuskit.imaging import IMAGE_SIZE, MAD_TO_SD, MAX_SATURATED, MIN_CONTRAST, as_uint8, full_range_uint16, has_content, rgb_uint8, sobel_sharpness, tile_origins
+from autofocuskit.schema import CAMERA_PIXEL_UM, CSV_COLUMNS, REFRACTIVE_INDEX, SPLITS, TRACE_COLUMNS, WAVELENGTH_UM, depth_of_field_um
+from autofocuskit.stacks import OPEN_TIFFS, Stack, StackError, check_stacks, find_stacks, read_slice
 
 # ---------------------------------------------------------------- focus per region
 

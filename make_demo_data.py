@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imaging import IMAGE_SIZE, sobel_sharpness
-from optics import OBJECTIVE_MEDIUM_INDEX, Z_GRID_DOF, Optics, VirtualMicroscope, image_at_defocus, tissue_field
-from schema import CSV_COLUMNS, depth_of_field_um, objective_name, objective_prefix
+from autofocuskit.imaging import IMAGE_SIZE, sobel_sharpness
+from autofocuskit.optics import OBJECTIVE_MEDIUM_INDEX, Z_GRID_DOF, Optics, VirtualMicroscope, image_at_defocus, tissue_field
+from autofocuskit.schema import CSV_COLUMNS, depth_of_field_um, objective_name, objective_prefix
 
 OBJECTIVES = ((10.0, 0.3), (20.0, 0.7))
 MAX_DEFOCUS_DOF = 5.0  # defocus is drawn uniformly from +-this many depths of field

@@ -14,8 +14,8 @@ checkpoint; nothing is downloaded.
 import argparse
 from pathlib import Path
 
-from cli import add_data_arguments, positive, run, writing
-from schema import DEFAULT_BACKBONE, TASK_NAMES
+from autofocuskit.cli import add_data_arguments, positive, run, writing
+from autofocuskit.schema import DEFAULT_BACKBONE, TASK_NAMES
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -57,15 +57,15 @@ import pandas as pd
 import torch
 from torchvision import transforms
 
-from checkpoints import CheckpointError, find_best_checkpoint, load_checkpoint
-from engine import split_batch
-from myModel import calibration_feeds, export_onnx, quantize_onnx
-from exported_model import open_session
-from processes import fit_threads_to_cores, progress, resolve_device
-from error_model import fit_error_model
-from metrics import per_objective_metrics, plot_error_model, plot_report
-from schema import dof_um_of_rows
-from tasks import TASKS, build_dataset, build_loader
+from autofocuskit.checkpoints import CheckpointError, find_best_checkpoint, load_checkpoint
+from autofocuskit.epochs import split_batch
+from autofocuskit.networks import quantization_feeds, export_onnx, quantize_onnx
+from autofocuskit.exported_model import DISTANCE_OUTPUT, SIGNED_OUTPUT, ModelMetadata, open_session
+from autofocuskit.processes import fit_threads_to_cores, progress, resolve_device
+from autofocuskit.error_model import fit_error_model
+from autofocuskit.metrics import per_objective_metrics, plot_error_model, plot_report
+from autofocuskit.schema import dof_um_of_rows
+from autofocuskit.tasks import TASKS, build_dataset, build_loader
 
 
 def checkpoint_to_test(args) -> Path:
@@ -123,7 +123,7 @@ def predict_onnx(session, dataset, warmup: int) -> tuple[dict[str, np.ndarray], 
 def quantize_int8(args, onnx_path: Path, model, task: str, glob: str | None) -> Path:
     """The static int8 model of `onnx_path`, calibrated on --calibration_images training images."""
     train_set = build_dataset(args, "train", transforms.ToTensor(), task, glob)
-    feeds = calibration_feeds(train_set, args.calibration_images, list(model.input_names))
+    feeds = quantization_feeds(train_set, args.calibration_images, list(model.input_names))
     with writing(onnx_path.with_name(onnx_path.stem + "_int8.onnx")):
         int8_path = quantize_onnx(onnx_path, feeds, onnx_path.with_name(onnx_path.stem + "_int8.onnx"))
     print(f"int8 ONNX model: {int8_path} (calibrated on {len(feeds)} training images)")
@@ -177,27 +177,22 @@ def measured_error_model(args, model, checkpoint: dict, task: str, glob: str | N
     outputs = predict_pytorch(model, build_loader(val_set, args.batch_size, args.num_workers, device, shuffle=False),
                               device)
     labels = val_set.frame[val_set.target_column].to_numpy(dtype=np.float64)
-    distances = outputs["distance"] if "distance" in outputs else np.abs(outputs["output"])
+    signed = outputs[SIGNED_OUTPUT]
+    distances = outputs[DISTANCE_OUTPUT] if DISTANCE_OUTPUT in outputs else np.abs(signed)
     saturation = checkpoint.get("train_label_abs_max", float(np.abs(labels).max()))
-    return fit_error_model(labels, distances, outputs["output"], saturation), labels, distances, outputs["output"]
+    return fit_error_model(labels, distances, signed, saturation), labels, distances, signed
 
 
-def onnx_metadata(checkpoint: dict, task: str, error_model=None) -> dict[str, str]:
+def onnx_metadata(checkpoint: dict, task: str, error_model=None) -> ModelMetadata:
     """What the ONNX file records of its training: task, unit, head and, where the checkpoint
     has them, the largest |label| trained on (the autofocus reports estimates beyond it as out
     of range), the specimen pixel size per objective and the camera pixel (the autofocus
-    resamples frames to them)."""
+    resamples frames to them), and the error measured on the validation split."""
     trained_args = checkpoint.get("args", {})
-    metadata = {"task": task, "unit": TASKS[task].unit, "head": trained_args.get("head", "signed")}
-    if "train_label_abs_max" in checkpoint:
-        metadata["label_abs_max"] = repr(checkpoint["train_label_abs_max"])
-    if checkpoint.get("pixel_size_um"):
-        metadata["pixel_size_um"] = json.dumps(checkpoint["pixel_size_um"])
-    if "camera_pixel_um" in trained_args:
-        metadata["camera_pixel_um"] = repr(trained_args["camera_pixel_um"])
-    if error_model is not None:
-        metadata["error_model"] = error_model.to_metadata()
-    return metadata
+    return ModelMetadata(task=task, unit=TASKS[task].unit, head=trained_args.get("head", "signed"),
+                         label_abs_max=checkpoint.get("train_label_abs_max"),
+                         pixel_size_um=checkpoint.get("pixel_size_um") or {},
+                         camera_pixel_um=trained_args.get("camera_pixel_um"), error_model=error_model)
 
 
 def load_model(checkpoint: dict, ckpt_path: Path, task: str, fe_str: str, device: torch.device):

@@ -25,8 +25,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 from pathlib import Path
 
-from cli import add_data_arguments, positive, probability, run
-from schema import CAMERA_PIXEL_UM, DEFAULT_BACKBONE, HEADS, MOAF_GLOB, SOAF_GLOB, TASK_NAMES
+from autofocuskit.cli import add_data_arguments, positive, probability, run
+from autofocuskit.schema import CAMERA_PIXEL_UM, DEFAULT_BACKBONE, HEADS, MOAF_GLOB, SOAF_GLOB, TASK_NAMES
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -112,17 +112,14 @@ from torch.utils.data import DistributedSampler, default_collate
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.transforms import v2
 
-from checkpoints import (CheckpointError, CheckpointSaver, check_nothing_is_overwritten, checkpoint_to_resume,
-                         remove_unfinished_writes, restore_rng_states, rng_states, warn_if_space_is_short)
-from cli import UserError, args_as_dict, message_of, usable_cpu_count, writing
-from engine import (DefocusLoss, EpochTotals, StepOptions, calibrate_side, recalibrate_batchnorm, split_batch,
-                    step_options, train_epoch, validation_epoch)
-from imaging import IMAGE_SIZE
-from myDataset import check_split
-from processes import (STOP, fit_threads_to_cores, gather_from_processes, init_distributed, leave_distributed,
-                       loader_workers, progress, rank_and_world_size, resolve_device)
-from schema import SPLITS, dof_um_of_rows, objective_name
-from tasks import TASKS, build_dataset, build_loader
+from autofocuskit.checkpoints import CheckpointError, CheckpointSaver, check_nothing_is_overwritten, checkpoint_to_resume, remove_unfinished_writes, restore_rng_states, rng_states, warn_if_space_is_short
+from autofocuskit.cli import UserError, args_as_dict, message_of, usable_cpu_count, writing
+from autofocuskit.epochs import DefocusLoss, EpochTotals, StepOptions, fit_side_logistic, reestimate_batchnorm, split_batch, step_options, train_epoch, validation_epoch
+from autofocuskit.imaging import IMAGE_SIZE
+from autofocuskit.datasets import check_split
+from autofocuskit.processes import STOP, fit_threads_to_cores, gather_from_processes, init_distributed, leave_distributed, loader_workers, progress, rank_and_world_size, resolve_device
+from autofocuskit.schema import SPLITS, dof_um_of_rows, objective_name
+from autofocuskit.tasks import TASKS, build_dataset, build_loader
 
 # --- data ---------------------------------------------------------------------------------
 
@@ -439,6 +436,22 @@ def warn_if_space_is_short_at_start(args, model, resume_from: Path | None) -> No
     warn_if_space_is_short(args.ckpt_dir, size)
 
 
+def fit_epoch(epoch: int, train_model, model, loaders, criterion, optimizer, device, options, args,
+              one_dof: float | None) -> tuple[dict, dict]:
+    """One epoch: the training steps, BatchNorm's statistics re-estimated, the split head's side
+    calibrated, validation; the means of both (collective under torchrun: every process asks)."""
+    train_loader, val_loader = loaders
+    if isinstance(train_loader.sampler, DistributedSampler):
+        train_loader.sampler.set_epoch(epoch)
+    train, val = EpochTotals(one_dof), EpochTotals(one_dof)
+    train_epoch(train_model, train_loader, criterion, optimizer, device, epoch, options, totals=train)
+    reestimate_batchnorm(model, train_loader, device, args.bn_recalibration_batches, options)
+    if args.head == "split":
+        fit_side_logistic(model, val_loader, device, one_dof or float(model.target_scale), options)
+    validation_epoch(model, val_loader, criterion, device, options, totals=val)
+    return train.means(), val.means()
+
+
 def main(args: argparse.Namespace) -> None:
     args.log_dir = args.log_dir or Path("runs") / args.task
     if args.check:
@@ -482,15 +495,8 @@ def train(args: argparse.Namespace) -> None:
                 writer.add_text("config", f"```\n{json.dumps(config, indent=2)}\n```", start_epoch)
         for epoch in range(start_epoch, args.epochs):
             start_time = time.time()
-            if isinstance(train_loader.sampler, DistributedSampler):
-                train_loader.sampler.set_epoch(epoch)
-            train, val = EpochTotals(one_dof), EpochTotals(one_dof)
-            train_epoch(train_model, train_loader, criterion, optimizer, device, epoch, options, totals=train)
-            recalibrate_batchnorm(model, train_loader, device, args.bn_recalibration_batches, options)
-            if args.head == "split":
-                calibrate_side(model, val_loader, device, one_dof or float(model.target_scale), options)
-            validation_epoch(model, val_loader, criterion, device, options, totals=val)
-            train, val = train.means(), val.means()  # collective under torchrun: every process asks
+            train, val = fit_epoch(epoch, train_model, model, (train_loader, val_loader), criterion, optimizer,
+                                   device, options, args, one_dof)
             train_loss, val_loss, current_lr = train["loss"], val["loss"], optimizer.param_groups[0]["lr"]
             if writer:
                 with writing(args.log_dir):  # a full disk: a message and the last epoch kept, not a traceback

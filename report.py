@@ -9,7 +9,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure  # figures without pyplot: no display needed, none changed
 
-from metrics import save_figure
+from autofocuskit.metrics import save_figure
 
 
 def learning_curves(log_dir: Path) -> dict:

@@ -2,11 +2,16 @@
 import numpy as np
 import pandas as pd
 import pytest
-
-from baselines import baseline_rows, markdown_table, network_rows, with_objective_and_dof
 from conftest import run_script
-from myDataset import read_split
-from schema import CSV_COLUMNS
+
+from autofocuskit.datasets import read_split
+from autofocuskit.schema import CSV_COLUMNS
+from baselines import (
+    baseline_rows,
+    markdown_table,
+    network_rows,
+    with_objective_and_dof,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """bench.py: both setups measured and the ratios read as they should."""
 import pytest
-
 from conftest import run_script
 
 

@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoints
-from checkpoints import (CheckpointSaver, checkpoint_to_resume, find_best_checkpoint, is_regular_checkpoint_epoch,
-                         load_checkpoint, restore_rng_states, rng_states, save_atomically)
+from autofocuskit import checkpoints
+from autofocuskit.checkpoints import (
+    CheckpointSaver,
+    checkpoint_to_resume,
+    find_best_checkpoint,
+    is_regular_checkpoint_epoch,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_atomically,
+)
 
 
 @pytest.mark.parametrize("epoch, saved", [

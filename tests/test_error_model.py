@@ -5,7 +5,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from error_model import ErrorModel, fit_error_model
+from autofocuskit.error_model import ErrorModel, fit_error_model
 
 MODEL = ErrorModel(floor=1.5, gain=1.0, sigma0=0.5, sigma_slope=0.05, saturation=20.0, side_max=0.95,
                    side_scale=3.0, images=400, field_spread=0.4)

@@ -4,12 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_script
 from PIL import Image
 
-from autofocus import FocusEstimate
-from conftest import run_script
+from autofocuskit.optics import VirtualMicroscope
+from autofocuskit.predictor import FocusEstimate
 from focus import as_json, claims_held, described, get_args_parser, main
-from optics import VirtualMicroscope
 
 
 @pytest.mark.slow

@@ -3,10 +3,10 @@ the measures peaking where a rendered field is in focus."""
 import numpy as np
 import pytest
 
-from focus_measures import FOCUS_MEASURES, curve_peak, focus_channel
-from imaging import tile_origins
-from optics import VirtualMicroscope
-from schema import depth_of_field_um
+from autofocuskit.focus_measures import FOCUS_MEASURES, curve_peak, focus_channel
+from autofocuskit.imaging import tile_origins
+from autofocuskit.optics import VirtualMicroscope
+from autofocuskit.schema import depth_of_field_um
 
 
 def test_focus_curve_peak_lies_between_slices_and_refuses_edges_and_flat_curves():

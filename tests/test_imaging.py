@@ -1,8 +1,8 @@
 """imaging.py: the tile grid and the content test (blank, saturated; a grey tile as its RGB copy)."""
 import numpy as np
 
-from imaging import IMAGE_SIZE, has_content, tile_origins
-from optics import VirtualMicroscope
+from autofocuskit.imaging import IMAGE_SIZE, has_content, tile_origins
+from autofocuskit.optics import VirtualMicroscope
 
 
 def test_tiles_cover_the_frame_on_a_grid():

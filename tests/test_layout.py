@@ -1,72 +1,123 @@
-"""The layout: no import cycle, no script imports another script, each file says its job in its first
-line; importing a module prints nothing; the deployment and data tools load no torch, and the scripts
-answer --help before loading it."""
+"""The layout: the scripts at the top level, one package beneath them; no import cycle, no script
+imports another script and the package imports no script; each file says its job in its first
+line and has its own test file; importing prints nothing; the deploy side imports no torch
+anywhere, not even inside a function; no function is over 60 lines; the scripts answer --help
+before loading torch."""
 import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
-MODULES = sorted(path.stem for path in ROOT.glob("*.py"))
-# myModel.py is a library that the contract also runs as a script (a summary and a test export)
-CONTRACT_SCRIPTS = {"myModel"}
+PACKAGE = ROOT / "autofocuskit"
+SCRIPTS = sorted(path.stem for path in ROOT.glob("*.py"))
+PACKAGE_MODULES = sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem != "__init__")
+# what a microscope's computer runs: these and everything they import must do without torch
+DEPLOY_SIDE = ["predictor", "loop", "error_model", "exported_model", "microscope", "calibration",
+               "demo_microscope", "pymmcore_private"]
+DEPLOY_SCRIPTS = ["focus", "micromanager", "make_dataset", "make_demo_data"]
+TORCH_NAMES = {"torch", "torchvision", "timm", "torchinfo", "tensorboard"}
+MAX_FUNCTION_LINES = 60
 
 
-def project_imports(name: str) -> set[str]:
-    """The project's modules that `name`.py imports, wherever in the file."""
-    tree = ast.parse((ROOT / f"{name}.py").read_text())
-    found = set()
-    for node in ast.walk(tree):
+def source_of(name: str) -> Path:
+    return PACKAGE / f"{name}.py" if name in PACKAGE_MODULES else ROOT / f"{name}.py"
+
+
+def imports_of(name: str) -> tuple[set[str], set[str]]:
+    """(the project's modules, the outside packages) that `name` imports, wherever in the file."""
+    project, outside = set(), set()
+    for node in ast.walk(ast.parse(source_of(name).read_text())):
         if isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module.split(".")[0])
-    return found & set(MODULES)
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # from .module import ..., from . import module
+                names = [node.module] if node.module else [alias.name for alias in node.names]
+                project |= set(names) & set(PACKAGE_MODULES)
+                continue
+            names = [node.module] if node.module != "autofocuskit" else [alias.name for alias in node.names]
+        else:
+            continue
+        for full in names:
+            parts = full.split(".")
+            if parts[0] == "autofocuskit":
+                project |= set(parts[1:2]) & set(PACKAGE_MODULES)
+            elif parts[0] in PACKAGE_MODULES + SCRIPTS:
+                project.add(parts[0])
+            else:
+                outside.add(parts[0])
+    return project, outside
 
 
-def is_script(name: str) -> bool:
-    return '__name__ == "__main__"' in (ROOT / f"{name}.py").read_text()
+def test_the_top_level_is_the_four_scripts_and_the_command_line_tools():
+    assert {"myDataset", "myModel", "myTrain", "myTest"} <= set(SCRIPTS)
+    assert len(SCRIPTS) <= 12, SCRIPTS
+    assert not set(SCRIPTS) & set(PACKAGE_MODULES)
 
 
 def test_no_module_imports_itself_back_through_others():
-    graph = {name: project_imports(name) for name in MODULES}
+    graph = {name: imports_of(name)[0] for name in SCRIPTS + PACKAGE_MODULES}
 
     def reaches(start: str, goal: str, seen: set) -> bool:
         return any(step == goal or (step not in seen and reaches(step, goal, seen | {step})) for step in graph[start])
 
-    assert [name for name in MODULES if reaches(name, name, set())] == []
+    assert [name for name in graph if reaches(name, name, set())] == []
 
 
-def test_no_script_imports_another_script():
-    scripts = {name for name in MODULES if is_script(name)} - CONTRACT_SCRIPTS
-    assert {"myTrain", "myTest", "focus", "make_dataset", "make_demo_data", "bench", "micromanager"} <= scripts
-    assert {name: sorted(project_imports(name) & scripts) for name in MODULES if project_imports(name) & scripts} == {}
+def test_no_script_imports_another_and_the_package_imports_no_script():
+    importing = {name: sorted(imports_of(name)[0] & set(SCRIPTS)) for name in SCRIPTS + PACKAGE_MODULES}
+    assert {name: found for name, found in importing.items() if found} == {}
+
+
+def test_the_deploy_side_imports_no_torch_anywhere():
+    """By construction: the modules a microscope's computer runs, and every project module they
+    import, name no torch-side package, at the top or inside a function."""
+    seen, todo = set(), DEPLOY_SIDE + DEPLOY_SCRIPTS
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += sorted(imports_of(name)[0])
+    offenders = {name: sorted(imports_of(name)[1] & TORCH_NAMES) for name in sorted(seen)}
+    assert {name: found for name, found in offenders.items() if found} == {}
+    assert {"imaging", "schema", "cli", "optics"} <= seen
 
 
 def test_every_file_says_its_job_in_its_first_line():
-    for name in MODULES:
-        docstring = ast.get_docstring(ast.parse((ROOT / f"{name}.py").read_text()))
-        assert docstring and len(docstring.splitlines()[0]) > 20, name
+    for path in [*ROOT.glob("*.py"), *PACKAGE.glob("*.py")]:
+        docstring = ast.get_docstring(ast.parse(path.read_text()))
+        assert docstring and len(docstring.splitlines()[0]) > 20, path
 
 
-def test_importing_the_modules_prints_nothing():
-    result = subprocess.run([sys.executable, "-c", f"import {', '.join(sorted(MODULES))}"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+def test_every_module_has_a_test_file():
+    tests = {path.stem.removeprefix("test_") for path in (ROOT / "tests").glob("test_*.py")}
+    assert sorted(set(SCRIPTS + PACKAGE_MODULES) - tests) == []
 
 
-def test_deployment_and_data_tools_do_not_load_torch():
-    """autofocus.py runs on a microscope's computer, make_dataset.py on a data server: numpy, not torch."""
-    check = ("import sys, autofocus, focus, make_dataset, make_demo_data, optics, stacks, exported_model, micromanager; "
-             "print(sorted({'torch', 'torchvision'} & set(sys.modules)))")
+def test_no_function_is_longer_than_60_lines():
+    long = []
+    for path in [*ROOT.glob("*.py"), *PACKAGE.glob("*.py"), *(ROOT / "tests").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
+                    long.append(f"{path.name}:{node.lineno} {node.name}")
+    assert long == []
+
+
+def test_importing_the_modules_prints_nothing_and_the_deploy_side_loads_no_torch():
+    modules = [*SCRIPTS, *(f"autofocuskit.{name}" for name in PACKAGE_MODULES if name not in DEPLOY_SIDE)]
+    deploy = [*DEPLOY_SCRIPTS, *(f"autofocuskit.{name}" for name in DEPLOY_SIDE)]
+    check = (f"import sys, {', '.join(deploy)}\n"
+             "sys.stderr.write(str(sorted({'torch', 'torchvision'} & set(sys.modules))))\n"
+             f"import {', '.join(modules)}")
     result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == "[]", result.stderr
 
 
-@pytest.mark.parametrize("script", ["myTrain.py", "myTest.py", "bench.py", "focus.py", "make_dataset.py",
-                                    "micromanager.py"])
+@pytest.mark.parametrize("script", ["myTrain.py", "myTest.py", "myModel.py", "bench.py", "focus.py",
+                                    "make_dataset.py", "micromanager.py"])
 def test_help_answers_without_loading_torch(script):
     check = (f"import runpy, sys; sys.argv = ['{script}', '--help']\n"
              f"try:\n    runpy.run_path('{script}', run_name='__main__')\n"

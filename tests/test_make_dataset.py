@@ -1,23 +1,23 @@
 """make_dataset.py on focus stacks the demo renderer writes: labels against the known focus,
 empty tiles and stacks without focus left out, splits by stack, a dataset that loads and
 trains, and every bad input refused with a message and nothing written."""
-from pathlib import Path
 import errno
 import shutil
+from pathlib import Path
 
-from PIL import Image
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-
 from conftest import FAST, run_script, train_in_process
-from imaging import IMAGE_SIZE, as_uint8
+from PIL import Image
+
 import make_dataset
-from myDataset import MOAFDataset, SOAFDataset
-from optics import strip_defocus_um
-from schema import CSV_COLUMNS, TRACE_COLUMNS, depth_of_field_um
-import stacks as stack_files
+from autofocuskit import stacks as stack_files
+from autofocuskit.datasets import MOAFDataset, SOAFDataset
+from autofocuskit.imaging import IMAGE_SIZE, as_uint8
+from autofocuskit.optics import strip_defocus_um
+from autofocuskit.schema import CSV_COLUMNS, TRACE_COLUMNS, depth_of_field_um
 
 DOF_UM = depth_of_field_um(20, 0.7)
 STRIDE = IMAGE_SIZE // 2  # 3x3 tile positions on the demo's 448x448 frames

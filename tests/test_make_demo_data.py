@@ -2,7 +2,7 @@
 import numpy as np
 
 import make_demo_data as demo
-import optics
+from autofocuskit import optics
 
 
 def test_labels_lie_on_the_psf_grid(tmp_path):

@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from metrics import confidence_metrics, error_metrics
+from autofocuskit.metrics import confidence_metrics, error_metrics
 
 
 def test_error_metrics_by_hand():

@@ -2,16 +2,16 @@
 the checkpoint's glob reused."""
 import json
 
-from PIL import Image
 import numpy as np
 import onnxruntime
 import pandas as pd
 import pytest
+from conftest import FAST, run_script, scalar_steps
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from checkpoints import find_best_checkpoint
-from conftest import FAST, run_script, scalar_steps
-from error_model import ErrorModel
+from autofocuskit.checkpoints import find_best_checkpoint
+from autofocuskit.error_model import ErrorModel
 
 
 @pytest.mark.slow

@@ -16,22 +16,25 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from PIL import Image
 import pandas as pd
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 import torch
-
-import checkpoints
-from checkpoints import checkpoints_newest_first, find_best_checkpoint, load_checkpoint
-import cli
 from conftest import FAST, ROOT, in_folder, run_script, scalar_steps, train_in_process
-from engine import DefocusLoss, validation_epoch
-from myDataset import SOAFDataset
-from myModel import SOAFModel
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from autofocuskit import checkpoints, cli
+from autofocuskit.checkpoints import (
+    checkpoints_newest_first,
+    find_best_checkpoint,
+    load_checkpoint,
+)
+from autofocuskit.datasets import SOAFDataset
+from autofocuskit.epochs import DefocusLoss, validation_epoch
+from autofocuskit.networks import SOAFModel
+from autofocuskit.tasks import build_loader
 from myTest import predict_pytorch
 from myTrain import get_args_parser, main, out_of_patience, training_labels
-from tasks import build_loader
 
 
 def test_resume_continues_counter_optimizer_and_curves(demo_root, tmp_path, capsys):

@@ -4,11 +4,10 @@ tiles are; the virtual microscope's moves, tilt and blank slides."""
 import numpy as np
 import pytest
 
-from imaging import IMAGE_SIZE, sobel_sharpness
-import optics
-from optics import Optics, defocused_channels
-from schema import CAMERA_PIXEL_UM, depth_of_field_um
-
+from autofocuskit import optics
+from autofocuskit.imaging import IMAGE_SIZE, sobel_sharpness
+from autofocuskit.optics import Optics, defocused_channels
+from autofocuskit.schema import CAMERA_PIXEL_UM, depth_of_field_um
 
 NO_CUES = Optics(chromatic_shift_dof=0.0, specimen_depth_um=0.0)
 

@@ -2,7 +2,13 @@
 import pandas as pd
 import pytest
 
-from schema import depth_of_field_um, dof_um_of_rows, objective_name, objective_of_name, objective_prefix
+from autofocuskit.schema import (
+    depth_of_field_um,
+    dof_um_of_rows,
+    objective_name,
+    objective_of_name,
+    objective_prefix,
+)
 
 
 def test_depth_of_field_comes_from_the_csv_ratio():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tifffile
 
-import stacks as stack_files
+from autofocuskit import stacks as stack_files
 
 
 def test_a_table_gives_objectives_and_z_steps_and_slices_read_as_the_file_holds_them(stacks, tmp_path):

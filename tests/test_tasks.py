@@ -1,9 +1,9 @@
 """tasks.py: the task table follows the schema's names, units and globs; a task's dataset as the scripts build it."""
 from types import SimpleNamespace
 
-from imaging import IMAGE_SIZE
-from schema import MOAF_GLOB, SOAF_GLOB, TASK_NAMES
-from tasks import TASKS, build_dataset
+from autofocuskit.imaging import IMAGE_SIZE
+from autofocuskit.schema import MOAF_GLOB, SOAF_GLOB, TASK_NAMES
+from autofocuskit.tasks import TASKS, build_dataset
 
 
 def test_the_task_table_has_the_schema_names_units_and_globs():

@@ -15,9 +15,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cli import UserError
-from myModel import HeadOutputs
-from processes import STOP, progress, rank_and_world_size, sum_over_processes
+from .cli import UserError
+from .networks import HeadOutputs
+from .processes import STOP, progress, rank_and_world_size, sum_over_processes
 
 SYNC_EVERY = 20  # batches between reads of the running loss: each read makes the CPU wait for the GPU
 
@@ -106,7 +106,7 @@ class DefocusLoss(nn.Module):
     Split head: L1 between the distance and |label| (a well-posed regression: blur shows it
     on both sides of focus) plus the signed head's L1 between the signed regression and
     the label, so the side gets exactly the push the signed head gives it. The side's
-    probability takes no gradient: it is calibrated on the validation set (calibrate_side).
+    probability takes no gradient: it is calibrated on the validation set (fit_side_logistic).
     On the demo data, side terms of binary cross-entropy on a logit output (weighted by
     |label| or 2|label|, with or without the L1 of distance x (2p - 1)) all lost the
     chromatic cue at 10x/0.3 that the signed head finds, and made confident probabilities
@@ -204,7 +204,7 @@ def check_and_show(totals: EpochTotals, bar, start_time: float, epoch, first_bat
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model, loader, device, max_batches: int, options: StepOptions = StepOptions()) -> None:
+def reestimate_batchnorm(model, loader, device, max_batches: int, options: StepOptions = StepOptions()) -> None:
     """Recompute BatchNorm statistics as a plain average over training batches at the current weights.
 
     The running averages trail the weights by many steps; while the weights still change
@@ -238,7 +238,7 @@ def recalibrate_batchnorm(model, loader, device, max_batches: int, options: Step
 
 
 @torch.no_grad()
-def calibrate_side(model, loader, device, one_dof: float, options: StepOptions = StepOptions(),
+def fit_side_logistic(model, loader, device, one_dof: float, options: StepOptions = StepOptions(),
                    iterations: int = 25, ridge: float = 1.0) -> tuple[float, float]:
     """Fit the split head's side probability, p = sigmoid(a * signed / target_scale + b), to the
     images of `loader` (the validation set) and store a and b in the model; returns (a, b).

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from imaging import IMAGE_SIZE, sobel_gradients
+from .imaging import IMAGE_SIZE, sobel_gradients
 
 
 def focus_channel(pixels: np.ndarray) -> np.ndarray:

@@ -18,14 +18,25 @@ itself. The focus loop infers the field offset with the focus, from frames at se
 """
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from imaging import MAD_TO_SD
+from .imaging import robust_spread
 
 MEDIAN_EFFICIENCY = 1.2533  # the standard error of a median of normal values over that of their mean
 STUDENT_DOF = 3  # the degrees of freedom of the distance's likelihood: heavy tails, a finite variance
+
+
+def student_t_log_density(z: np.ndarray) -> np.ndarray:
+    """log of Student's t density with STUDENT_DOF degrees of freedom at `z` standard units, up
+    to a constant: heavier tails than a normal, so one frame far off cannot outweigh the rest."""
+    return -2 * np.log1p(z * z / STUDENT_DOF)
+
+
+def expected_distance(true_distance: np.ndarray, floor: float, gain: float, saturation: float) -> np.ndarray:
+    """The distance a network reads on average at a true distance: a floor near focus, flat beyond saturation."""
+    return gain * np.sqrt(np.minimum(true_distance, saturation) ** 2 + floor**2)
 
 
 @dataclass(frozen=True)
@@ -42,7 +53,7 @@ class ErrorModel:
     measured: bool = True  # False: a conservative default for a model exported without one
 
     def mean_distance(self, distance: np.ndarray) -> np.ndarray:
-        return self.gain * np.sqrt(np.minimum(distance, self.saturation) ** 2 + self.floor**2)
+        return expected_distance(distance, self.floor, self.gain, self.saturation)
 
     def sigma(self, distance: np.ndarray) -> np.ndarray:
         return self.sigma0 + self.sigma_slope * np.minimum(distance, self.saturation)
@@ -61,7 +72,23 @@ class ErrorModel:
 
     @classmethod
     def from_metadata(cls, text: str) -> "ErrorModel":
-        return cls(**json.loads(text))
+        """The model to_metadata wrote; ValueError naming what is missing, unknown or out of range."""
+        values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ValueError("an error model is a JSON object of its fields")
+        needed = {item.name for item in fields(cls) if item.name not in ("field_spread", "measured")}
+        known = {item.name for item in fields(cls)} - {"measured"}
+        if needed - set(values) or set(values) - known:
+            raise ValueError(f"missing {sorted(needed - set(values))}, unknown {sorted(set(values) - known)}")
+        if not all(isinstance(value, (int, float)) and math.isfinite(value) for value in values.values()):
+            raise ValueError("every field must be a finite number")
+        model = cls(**values)
+        if not (model.floor >= 0 and model.gain > 0 and model.sigma0 > 0 and model.sigma_slope >= 0
+                and model.saturation > 0 and 0.5 <= model.side_max < 1 and model.side_scale > 0
+                and model.images >= 0 and model.field_spread >= 0):
+            raise ValueError("a field is out of its range (spreads, gain, saturation and side_scale positive, "
+                             "side_max in [0.5, 1))")
+        return model
 
     @classmethod
     def conservative(cls, saturation: float) -> "ErrorModel":
@@ -73,8 +100,7 @@ class ErrorModel:
         """Field offsets over +-4 spreads and the log of their prior weights: Student's t, for
         now and then a field far unlike the validation images."""
         offsets = np.linspace(-4, 4, count) * self.field_spread
-        z = offsets / max(self.field_spread, 1e-9)
-        log_prior = -2 * np.log1p(z * z / STUDENT_DOF)
+        log_prior = student_t_log_density(offsets / max(self.field_spread, 1e-9))
         return offsets, log_prior - np.logaddexp.reduce(log_prior)
 
     def log_likelihood(self, distance: float, defocus: float, p_positive: float | None, tiles: int,
@@ -89,7 +115,7 @@ class ErrorModel:
         # Student's t with 3 degrees of freedom rather than a normal: a frame now and then reads
         # far off, and one such frame must not outweigh the rest
         z = (distance - offsets[:, None] - self.mean_distance(true_distance)) / sigma
-        log_likelihood = -2 * np.log1p(z * z / STUDENT_DOF) - np.log(sigma)
+        log_likelihood = student_t_log_density(z) - np.log(sigma)
         # beyond the trained range the validation split says nothing of the side: no evidence there
         right = np.where(true_distance <= self.saturation, self.side_accuracy(true_distance), 0.5)
         if p_positive is not None:
@@ -125,10 +151,10 @@ def fit_error_model(labels: np.ndarray, distances: np.ndarray, signed: np.ndarra
     best = (math.inf, 0.0, 1.0)
     for floor in np.linspace(0, 0.3 * saturation, 31):
         for gain in np.linspace(0.6, 1.4, 41):
-            loss = np.abs(distances - gain * np.sqrt(np.minimum(true, saturation) ** 2 + floor**2)).sum()
+            loss = np.abs(distances - expected_distance(true, floor, gain, saturation)).sum()
             best = min(best, (loss, floor, gain))
     _, floor, gain = best
-    residual = np.abs(distances - gain * np.sqrt(np.minimum(true, saturation) ** 2 + floor**2)) * math.sqrt(math.pi / 2)
+    residual = np.abs(distances - expected_distance(true, floor, gain, saturation)) * math.sqrt(math.pi / 2)
     basis = np.stack([np.ones_like(true), np.minimum(true, saturation)], axis=1)
     sigma0, sigma_slope = np.linalg.lstsq(basis, residual, rcond=None)[0]
     sigma0, sigma_slope = max(float(sigma0), 0.02 * saturation), max(float(sigma_slope), 0.0)
@@ -144,7 +170,7 @@ def fit_error_model(labels: np.ndarray, distances: np.ndarray, signed: np.ndarra
     _, side_max, side_scale = best_side
 
     inside = true < saturation
-    residual = (distances - gain * np.sqrt(true**2 + floor**2))[inside]
-    field_spread = float(MAD_TO_SD * np.median(np.abs(residual - np.median(residual)))) if inside.sum() >= 5 else sigma0
+    residual = (distances - expected_distance(true, floor, gain, saturation))[inside]
+    field_spread = robust_spread(residual) if inside.sum() >= 5 else sigma0
     return ErrorModel(float(floor), float(gain), sigma0, sigma_slope, float(saturation), float(side_max),
                       float(side_scale), int(len(true)), max(field_spread, 0.01 * saturation))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cli import UserError, free_mib
+from .cli import UserError, free_mib
 
 BEST_CHECKPOINT = re.compile(r"ckpt_best_(\d+)\.pt")
 ANY_CHECKPOINT = re.compile(r"ckpt_(?:best_)?(\d+)\.pt")

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from imaging import IMAGE_SIZE
-from myDataset import MOAFDataset, SOAFDataset
-from myModel import MOAFModel, SOAFModel
-from processes import ignore_stop_signals, loader_workers, rank_and_world_size
-from schema import MOAF_GLOB, SOAF_GLOB
+from .imaging import IMAGE_SIZE
+from .datasets import MOAFDataset, SOAFDataset
+from .networks import MOAFModel, SOAFModel
+from .processes import ignore_stop_signals, loader_workers, rank_and_world_size
+from .schema import MOAF_GLOB, SOAF_GLOB, TASK_UNITS
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,8 @@ class Task:
 
 
 TASKS = {
-    "soaf": Task(SOAFDataset, SOAFModel, unit="um", default_glob=SOAF_GLOB),
-    "moaf": Task(MOAFDataset, MOAFModel, unit="DOF", default_glob=MOAF_GLOB),
+    "soaf": Task(SOAFDataset, SOAFModel, unit=TASK_UNITS["soaf"], default_glob=SOAF_GLOB),
+    "moaf": Task(MOAFDataset, MOAFModel, unit=TASK_UNITS["moaf"], default_glob=MOAF_GLOB),
 }
 
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imaging import GREY_WEIGHTS, IMAGE_SIZE
-from schema import CAMERA_PIXEL_UM, depth_of_field_um
+from .imaging import GREY_WEIGHTS, IMAGE_SIZE
+from .schema import CAMERA_PIXEL_UM, depth_of_field_um
 
 OBJECTIVE_MEDIUM_INDEX = 1.0  # between objective and coverslip: air
 CHANNEL_WAVELENGTHS_UM = (0.60, 0.54, 0.46)  # centre of the camera's red, green and blue bands

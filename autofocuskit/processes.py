@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from cli import usable_cpu_count
+from .cli import usable_cpu_count
 
 
 # the signals that stop a run at the next batch: Ctrl-C, and what SLURM, docker stop and other

@@ -10,6 +10,7 @@ SOAF_GLOB = "10x_0.3*.csv"  # CSV files a SOAF dataset reads unless told otherwi
 MOAF_GLOB = "*.csv"  # CSV files a MOAF dataset reads unless told otherwise: every objective
 
 TASK_NAMES = ("soaf", "moaf")  # soaf: one objective, target defocus_label (um); moaf: all, defocus_dof_label (DOF)
+TASK_UNITS = {"soaf": "um", "moaf": "DOF"}  # of each task's target, predictions and loss
 HEADS = ("signed", "split")  # signed: one signed defocus output; split: distance and side of focus
 DEFAULT_BACKBONE = "mobilenetv4_conv_small"  # the timm backbone, --fe_str
 
@@ -39,6 +40,14 @@ def dof_um_of_rows(frame):
     if keys:
         ratio = ratio.fillna(ratio.groupby([frame[k] for k in keys]).transform("median"))
     return ratio.abs()
+
+
+def objective_problem(magnification: float, na: float) -> str | None:
+    """What is wrong with an objective's numbers, or None: air objectives have an NA below 1,
+    immersion objectives up to about 1.7."""
+    if not (magnification > 0 and 0 < na < 2):
+        return f"magnification must be above 0 and na in (0, 2), got {magnification} and {na}"
+    return None
 
 
 def objective_name(magnification: float, na: float) -> str:

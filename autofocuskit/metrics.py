@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # figures without pyplot: no display needed, none changed
 
-from schema import CONFIDENT_P, objective_name
+from .schema import CONFIDENT_P, objective_name
 
 
 def error_metrics(results: pd.DataFrame, unit: str, train_label_mean: float | None = None) -> dict:

@@ -17,9 +17,9 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from cli import UserError
-from imaging import IMAGE_SIZE, image_pixels
-from schema import objective_prefix
+from .cli import UserError
+from .imaging import IMAGE_SIZE, image_pixels
+from .schema import objective_prefix, objective_problem
 
 MIN_SLICES = 5  # fewer cannot place a peak between slices and tell it from the ends
 Z_POSITIONS_CSV = "z_positions.csv"  # in a folder stack: image,z_um per slice, in the stack's order
@@ -244,8 +244,8 @@ def stacks_from_table(table: Path, default_z_step_um: float | None) -> list[Stac
         except (TypeError, ValueError):
             raise StackError(f"{where}: the objective is missing or not numbers (magnification "
                              f"{row.get('magnification')!r}, NA {row.get('NA')!r})") from None
-        if not (magnification > 0 and 0 < na < 2):
-            raise StackError(f"{where}: magnification must be above 0 and NA in (0, 2)")
+        if objective_problem(magnification, na):
+            raise StackError(f"{where}: {objective_problem(magnification, na)}")
         step_text = (row.get("z_step_um") or "").strip()
         z_step_um = float(step_text) if step_text else default_z_step_um
         path = table.parent / (row["stack"] or "")

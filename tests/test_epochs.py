@@ -1,4 +1,4 @@
-"""engine.py: the loss of both heads by hand and what it pushes, the side calibration where the side is
+"""epochs.py: the loss of both heads by hand and what it pushes, the side calibration where the side is
 known and where it is not, the epoch totals, non-finite losses, BatchNorm recalibration; the step options
 (channels_last, bf16, fp16 with its scaler) against fp32, and the augmentation."""
 import pytest
@@ -6,11 +6,20 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from engine import (DefocusLoss, EpochTotals, NonFiniteLossError, StepOptions, augment_batch, calibrate_side,
-                    recalibrate_batchnorm, train_epoch, validation_epoch)
-from myDataset import SOAFDataset
-from myModel import HeadOutputs, SOAFModel
-from tasks import build_loader
+from autofocuskit.datasets import SOAFDataset
+from autofocuskit.epochs import (
+    DefocusLoss,
+    EpochTotals,
+    NonFiniteLossError,
+    StepOptions,
+    augment_batch,
+    fit_side_logistic,
+    reestimate_batchnorm,
+    train_epoch,
+    validation_epoch,
+)
+from autofocuskit.networks import HeadOutputs, SOAFModel
+from autofocuskit.tasks import build_loader
 
 
 def head_outputs(defocus, distance, p_positive, regression) -> HeadOutputs:
@@ -63,7 +72,7 @@ class FixedSignedRegression(nn.Module):
 def test_side_calibration_is_confident_where_the_signed_regression_knows_the_side():
     labels = torch.linspace(-10, 10, 40)
     model = FixedSignedRegression()
-    a, b = calibrate_side(model, [(labels.view(-1, 1), labels)], torch.device("cpu"), one_dof=1.0)
+    a, b = fit_side_logistic(model, [(labels.view(-1, 1), labels)], torch.device("cpu"), one_dof=1.0)
     assert a > 1 and abs(b) < 0.5
     p_far = torch.sigmoid(model.side_scale * 8.0 / model.target_scale + model.side_bias)
     assert p_far > 0.99
@@ -72,7 +81,7 @@ def test_side_calibration_is_confident_where_the_signed_regression_knows_the_sid
 def test_side_calibration_stays_near_even_where_the_signed_regression_does_not_know():
     labels = torch.linspace(-10, 10, 40)
     guesses = torch.where(torch.arange(40) % 2 == 0, 3.0, -3.0)  # half right, half wrong, at every distance
-    a, b = calibrate_side(FixedSignedRegression(), [(guesses.view(-1, 1), labels)], torch.device("cpu"), one_dof=1.0)
+    a, b = fit_side_logistic(FixedSignedRegression(), [(guesses.view(-1, 1), labels)], torch.device("cpu"), one_dof=1.0)
     assert abs(a) < 0.2 and abs(b) < 0.2  # p within a few per cent of 0.5
 
 
@@ -117,13 +126,13 @@ def test_batchnorm_recalibration_uses_current_statistics():
     model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
     model[1].running_mean.fill_(-100.0)  # stale, as after fast-changing weights
     batches = [(torch.randn(8, 3) + 5.0, torch.zeros(8)) for _ in range(4)]
-    recalibrate_batchnorm(model, batches, torch.device("cpu"), max_batches=3)
+    reestimate_batchnorm(model, batches, torch.device("cpu"), max_batches=3)
     with torch.no_grad():
         expected = torch.stack([model[0](x).mean(0) for x, _ in batches[:3]]).mean(0)
     torch.testing.assert_close(model[1].running_mean, expected)
     assert model[1].momentum == 0.1  # restored for training
     before = model[1].running_mean.clone()
-    recalibrate_batchnorm(model, batches, torch.device("cpu"), max_batches=0)
+    reestimate_batchnorm(model, batches, torch.device("cpu"), max_batches=0)
     torch.testing.assert_close(model[1].running_mean, before)
 
 

@@ -14,6 +14,12 @@ MIN_CONTRAST, MAX_SATURATED = 2.0, 0.25
 MAD_TO_SD = 1.4826  # median absolute deviation x this = standard deviation, for normally spread values
 
 
+def robust_spread(values: np.ndarray) -> float:
+    """The standard deviation of normally spread values, from their median absolute deviation."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(MAD_TO_SD * np.median(np.abs(values - np.median(values))))
+
+
 def rgb_uint8(pixels: np.ndarray, float_max: float | None = None, bit_depth: int | None = None) -> np.ndarray:
     """(H, W, 3) uint8 from grey (H, W) or RGB (H, W, 3) pixels of any integer or float type,
     as `as_uint8` scales them."""

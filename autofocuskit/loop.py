@@ -1,0 +1,299 @@
+"""The focus loop: after every frame, the probability of each candidate focus position given
+everything seen so far, from the network's measured error; the stage moves to where focus is
+likeliest until it is in focus with the confidence asked for. numpy only.
+
+    from autofocuskit import FocusPredictor, FocusSettings, focus_loop
+    result = focus_loop(acquire, move_by, predictor, tolerance_um=1.0, max_images=5)
+    settings = FocusSettings(tolerance_um=1.0, z_range_um=(1000, 1400))   # the same, as one object
+    result = focus_loop(acquire, move_by, predictor, settings, z_um=read_stage)
+"""
+import math
+import time
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+
+from .error_model import ErrorModel, student_t_log_density
+from .predictor import FocusError, FocusEstimate, FocusPredictor
+
+# a field focused before may read unlike it did then (the specimen changed, the stage came back
+# elsewhere): this much of its offset's prior stays the population's
+FIELD_CHANGE = 0.2
+
+
+@dataclass(frozen=True)
+class FocusSettings:
+    """How a focus loop runs: one set of defaults for focus_loop, microscope.autofocus, the
+    AutofocusEngine and the command lines of focus.py and micromanager.py."""
+
+    tolerance_um: float  # in focus when within this of focus
+    max_images: int = 5  # frames per loop at most
+    max_step_um: float | None = None  # no single move is larger
+    confidence: float = 0.8  # stop when within the tolerance with at least this probability
+    z_range_um: tuple[float, float] | None = None  # (low, high), absolute: no move leaves it (needs z_um)
+
+    def __post_init__(self):
+        if not (math.isfinite(self.tolerance_um) and self.tolerance_um > 0):
+            raise FocusError(f"tolerance_um must be a positive number, got {self.tolerance_um}")
+        if int(self.max_images) != self.max_images or self.max_images < 1:
+            raise FocusError(f"max_images must be a whole number of at least 1, got {self.max_images}")
+        if self.max_step_um is not None and not self.max_step_um > 0:
+            raise FocusError(f"max_step_um must be positive, got {self.max_step_um}")
+        if not 0 < self.confidence < 1:
+            raise FocusError(f"confidence must be a probability between 0 and 1, got {self.confidence}")
+        if self.z_range_um is not None:
+            low, high = self.z_range_um
+            if not low <= high:
+                raise FocusError(f"z_range_um must be (low, high) with low <= high, got {self.z_range_um}")
+            object.__setattr__(self, "z_range_um", (float(low), float(high)))
+
+    @classmethod
+    def of(cls, settings: "FocusSettings | None" = None, **changes) -> "FocusSettings":
+        """`settings` with `changes` (keyword arguments named as the fields; None leaves a field
+        as it is), or new settings from the changes alone."""
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise TypeError(f"unknown focus setting(s) {unknown}; the settings are {sorted(known)}")
+        changes = {name: value for name, value in changes.items() if value is not None}
+        if settings is None:
+            if "tolerance_um" not in changes:
+                raise TypeError("a focus loop needs tolerance_um (or a FocusSettings)")
+            return cls(**changes)
+        return replace(settings, **changes)
+
+
+DEFAULTS = FocusSettings(tolerance_um=1.0)  # the defaults the command lines show
+
+# why focus_loop stopped: FocusResult.stop_reason
+STOP_REASONS = {
+    "within_tolerance": "in focus within the tolerance with the probability asked for",
+    "no_sample": "too few tiles with content: no further move",
+    "at_limit": "focus lies beyond z_range_um: the stage stopped at the limit, then went to the place rated closest",
+    "images_used_up": "max_images frames were taken: the stage went to the place rated closest",
+}
+
+
+@dataclass
+class FocusResult:
+    converged: bool  # the loop stopped in focus with the confidence asked for
+    images: int  # frames acquired
+    moves_um: list[float] = field(default_factory=list)
+    estimates: list[FocusEstimate] = field(default_factory=list)
+    stop_reason: str = "images_used_up"  # a key of STOP_REASONS
+    at_limit: bool = False  # a move was cut short at an end of z_range_um
+    p_in_focus: float = math.nan  # where it stopped: the probability that focus lies within the tolerance
+    # what the frames told of the field's own offset (log weights over the error model's
+    # field_offsets): the next loop on the same field starts from it (focus_loop's field_log_prior)
+    field_log_posterior: np.ndarray | None = None
+
+    @property
+    def moved_um(self) -> float:
+        """Where the loop left the stage, relative to where it started."""
+        return float(sum(self.moves_um))
+
+
+class FocusPosterior:
+    """The loop's belief: log weights over (field offset, focus position relative to the start)."""
+
+    def __init__(self, model: ErrorModel, reach_um: float, tolerance_um: float, prior_sd_um: float | None = None,
+                 field_log_prior: np.ndarray | None = None):
+        self.model, self.tolerance_um = model, tolerance_um
+        self.candidates = focus_candidates(reach_um, tolerance_um)
+        self.offsets, log_prior = model.field_offsets()
+        if field_log_prior is not None:
+            log_prior = field_seen_before(log_prior, field_log_prior)
+        self.log_joint = np.repeat(log_prior[:, None], len(self.candidates), axis=1)
+        if prior_sd_um:
+            self.log_joint += student_t_log_density(self.candidates / prior_sd_um)
+
+    def add_frame(self, estimate: FocusEstimate, here_um: float) -> None:
+        """What a frame taken `here_um` from the start showed."""
+        self.log_joint += self.model.log_likelihood(
+            estimate.distance_um, estimate.defocus_um, estimate.p_positive, estimate.tiles_used,
+            estimate.distance_spread_um, here_um - self.candidates, self.offsets)
+
+    def focus_log_posterior(self) -> np.ndarray:
+        """Over focus positions, the field offsets summed out."""
+        return np.logaddexp.reduce(self.log_joint, axis=0)
+
+    def in_focus(self) -> np.ndarray:
+        """For the stage at each candidate, the probability that focus lies within the tolerance."""
+        return probability_in_focus(self.focus_log_posterior(), self.candidates, self.tolerance_um)
+
+    def likeliest_beyond(self, here_um: float) -> float:
+        """The likeliest focus position more than the tolerance from `here_um`: a place whose frame tells something new."""
+        elsewhere = np.abs(self.candidates - here_um) > self.tolerance_um
+        return float(self.candidates[elsewhere][np.argmax(self.focus_log_posterior()[elsewhere])])
+
+    def field_log_posterior(self) -> np.ndarray:
+        """Over field offsets, the focus positions summed out, normalised."""
+        field_weights = np.logaddexp.reduce(self.log_joint, axis=1)
+        return field_weights - np.logaddexp.reduce(field_weights)
+
+
+def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSettings | None = None, *, z_um=None,
+               prior_sd_um: float | None = None, field_log_prior: np.ndarray | None = None,
+               **setting_changes) -> FocusResult:
+    """Focus by inference: after every frame, the probability of each candidate focus position
+    given everything seen so far (where the stage stood for each frame, and what its tiles
+    said), from the network's measured error (`predictor.error_model`: its floor near focus,
+    its spread, where it saturates, how reliable its side is). `acquire()` returns a frame,
+    `move_by(delta_um)` moves the stage relative to where it is. The settings (FocusSettings,
+    or its fields as keyword arguments: tolerance_um, max_images, max_step_um, confidence,
+    z_range_um) say when to stop and where not to go.
+
+    - Stop when the stage is within the tolerance of focus with probability `confidence`,
+      counting a last small move (at most twice the tolerance, not imaged) to the position
+      most likely in focus. Otherwise move there (at most `max_step_um`) and take another frame;
+      if that is where the stage is already, step to the likeliest place beyond the tolerance
+      instead, so that the next frame tells something new.
+    - "no_sample" (too few tiles with content): no further move, the loop stops.
+    - With the images used up, the stage stands at the position most likely in focus among
+      those imaged and the one computed from them all.
+    - `z_range_um`, in the units of `z_um()`, which reads the stage: no move leaves it; one that
+      would stops at the limit (`at_limit`), and if focus still lies beyond, the loop stops
+      there ("at_limit"). A start outside the range: FocusError, no move.
+    - An error (a bad frame, a camera or stage error) propagates before any further move.
+    - `prior_sd_um`: focus is known to lie near the start, give or take this much (a
+      position focused before, drifting since); without it, every candidate is as likely.
+    - `field_log_prior`: an earlier loop's `result.field_log_posterior` on the same field.
+    `result.p_in_focus` is the last probability of being within the tolerance.
+    """
+    settings = FocusSettings.of(settings, **setting_changes)
+    stage = LimitedStage(move_by, settings.max_step_um, settings.z_range_um, z_um)
+    # focus positions relative to the start: as far out as the network's range, and the moves, may reach
+    reach_um = (2 + settings.max_images) * predictor.error_model.saturation
+    posterior = FocusPosterior(predictor.error_model, reach_um, settings.tolerance_um, prior_sd_um, field_log_prior)
+    result = FocusResult(converged=False, images=0)
+    imaged = []  # where each usable frame was taken, relative to the start
+    in_focus = None
+    while result.images < settings.max_images:
+        estimate = predictor.predict(acquire())
+        result.images, result.estimates = result.images + 1, [*result.estimates, estimate]
+        if estimate.status == "no_sample":
+            result.stop_reason = "no_sample"
+            break
+        here = stage.moved_um
+        imaged.append(here)
+        posterior.add_frame(estimate, here)
+        in_focus = posterior.in_focus()
+        target, result.p_in_focus = likeliest_in_focus(in_focus, posterior.candidates, here)
+        if result.p_in_focus >= settings.confidence and abs(target - here) <= 2 * settings.tolerance_um:
+            stage.move(target - here)
+            result.converged, result.stop_reason = True, "within_tolerance"
+            break
+        if result.images == settings.max_images:
+            break
+        if abs(target - here) < settings.tolerance_um / 2:
+            target = posterior.likeliest_beyond(here)
+        if not stage.move(target - here) and stage.at_limit:
+            result.stop_reason = "at_limit"  # already at the limit, and focus lies beyond it
+            break
+    return finished(result, stage, imaged, posterior, in_focus)
+
+
+def finished(result: FocusResult, stage: "LimitedStage", imaged: list[float], posterior: FocusPosterior,
+             in_focus: np.ndarray | None) -> FocusResult:
+    """The result of a loop that stopped: an unconverged one ends at the likeliest place; the
+    moves made and what the frames told of the field."""
+    if not result.converged and imaged:
+        result.p_in_focus = end_at_likeliest_place(stage, imaged, posterior.candidates, in_focus)
+    result.moves_um, result.at_limit = stage.moves_um, stage.at_limit
+    if imaged:
+        result.field_log_posterior = posterior.field_log_posterior()
+    return result
+
+
+def end_at_likeliest_place(stage: "LimitedStage", imaged: list[float], candidates: np.ndarray,
+                           in_focus: np.ndarray) -> float:
+    """An unconverged loop's end: the stage to the place most likely in focus, of those imaged
+    and the one computed from every frame (the latest on a tie); that place's probability."""
+    options = [*imaged, float(candidates[int(np.argmax(in_focus))])]
+    chosen = max(reversed(options), key=lambda place: float(np.interp(place, candidates, in_focus)))
+    stage.move(chosen - stage.moved_um)
+    return float(np.interp(stage.moved_um, candidates, in_focus))
+
+
+def field_seen_before(population: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """The log prior of a field's offset when an earlier loop on it learnt `seen` (its
+    result's field_log_posterior), kept open by FIELD_CHANGE to the population's `population`."""
+    seen = np.asarray(seen, dtype=np.float64)
+    if seen.shape != population.shape:
+        raise ValueError(f"field_log_prior has {seen.size} values, the error model's field offsets {population.size}: "
+                         "it must be a field_log_posterior of a loop with the same predictor")
+    return np.logaddexp(math.log(1 - FIELD_CHANGE) + seen, math.log(FIELD_CHANGE) + population)
+
+
+def focus_candidates(reach_um: float, tolerance_um: float, points: int = 3001) -> np.ndarray:
+    """Candidate focus positions relative to the start, `reach_um` either side, a tenth of the
+    tolerance apart or as many as `points` allow."""
+    step = max(tolerance_um / 10, 2 * reach_um / (points - 1))
+    return np.arange(-reach_um, reach_um + step / 2, step)
+
+
+def likeliest_in_focus(in_focus: np.ndarray, candidates: np.ndarray, here: float) -> tuple[float, float]:
+    """(the position most likely in focus, that probability); of positions as likely within a
+    thousandth (where the network saturates, all those beyond its range), the nearest."""
+    best = in_focus.max()
+    near_best = np.flatnonzero(in_focus >= best * 0.999)
+    chosen = near_best[np.argmin(np.abs(candidates[near_best] - here))]
+    return float(candidates[chosen]), float(in_focus[chosen])
+
+
+def probability_in_focus(log_posterior: np.ndarray, candidates: np.ndarray, tolerance_um: float) -> np.ndarray:
+    """For the stage at each candidate position, the probability that focus lies within the tolerance of it."""
+    posterior = np.exp(log_posterior - log_posterior.max())
+    cumulative = np.concatenate([[0.0], np.cumsum(posterior)]) / posterior.sum()
+    step = candidates[1] - candidates[0]
+    reach = int(round(tolerance_um / step))
+    index = np.arange(len(candidates))
+    return cumulative[np.minimum(index + reach + 1, len(candidates))] - cumulative[np.maximum(index - reach, 0)]
+
+
+class LimitedStage:
+    """The loop's relative moves, each cut to `max_step_um` and to `z_range_um` (read with `z_um`)."""
+
+    def __init__(self, move_by, max_step_um: float | None, z_range_um: tuple[float, float] | None, z_um):
+        self.move_by, self.max_step_um, self.z_range_um, self.z_um = move_by, max_step_um, z_range_um, z_um
+        self.moves_um: list[float] = []
+        self.at_limit = False
+        if z_range_um is not None:
+            if z_um is None:
+                raise ValueError("z_range_um needs z_um, a function that reads the stage's position")
+            low, high = z_range_um
+            if not low <= z_um() <= high:
+                raise FocusError(f"the stage is at z = {z_um():.3f}, outside z_range_um ({low:g}, {high:g}): "
+                                 "nothing moved")
+
+    @property
+    def moved_um(self) -> float:
+        return float(sum(self.moves_um))
+
+    def move(self, delta_um: float) -> float:
+        """Move by `delta_um` as far as the limits allow; the move made (0 when none)."""
+        if self.max_step_um is not None:
+            delta_um = math.copysign(min(abs(delta_um), self.max_step_um), delta_um)
+        if self.z_range_um is not None:
+            low, high = self.z_range_um
+            now = self.z_um()
+            allowed = min(max(now + delta_um, low), high) - now
+            self.at_limit |= abs(allowed - delta_um) > 1e-9
+            delta_um = allowed
+        if abs(delta_um) < 1e-9:
+            return 0.0
+        self.move_by(delta_um)
+        self.moves_um.append(delta_um)
+        return delta_um
+
+
+def timed(function, spent: dict, key: str):
+    """`function`, adding the seconds each call takes to spent[key]: to tell the focus loop's own
+    cost from the camera's and the network's."""
+    def call(*args):
+        start = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            spent[key] += time.perf_counter() - start
+    return call
