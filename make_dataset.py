@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from autofocuskit.cli import add_bit_depth_argument, free_mib, run, usable_cpu_count
+from autofocuskit.cli import add_bit_depth_argument, free_mib, progress_bar, run, usable_cpu_count
 from autofocuskit.focus_measures import FOCUS_MEASURES, curve_peak, focus_channel
-from autofocuskit.imaging import IMAGE_SIZE, MAD_TO_SD, MAX_SATURATED, MIN_CONTRAST, as_uint8, full_range_uint16, has_content, rgb_uint8, sobel_sharpness, tile_origins
+from autofocuskit.imaging import IMAGE_SIZE, MAD_TO_SD, MAX_CLIPPED, MIN_CONTRAST, as_uint8, full_range_uint16, has_content, rgb_uint8, sobel_sharpness, tile_origins
 from autofocuskit.schema import CAMERA_PIXEL_UM, CSV_COLUMNS, REFRACTIVE_INDEX, SPLITS, TRACE_COLUMNS, WAVELENGTH_UM, depth_of_field_um
 from autofocuskit.stacks import OPEN_TIFFS, Stack, StackError, check_stacks, find_stacks, read_slice
 
@@ -52,7 +52,7 @@ class Settings:
 
     focus_measure: str
     min_contrast: float
-    max_saturated: float
+    max_clipped: float
     bit_depth: int | None  # a 10-14 bit camera's, for 16-bit frames
 
 
@@ -63,7 +63,7 @@ def measure_slice(task: tuple[Stack, int, list[tuple[int, int]], Settings]) -> t
     measure = FOCUS_MEASURES[settings.focus_measure](focus_channel(pixels), origins)
     seen = as_uint8(pixels, bit_depth=settings.bit_depth)  # as the network sees it (a float frame by its maximum)
     content = np.array([has_content(seen[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE], settings.min_contrast,
-                                    settings.max_saturated) for y, x in origins])
+                                    settings.max_clipped) for y, x in origins])
     return measure, content
 
 
@@ -321,7 +321,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_bit_depth_argument(parser)
     parser.add_argument("--min_contrast", type=float, default=MIN_CONTRAST,
                         help="a tile has content when its 4x4-pixel blocks differ by this many grey levels (0-255)")
-    parser.add_argument("--max_saturated", type=float, default=MAX_SATURATED,
+    parser.add_argument("--max_clipped", type=float, default=MAX_CLIPPED,
                         help="share of clipped values a tile may have")
     parser.add_argument("--wavelength_um", type=float, default=WAVELENGTH_UM, help="DOF formula: wavelength")
     parser.add_argument("--refractive_index", type=float, default=REFRACTIVE_INDEX,
@@ -346,12 +346,6 @@ def check_args(args) -> None:
         raise StackError(f"{args.out} {what}; nothing was written: choose a new folder")
 
 
-def progress(items, description: str, total: int):
-    """A slice progress bar that clears when done; silent when the output is no terminal."""
-    from tqdm import tqdm
-    return tqdm(items, desc=description, total=total, leave=False, unit="slice", dynamic_ncols=True, disable=None)
-
-
 def start_worker() -> None:
     """Workers leave Ctrl-C to the main process, which stops them and removes the partial output,
     and open the stacks themselves: a file inherited open from the main process shares its read
@@ -363,15 +357,15 @@ def start_worker() -> None:
 def mapped(function, tasks: list, workers: int, description: str):
     """function over tasks in order, in `workers` processes (in this one when 1), with a progress bar."""
     if workers == 1 or len(tasks) == 1:
-        yield from progress(map(function, tasks), description, len(tasks))
+        yield from progress_bar(map(function, tasks), description, "slice", len(tasks))
         return
     with ProcessPoolExecutor(min(workers, len(tasks)), initializer=start_worker) as pool:
-        yield from progress(pool.map(function, tasks), description, len(tasks))
+        yield from progress_bar(pool.map(function, tasks), description, "slice", len(tasks))
 
 
 def analyse(stacks: list[Stack], args) -> dict[str, Focus]:
     """Focus of every stack, read slice by slice (memory: a few slices per worker)."""
-    settings = Settings(args.focus_measure, args.min_contrast, args.max_saturated, args.bit_depth)
+    settings = Settings(args.focus_measure, args.min_contrast, args.max_clipped, args.bit_depth)
     results = {}
     for stack in stacks:
         origins = tile_origins(*stack.frame_shape, stride=args.stride)

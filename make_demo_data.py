@@ -27,7 +27,7 @@ from PIL import Image
 
 from autofocuskit.imaging import IMAGE_SIZE, sobel_sharpness
 from autofocuskit.optics import OBJECTIVE_MEDIUM_INDEX, Z_GRID_DOF, Optics, VirtualMicroscope, image_at_defocus, tissue_field
-from autofocuskit.schema import CSV_COLUMNS, depth_of_field_um, objective_name, objective_prefix
+from autofocuskit.schema import CSV_COLUMNS, depth_of_field_um, objective_name, objective_prefix, objective_problem
 
 OBJECTIVES = ((10.0, 0.3), (20.0, 0.7))
 MAX_DEFOCUS_DOF = 5.0  # defocus is drawn uniformly from +-this many depths of field
@@ -148,8 +148,9 @@ def objective(text: str) -> tuple[float, float]:
         magnification, na = (float(part) for part in text.lower().split("x_"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an objective like 20x_0.7") from None
-    if magnification <= 0 or not 0 < na < OBJECTIVE_MEDIUM_INDEX:
-        raise argparse.ArgumentTypeError(f"{text!r}: magnification must be above 0 and NA in (0, 1) for a dry objective")
+    problem = objective_problem(magnification, na, max_na=OBJECTIVE_MEDIUM_INDEX)  # the demo optics are dry
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem} (the demo objectives are dry)")
     return magnification, na
 
 

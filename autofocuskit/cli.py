@@ -83,6 +83,13 @@ def run(main_function, args, interrupted: str = "Interrupted.") -> None:
         raise SystemExit(f"error: {message_of(error)}")
 
 
+def progress_bar(items, description: str, unit: str, total: int | None = None, disable: bool | None = None):
+    """A progress bar that clears when done; silent when the output is no terminal (logs, CI)."""
+    from tqdm import tqdm  # here, so that --help answers without it
+
+    return tqdm(items, desc=description, total=total, leave=False, unit=unit, dynamic_ncols=True, disable=disable)
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The data, loader and device arguments myTrain.py and myTest.py share."""
     parser.add_argument("--root_dir", type=Path, required=True,

@@ -106,11 +106,8 @@ class DefocusLoss(nn.Module):
     Split head: L1 between the distance and |label| (a well-posed regression: blur shows it
     on both sides of focus) plus the signed head's L1 between the signed regression and
     the label, so the side gets exactly the push the signed head gives it. The side's
-    probability takes no gradient: it is calibrated on the validation set (fit_side_logistic).
-    On the demo data, side terms of binary cross-entropy on a logit output (weighted by
-    |label| or 2|label|, with or without the L1 of distance x (2p - 1)) all lost the
-    chromatic cue at 10x/0.3 that the signed head finds, and made confident probabilities
-    wrong (docs/split_head.md).
+    probability takes no gradient: it is calibrated on the validation set (fit_side_logistic),
+    since a cross-entropy term on the side loses weak cues the signed L1 finds (docs/split_head.md).
     """
 
     def __init__(self, head: str = "signed"):

@@ -10,7 +10,7 @@ The measured model, for a true distance d from focus (whatever the side):
 - its spread is sigma0 + sigma_slope * min(d, saturation); most of it is the field's own: a
   field unlike most reads long or short at every distance, by an offset that spreads by
   `field_spread` between the validation images (their residuals' robust spread);
-- the side is right with probability 0.5 + (side_max - 0.5) * (1 - exp(-d / side_scale)):
+- the side is right with probability 0.5 + (side_max - 0.5) * (1 - exp(-d / side_reach)):
   a coin flip at focus, as reliable as the optics allow further out.
 A frame's estimate is the median of its tiles: for a given field offset its spread is that
 of the frame's own tiles scaled by 1.2533 / sqrt(tiles), plus the uncertainty of the fit
@@ -39,6 +39,10 @@ def expected_distance(true_distance: np.ndarray, floor: float, gain: float, satu
     return gain * np.sqrt(np.minimum(true_distance, saturation) ** 2 + floor**2)
 
 
+# fields as files exported before they had their present names call them
+FORMER_NAMES = {"side_scale": "side_reach", "images": "validation_images"}
+
+
 @dataclass(frozen=True)
 class ErrorModel:
     floor: float  # the distance read at focus, before the gain
@@ -47,8 +51,8 @@ class ErrorModel:
     sigma_slope: float  # growth of that spread per unit of distance
     saturation: float  # the largest distance trained on: beyond, the network sees no difference
     side_max: float  # the side's reliability far from focus
-    side_scale: float  # the distance over which it reaches most of that
-    images: int  # validation images measured (the fit's own uncertainty shrinks with them)
+    side_reach: float  # the distance over which it reaches most of that
+    validation_images: int  # validation images measured (the fit's own uncertainty shrinks with them)
     field_spread: float = 0.0  # standard deviation of a field's offset on the distance read
     measured: bool = True  # False: a conservative default for a model exported without one
 
@@ -59,12 +63,12 @@ class ErrorModel:
         return self.sigma0 + self.sigma_slope * np.minimum(distance, self.saturation)
 
     def side_accuracy(self, distance: np.ndarray) -> np.ndarray:
-        return 0.5 + (self.side_max - 0.5) * (1 - np.exp(-distance / self.side_scale))
+        return 0.5 + (self.side_max - 0.5) * (1 - np.exp(-distance / self.side_reach))
 
     def in_um(self, um_per_unit: float) -> "ErrorModel":
         """The same model with lengths in um (a MOAF model's DOF times `um_per_unit`)."""
         return replace(self, floor=self.floor * um_per_unit, sigma0=self.sigma0 * um_per_unit,
-                       saturation=self.saturation * um_per_unit, side_scale=self.side_scale * um_per_unit)
+                       saturation=self.saturation * um_per_unit, side_reach=self.side_reach * um_per_unit)
 
     def to_metadata(self) -> str:
         return json.dumps({name: round(value, 6) if isinstance(value, float) else value
@@ -76,6 +80,7 @@ class ErrorModel:
         values = json.loads(text)
         if not isinstance(values, dict):
             raise ValueError("an error model is a JSON object of its fields")
+        values = {FORMER_NAMES.get(name, name): value for name, value in values.items()}
         needed = {item.name for item in fields(cls) if item.name not in ("field_spread", "measured")}
         known = {item.name for item in fields(cls)} - {"measured"}
         if needed - set(values) or set(values) - known:
@@ -84,9 +89,9 @@ class ErrorModel:
             raise ValueError("every field must be a finite number")
         model = cls(**values)
         if not (model.floor >= 0 and model.gain > 0 and model.sigma0 > 0 and model.sigma_slope >= 0
-                and model.saturation > 0 and 0.5 <= model.side_max < 1 and model.side_scale > 0
-                and model.images >= 0 and model.field_spread >= 0):
-            raise ValueError("a field is out of its range (spreads, gain, saturation and side_scale positive, "
+                and model.saturation > 0 and 0.5 <= model.side_max < 1 and model.side_reach > 0
+                and model.validation_images >= 0 and model.field_spread >= 0):
+            raise ValueError("a field is out of its range (spreads, gain, saturation and side_reach positive, "
                              "side_max in [0.5, 1))")
         return model
 
@@ -94,7 +99,8 @@ class ErrorModel:
     def conservative(cls, saturation: float) -> "ErrorModel":
         """For a model whose file has no measured error: wide spreads and a side seldom trusted."""
         return cls(floor=0.1 * saturation, gain=1.0, sigma0=0.1 * saturation, sigma_slope=0.2, saturation=saturation,
-                   side_max=0.8, side_scale=0.2 * saturation, images=0, field_spread=0.1 * saturation, measured=False)
+                   side_max=0.8, side_reach=0.2 * saturation, validation_images=0, field_spread=0.1 * saturation,
+                   measured=False)
 
     def field_offsets(self, count: int = 15) -> tuple[np.ndarray, np.ndarray]:
         """Field offsets over +-4 spreads and the log of their prior weights: Student's t, for
@@ -110,7 +116,7 @@ class ErrorModel:
         (a split head's p_positive, else the sign of `defocus`), from `tiles` tiles whose
         distances spread by `tile_spread` (standard deviation)."""
         true_distance = np.abs(candidates)
-        fit = self.sigma(true_distance) * math.sqrt(2 / max(self.images, 2))
+        fit = self.sigma(true_distance) * math.sqrt(2 / max(self.validation_images, 2))
         sigma = np.sqrt((MEDIAN_EFFICIENCY * tile_spread / math.sqrt(max(tiles, 1))) ** 2 + fit**2)
         # Student's t with 3 degrees of freedom rather than a normal: a frame now and then reads
         # far off, and one such frame must not outweigh the rest
@@ -134,8 +140,8 @@ class ErrorModel:
         return (f"distance read at focus {self.gain * self.floor:.3f} {unit}, spread of one tile "
                 f"{self.sigma0:.3f} {unit} + {self.sigma_slope:.3f} x distance (between fields "
                 f"{self.field_spread:.3f} {unit}), flat beyond {self.saturation:.3f} {unit}; side right far from "
-                f"focus {self.side_max:.0%}, two thirds of that margin within {self.side_scale:.3f} {unit}; from "
-                f"{self.images} validation images")
+                f"focus {self.side_max:.0%}, two thirds of that margin within {self.side_reach:.3f} {unit}; from "
+                f"{self.validation_images} validation images")
 
 
 def fit_error_model(labels: np.ndarray, distances: np.ndarray, signed: np.ndarray, saturation: float) -> ErrorModel:
@@ -163,14 +169,14 @@ def fit_error_model(labels: np.ndarray, distances: np.ndarray, signed: np.ndarra
     right = (np.sign(signed) == np.sign(labels))[sided]
     best_side = (-math.inf, 0.5, saturation)
     for side_max in np.linspace(0.5, 1 - 1 / (sided.sum() + 2), 50):
-        for side_scale in np.linspace(0.02, 1.0, 50) * saturation:
-            accuracy = 0.5 + (side_max - 0.5) * (1 - np.exp(-true[sided] / side_scale))
+        for side_reach in np.linspace(0.02, 1.0, 50) * saturation:
+            accuracy = 0.5 + (side_max - 0.5) * (1 - np.exp(-true[sided] / side_reach))
             log_likelihood = float(np.sum(np.where(right, np.log(accuracy), np.log(1 - accuracy))))
-            best_side = max(best_side, (log_likelihood, side_max, side_scale))
-    _, side_max, side_scale = best_side
+            best_side = max(best_side, (log_likelihood, side_max, side_reach))
+    _, side_max, side_reach = best_side
 
     inside = true < saturation
     residual = (distances - expected_distance(true, floor, gain, saturation))[inside]
     field_spread = robust_spread(residual) if inside.sum() >= 5 else sigma0
     return ErrorModel(float(floor), float(gain), sigma0, sigma_slope, float(saturation), float(side_max),
-                      float(side_scale), int(len(true)), max(field_spread, 0.01 * saturation))
+                      float(side_reach), int(len(true)), max(field_spread, 0.01 * saturation))

@@ -10,7 +10,7 @@ import numpy as np
 IMAGE_SIZE = 224  # the networks' input is IMAGE_SIZE x IMAGE_SIZE; other sizes are refused, not resized
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # luma of red, green and blue (ITU-R BT.601), as PIL's convert('L')
 # the content test's thresholds: contrast in grey levels between 4x4 blocks, share of clipped values
-MIN_CONTRAST, MAX_SATURATED = 2.0, 0.25
+MIN_CONTRAST, MAX_CLIPPED = 2.0, 0.25
 MAD_TO_SD = 1.4826  # median absolute deviation x this = standard deviation, for normally spread values
 
 
@@ -116,13 +116,13 @@ def sobel_sharpness(image: np.ndarray) -> float:
     return float(np.sqrt(gx * gx + gy * gy).mean())
 
 
-def has_content(tile: np.ndarray, min_contrast: float = MIN_CONTRAST, max_saturated: float = MAX_SATURATED) -> bool:
+def has_content(tile: np.ndarray, min_contrast: float = MIN_CONTRAST, max_clipped: float = MAX_CLIPPED) -> bool:
     """Whether a uint8 tile, grey or RGB, shows something to focus on (focus.py and
     make_dataset.py use only such tiles): contrast above `min_contrast` grey levels between
     its 4x4-pixel blocks (above the camera's noise, which averaging removes, and kept by
-    tissue even when blurred) and at most `max_saturated` of its values clipped. A grey tile
+    tissue even when blurred) and at most `max_clipped` of its values clipped. A grey tile
     and its RGB copy get the same answer."""
-    if np.count_nonzero(tile == 255) > max_saturated * tile.size:
+    if np.count_nonzero(tile == 255) > max_clipped * tile.size:
         return False
     channels = tile.shape[2] if tile.ndim == 3 else 1
     # sums over 4x4 pixels and the channels: rows of 4 pixels x channels are contiguous

@@ -11,7 +11,6 @@
     outputs = model(images, all_outputs=True)                       # HeadOutputs, (N,1) each
     outputs.defocus, outputs.distance, outputs.p_positive
 """
-import argparse
 import difflib
 import os
 import socket
@@ -28,7 +27,7 @@ from torch import nn
 from .cli import UserError
 from .exported_model import IMAGE_INPUT, INPUT_NAMES, OUTPUT_NAMES, SIGNED_OUTPUT, ModelMetadata, write_metadata
 from .imaging import IMAGE_SIZE
-from .schema import DEFAULT_BACKBONE, HEADS, TASK_NAMES
+from .schema import DEFAULT_BACKBONE, HEADS
 
 ONNX_OPSET = 17
 

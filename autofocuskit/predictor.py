@@ -29,7 +29,7 @@ from .cli import UserError
 from .error_model import ErrorModel
 from .exported_model import (DISTANCE_OUTPUT, IMAGE_INPUT, OBJECTIVE_INPUT, SIDE_OUTPUT, SIGNED_OUTPUT, ModelMetadata,
                              calibrated_offset_um, open_session, read_metadata)
-from .imaging import (IMAGE_SIZE, MAX_SATURATED, MIN_CONTRAST, as_uint8, has_content, resample, rgb_uint8,
+from .imaging import (IMAGE_SIZE, MAX_CLIPPED, MIN_CONTRAST, as_uint8, has_content, resample, rgb_uint8,
                       robust_spread, tile_origins)
 from .schema import (CAMERA_PIXEL_UM, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um, objective_name,
                      objective_of_name, objective_problem)
@@ -79,7 +79,7 @@ class FocusPredictor:
                  dof_um: float | None = None, wavelength_um: float = WAVELENGTH_UM,
                  refractive_index: float = REFRACTIVE_INDEX, camera_pixel_um: float = CAMERA_PIXEL_UM,
                  tiles_per_side: int = 4, stride: int | None = None, min_tiles: int = 3,
-                 min_contrast: float = MIN_CONTRAST, max_saturated: float = MAX_SATURATED,
+                 min_contrast: float = MIN_CONTRAST, max_clipped: float = MAX_CLIPPED,
                  max_distance_um: float | None = None, threads: int = 0, pixel_size_um: float | None = None,
                  bit_depth: int | None = None, offset_um: float | None = None):
         self.model_path = Path(model_path)
@@ -100,7 +100,7 @@ class FocusPredictor:
         trained_max = metadata.label_abs_max * self.to_um if metadata.label_abs_max is not None else None
         self.max_distance_um = max_distance_um if max_distance_um is not None else trained_max
         self.tiles_per_side, self.stride, self.min_tiles = tiles_per_side, stride, min_tiles
-        self.min_contrast, self.max_saturated = min_contrast, max_saturated
+        self.min_contrast, self.max_clipped = min_contrast, max_clipped
         if bit_depth is not None and not 1 <= bit_depth <= 16:
             raise FocusError(f"bit_depth must be 1 to 16, got {bit_depth}")
         self.bit_depth = bit_depth
@@ -131,8 +131,8 @@ class FocusPredictor:
         if not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
             raise FocusError(f"the pixel size must be a positive number of um, got {pixel_size_um}")
         if self.trained_pixel_um is None:
-            warnings.warn("the model's file does not record the pixel size it was trained at (exported before "
-                          "it did): frames are used at their own sampling", stacklevel=2)
+            warnings.warn("the model's file does not record the pixel size it was trained at: frames are used "
+                          "at their own sampling", stacklevel=2)
             return
         scale = pixel_size_um / self.trained_pixel_um
         if scale > MAX_COARSER:
@@ -153,7 +153,7 @@ class FocusPredictor:
                                  f"{frame.shape[0]} pixels, smaller than one {IMAGE_SIZE}-pixel tile")
         origins = tile_origins(frame.shape[0], frame.shape[1], self.tiles_per_side, self.stride)
         tiles = [rgb_uint8(frame[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE], float_max, self.bit_depth) for y, x in origins]
-        usable = [tile for tile in tiles if has_content(tile, self.min_contrast, self.max_saturated)]
+        usable = [tile for tile in tiles if has_content(tile, self.min_contrast, self.max_clipped)]
         return np.stack(usable) if usable else np.empty((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), len(origins)
 
     def run_tiles(self, tiles: np.ndarray) -> dict:
@@ -173,7 +173,7 @@ class FocusPredictor:
         tiles, total = self.tiles(frame)
         if len(tiles) < self.min_tiles:
             reason = (f"{len(tiles)} of {total} tiles have content (contrast of at least {self.min_contrast:g} grey "
-                      f"levels, at most {self.max_saturated:.0%} clipped), fewer than min_tiles {self.min_tiles}")
+                      f"levels, at most {self.max_clipped:.0%} clipped), fewer than min_tiles {self.min_tiles}")
             return FocusEstimate(math.nan, "no_sample", math.nan, None, math.nan, len(tiles), total, reason)
         return self.combine(self.run_tiles(tiles), total)
 

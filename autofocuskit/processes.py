@@ -10,9 +10,8 @@ from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
-from .cli import usable_cpu_count
+from .cli import progress_bar, usable_cpu_count
 
 
 # the signals that stop a run at the next batch: Ctrl-C, and what SLURM, docker stop and other
@@ -164,8 +163,7 @@ def fit_threads_to_cores() -> int:
     return torch.get_num_threads()
 
 
-def progress(items, description: str) -> tqdm:
+def progress(items, description: str):
     """A progress bar that clears when done; silent when the output is no terminal (logs, CI)
     and on every torchrun process but the first."""
-    disable = None if rank_and_world_size()[0] == 0 else True
-    return tqdm(items, desc=description, leave=False, disable=disable, unit="batch", dynamic_ncols=True)
+    return progress_bar(items, description, "batch", disable=None if rank_and_world_size()[0] == 0 else True)

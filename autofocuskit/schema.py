@@ -42,11 +42,14 @@ def dof_um_of_rows(frame):
     return ratio.abs()
 
 
-def objective_problem(magnification: float, na: float) -> str | None:
-    """What is wrong with an objective's numbers, or None: air objectives have an NA below 1,
-    immersion objectives up to about 1.7."""
-    if not (magnification > 0 and 0 < na < 2):
-        return f"magnification must be above 0 and na in (0, 2), got {magnification} and {na}"
+MAX_NA = 2.0  # air objectives have an NA below 1, immersion objectives up to about 1.7
+
+
+def objective_problem(magnification: float, na: float, max_na: float = MAX_NA) -> str | None:
+    """What is wrong with an objective's numbers, or None: a magnification above 0, an NA in
+    (0, max_na): below the refractive index of what lies between objective and coverslip."""
+    if not (magnification > 0 and 0 < na < max_na):
+        return f"magnification must be above 0 and na in (0, {max_na:g}), got {magnification:g} and {na:g}"
     return None
 
 

@@ -13,7 +13,7 @@ from autofocuskit.predictor import FocusError, FocusEstimate, FocusPredictor
 from autofocuskit.schema import depth_of_field_um
 
 SHARP = ErrorModel(floor=0.3, gain=1.0, sigma0=0.3, sigma_slope=0.02, saturation=50.0, side_max=0.95,
-                   side_scale=1.0, images=1000, field_spread=0.1)
+                   side_reach=1.0, validation_images=1000, field_spread=0.1)
 
 
 class ScriptedNetwork:

@@ -34,7 +34,7 @@ def test_train_then_test_end_to_end(demo_root, tmp_path):
     onnx_file = tmp_path / ".onnx" / f"ckpts-{best.stem}.onnx"
     metadata = onnxruntime.InferenceSession(str(onnx_file)).get_modelmeta().custom_metadata_map
     error_model = ErrorModel.from_metadata(metadata["error_model"])  # measured on the validation split
-    assert error_model.images == len(pd.concat(pd.read_csv(f) for f in (demo_root / ".val").glob("10x_0.3*.csv")))
+    assert error_model.validation_images == len(pd.concat(pd.read_csv(f) for f in (demo_root / ".val").glob("10x_0.3*.csv")))
     assert "Error model (validation split" in tested.stdout
     assert (tmp_path / ".result" / f"ckpts-{best.stem}_error_model.png").is_file()
     assert json.loads(metadata["pixel_size_um"]) == {"10x/0.3": pytest.approx(0.65)}
