@@ -30,7 +30,7 @@ from autofocuskit.cli import positive, probability, run
 from autofocuskit.demo_microscope import DemoSlide, DemoZStage, demo_core
 from autofocuskit.exported_model import OBJECTIVE_INPUT, calibration_file, open_session
 from autofocuskit.loop import DEFAULTS, FocusSettings, timed
-from autofocuskit.microscope import AutofocusEngine, autofocus, configured_core, result_summary
+from autofocuskit.microscope import FAILURE_POLICIES, AutofocusEngine, autofocus, configured_core, result_summary
 from autofocuskit.predictor import FocusPredictor
 from autofocuskit.schema import depth_of_field_um
 
@@ -57,6 +57,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "measured error (default: %(default)s)")
     parser.add_argument("--z_range_um", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="the focus device never leaves this range (default: the demo's +-20 DOF; none)")
+    parser.add_argument("--on_failure", choices=sorted(FAILURE_POLICIES), default="keep",
+                        help="what a failed autofocus does in an acquisition: " + "; ".join(
+                            f"{name}: {text}" for name, text in FAILURE_POLICIES.items()) + " (default: %(default)s)")
+    parser.add_argument("--preset", nargs=2, action="append", default=[], metavar=("GROUP", "PRESET"),
+                        help="--config: set this configuration preset first, e.g. --preset Objective 40X; "
+                             "repeatable (default: none)")
     parser.add_argument("--positions", type=positive(int), default=6, help="--demo positions (default: %(default)s)")
     parser.add_argument("--time_points", type=positive(int), default=2,
                         help="--demo time points (default: %(default)s)")
@@ -102,7 +108,7 @@ def run_demo(args, predictor: FocusPredictor) -> None:
     rng = np.random.default_rng(args.seed)
     positions = [useq.Position(x=x, y=y, z=0.0) for x, y in rng.uniform(-1500, 1500, size=(args.positions, 2))]
     z_range = tuple(args.z_range_um) if args.z_range_um else (-20 * dof_um, 20 * dof_um)
-    engine = AutofocusEngine(core, predictor, focus_settings(args, z_range))
+    engine = AutofocusEngine(core, predictor, focus_settings(args, z_range), on_failure=args.on_failure)
     core.mda.set_engine(engine)
     frames = []
 
@@ -130,9 +136,10 @@ def run_demo(args, predictor: FocusPredictor) -> None:
           f"(DOF {dof_um:.2f} um), tolerance {args.tolerance_dof} DOF, drift between time points up to "
           f"{args.drift_dof} DOF")
     for t, p, end_dof, summary in frames:
-        start_dof = end_dof - summary.get("z_moved_um", 0.0) / dof_um
-        print(f"t {t} position {p}: start {start_dof:+.2f} DOF, {summary.get('images')} image(s), "
-              f"{summary.get('stop_reason')}, frame at {end_dof:+.2f} DOF")
+        print(f"t {t} position {p}: {frame_line(end_dof, summary, dof_um)}")
+    expected = args.positions * args.time_points
+    if len(frames) < expected:
+        print(f"frames skipped: {expected - len(frames)} of {expected}")
     within = sum(abs(end) <= 1 for _, _, end, _ in frames)
     print(f"frames within 1 DOF of focus: {within}/{len(frames)}")
     for t in range(args.time_points):
@@ -142,6 +149,17 @@ def run_demo(args, predictor: FocusPredictor) -> None:
     print(f"the focus stage stayed within {min(z_stage.visited):.2f}..{max(z_stage.visited):.2f} um "
           f"(z_range_um {z_range[0]:.2f}..{z_range[1]:.2f})")
     print_integration_cost(core, predictor, focus_settings(args))
+
+
+def frame_line(end_dof: float, summary: dict, dof_um: float) -> str:
+    """One frame of the demo acquisition for a person: where its autofocus started and ended, and
+    whether the frame follows a successful one."""
+    start_dof = end_dof - summary.get("z_moved_um", 0.0) / dof_um
+    line = (f"start {start_dof:+.2f} DOF, {summary.get('images')} image(s), {summary.get('stop_reason')}, "
+            f"frame at {end_dof:+.2f} DOF")
+    if not summary.get("focused", False):
+        line += f"  NOT FOCUSED ({summary.get('outcome')}: {summary.get('problem')})"
+    return line + ("  AT THE Z LIMIT" if summary.get("at_limit") else "")
 
 
 def print_integration_cost(core: CMMCorePlus, predictor: FocusPredictor, settings: FocusSettings,
@@ -170,11 +188,14 @@ def run_calibration(args, core: CMMCorePlus, predictor: FocusPredictor) -> None:
 
 
 def focus_once(args, core: CMMCorePlus, predictor: FocusPredictor) -> None:
-    """Focus once where the stage is."""
+    """Focus once where the stage is; what it found, flagged where it did not converge."""
     z_range = tuple(args.z_range_um) if args.z_range_um else None
     start = core.getZPosition()
     result = autofocus(core, predictor, focus_settings(args, z_range))
-    print(f"z {start:.2f} -> {core.getZPosition():.2f} um: {result_summary(result)}")
+    summary = result_summary(result)
+    flag = "" if result.converged else "  NOT FOCUSED"
+    print(f"z {start:.2f} -> {core.getZPosition():.2f} um: {summary}{flag}" +
+          ("  AT THE Z LIMIT" if result.at_limit else ""))
 
 
 def main(args) -> None:
@@ -187,8 +208,11 @@ def main(args) -> None:
     elif args.demo:
         run_demo(args, predictor)
     else:
-        core = configured_core(args.config)
-        (run_calibration if args.calibrate else focus_once)(args, core, predictor)
+        core = configured_core(args.config, args.preset)
+        try:
+            (run_calibration if args.calibrate else focus_once)(args, core, predictor)
+        finally:
+            core.unloadAllDevices()  # device adapters left loaded at exit can abort the interpreter
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def untrained_onnx(path: Path, metadata: ModelMetadata | None = None, moaf: bool
 
     rng = np.random.default_rng(seed)
     weights = {"conv_w": rng.normal(0, 0.5, (8, 3, 5, 5)), "conv_b": rng.normal(0, 0.1, 8),
-               "fc_w": rng.normal(0, 4.0, (8, 1)), "fc_b": np.array([0.5]), "objective_w": np.array([[0.05], [1.0]])}
+               "fc_w": rng.normal(0, 4.0, (8, 1)), "fc_b": np.array([0.5])}
     nodes = [helper.make_node("Conv", [IMAGE_INPUT, "conv_w", "conv_b"], ["conv"], strides=[4, 4]),
              helper.make_node("Relu", ["conv"], ["relu"]),
              helper.make_node("GlobalAveragePool", ["relu"], ["pooled"]),
@@ -82,6 +82,7 @@ def untrained_onnx(path: Path, metadata: ModelMetadata | None = None, moaf: bool
              helper.make_node("Gemm", ["features", "fc_w", "fc_b"], ["image_part" if moaf else SIGNED_OUTPUT])]
     inputs = [helper.make_tensor_value_info(IMAGE_INPUT, TensorProto.FLOAT, ["N", 3, IMAGE_SIZE, IMAGE_SIZE])]
     if moaf:
+        weights["objective_w"] = np.array([[0.05], [1.0]])
         nodes += [helper.make_node("MatMul", [OBJECTIVE_INPUT, "objective_w"], ["objective_part"]),
                   helper.make_node("Add", ["image_part", "objective_part"], [SIGNED_OUTPUT])]
         inputs.append(helper.make_tensor_value_info(OBJECTIVE_INPUT, TensorProto.FLOAT, ["N", 2]))

@@ -1,33 +1,28 @@
 """microscope.py on the real pymmcore-plus core and acquisition engine, with the demo microscope
-as Python devices: bad cores refused without a move, the stage range kept, blank fields left
-alone, the camera's bit depth and pixel size used, and an autofocused multi-position acquisition."""
+as Python devices and with Micro-Manager's own demo device adapters (MMConfig_demo.cfg): bad cores
+refused without a move, the stage range kept for every z (hardware sequences included), blank fields
+left alone, the camera's bit depth and pixel size used, autofocused acquisitions, the failure
+policies, a hardware focus lock beside the network, a focus channel, memory per grid tile."""
+import logging
 import math
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import useq
-from conftest import slide_10x
 
+from autofocuskit.demo_microscope import DemoCamera, DemoSlide, DemoXYStage, DemoZStage, demo_core, python_device_core
+from autofocuskit.error_model import ErrorModel
+from autofocuskit.microscope import (AutofocusEngine, AutofocusFailed, MicroscopeError, autofocus, camera_bit_depth,
+                                     configured_core)
 from autofocuskit.predictor import FocusError, FocusEstimate, FocusPredictor
 from autofocuskit.schema import depth_of_field_um
+from conftest import slide_10x
 
 DOF_10X = depth_of_field_um(10, 0.3)
-from autofocuskit.demo_microscope import (
-    DemoCamera,
-    DemoSlide,
-    DemoXYStage,
-    DemoZStage,
-    demo_core,
-    python_device_core,
-)
-from autofocuskit.microscope import (
-    AutofocusEngine,
-    MicroscopeError,
-    autofocus,
-    camera_bit_depth,
-)
-from autofocuskit.schema import depth_of_field_um
+# a network as good as its error model says: it reads 0.3 um at focus, 0.3 um spread
+SHARP = ErrorModel(floor=0.3, gain=1.0, sigma0=0.3, sigma_slope=0.02, saturation=50.0, side_max=0.95,
+                   side_reach=1.0, validation_images=1000, field_spread=0.1)
 
 
 def test_a_core_without_camera_or_focus_device_is_refused(model_10x):
@@ -116,7 +111,8 @@ class TruthfulPredictor(FocusPredictor):
     def __init__(self, model, slide, core):
         super().__init__(model)
         self.slide, self.core = slide, core
-        self.error_model = replace(self.error_model, floor=0.05 * DOF_10X, field_spread=0.02 * DOF_10X, images=1000)
+        self.error_model = replace(self.error_model, floor=0.05 * DOF_10X, field_spread=0.02 * DOF_10X,
+                                   validation_images=1000)
 
     def predict(self, frame):
         defocus = self.core.getZPosition() - self.slide.focus_z_um(*self.core.getXYPosition())
@@ -148,13 +144,22 @@ def test_the_engine_keeps_each_positions_correction_for_its_later_events(model_1
                                                                                            True, True]
 
 
-def test_an_acquisition_never_sends_the_stage_outside_the_range(model_10x):
-    """A position whose z lies beyond z_range_um: the engine stops before moving there."""
+def test_an_event_outside_the_range_is_skipped_before_anything_moves_and_the_rest_is_taken(model_10x, caplog):
+    """A position whose z lies beyond z_range_um is skipped with a warning naming it; the other
+    position's frame is taken; on_failure="raise" ends the acquisition there instead."""
     z = DemoZStage()
     core = demo_core(slide_10x(), z=z)
     core.mda.set_engine(AutofocusEngine(core, FocusPredictor(model_10x), tolerance_um=1.0, z_range_um=(-50.0, 50.0)))
-    with pytest.raises(MicroscopeError, match="outside z_range_um"):
-        core.mda.run(useq.MDASequence(stage_positions=[useq.Position(x=0.0, y=0.0, z=80.0)]))
+    frames = []
+    core.mda.events.frameReady.connect(lambda image, event, metadata: frames.append(event.index["p"]))
+    positions = [useq.Position(x=0.0, y=0.0, z=80.0), useq.Position(x=10.0, y=0.0, z=0.0)]
+    with caplog.at_level(logging.WARNING, "autofocuskit"):
+        core.mda.run(useq.MDASequence(stage_positions=positions))
+    assert frames == [1] and "p=0 asks for z = 80.00" in caplog.text and "outside z_range_um (-50, 50)" in caplog.text
+    core.mda.set_engine(AutofocusEngine(core, FocusPredictor(model_10x), tolerance_um=1.0, z_range_um=(-50.0, 50.0),
+                                        on_failure="raise"))
+    with pytest.raises(AutofocusFailed, match="outside z_range_um"):
+        core.mda.run(useq.MDASequence(stage_positions=positions))
     assert all(-50.0 <= visited <= 50.0 for visited in z.visited)
 
 
@@ -231,3 +236,170 @@ def test_the_same_field_at_another_pixel_size_gives_the_same_estimate(trained_sp
     assert np.mean(as_they_come) > 2 * np.mean(resampled)
 
 
+
+
+class ScriptedFocus(FocusPredictor):
+    """Reads the core's distance from a focus at `focus_z(x, y)` as SHARP says it would, side
+    right, and records what it saw (z, channel, exposure); `fails(x, y)` raises a camera error."""
+
+    def __init__(self, model, core, focus_z=lambda x, y: 30.0, fails=lambda x, y: False):
+        super().__init__(model)
+        self.core, self.focus_z, self.fails, self.error_model, self.seen = core, focus_z, fails, SHARP, []
+
+    def predict(self, frame):
+        x, y = self.core.getXYPosition()
+        channel = self.core.getCurrentConfig("Channel") if "Channel" in self.core.getAvailableConfigGroups() else ""
+        self.seen.append((x, self.core.getZPosition(), channel, self.core.getExposure()))
+        if self.fails(x, y):
+            raise RuntimeError("Camera timed out")
+        defocus = self.core.getZPosition() - self.focus_z(x, y)
+        distance = float(SHARP.mean_distance(np.array(abs(defocus))))
+        return FocusEstimate(math.copysign(distance, defocus), "ok", distance, None, 0.0, 16, 16, "", 0.1)
+
+
+@pytest.fixture
+def demo_config_core():
+    """A core with Micro-Manager's demo configuration on its own device adapters (mm-test-adapters)."""
+    core = configured_core("MMConfig_demo.cfg")
+    yield core
+    core.unloadAllDevices()
+
+
+def recorded(core, method: str) -> list:
+    """The arguments of every call of the core's `method` from now on (the call still goes to the core)."""
+    calls, original = [], getattr(core, method)
+
+    def record(*args):
+        calls.append(args)
+        return original(*args)
+
+    setattr(core, method, record)
+    return calls
+
+
+def test_a_hardware_sequenced_z_stack_gets_its_fields_correction(demo_config_core, model_10x):
+    core = demo_config_core
+    core.setProperty("Z", "UseSequences", "Yes")
+    loaded = recorded(core, "loadStageSequence")
+    core.mda.set_engine(AutofocusEngine(core, ScriptedFocus(model_10x, core), tolerance_um=1.0, z_range_um=(0, 80)))
+    frames = []
+    core.mda.events.frameReady.connect(lambda image, event, metadata: frames.append(metadata["autofocus"]["focused"]))
+    core.mda.run(useq.MDASequence(stage_positions=[useq.Position(x=0.0, y=0.0, z=0.0)],
+                                  z_plan=useq.ZRangeAround(range=20, step=10),
+                                  autofocus_plan=useq.AxesBasedAF(axes=("p",))))
+    assert len(loaded) == 1 and frames == [True] * 3
+    assert np.allclose(loaded[0][1], [20, 30, 40], atol=1.0)  # focus at 30, the stack around it
+
+
+def test_a_hardware_sequence_that_would_leave_the_range_is_skipped_and_nothing_loaded(demo_config_core, model_10x):
+    core = demo_config_core
+    core.setProperty("Z", "UseSequences", "Yes")
+    loaded = recorded(core, "loadStageSequence")
+    moves = recorded(core, "setZPosition")
+    core.mda.set_engine(AutofocusEngine(core, ScriptedFocus(model_10x, core), tolerance_um=1.0, z_range_um=(0, 35)))
+    frames = []
+    core.mda.events.frameReady.connect(lambda image, event, metadata: frames.append(event))
+    core.mda.run(useq.MDASequence(stage_positions=[useq.Position(x=0.0, y=0.0, z=0.0)],
+                                  z_plan=useq.ZRangeAround(range=20, step=10),
+                                  autofocus_plan=useq.AxesBasedAF(axes=("p",))))
+    assert loaded == [] and frames == [] and all(0 <= z <= 35 for (z,) in moves)
+
+
+def test_the_autofocus_frames_use_the_focus_channel_and_the_plans_frames_their_own(demo_config_core, model_10x):
+    core = demo_config_core
+    predictor = ScriptedFocus(model_10x, core)
+    core.mda.set_engine(AutofocusEngine(core, predictor, tolerance_um=1.0, focus_preset=("Channel", "DAPI"),
+                                        focus_exposure_ms=5.0))
+    frames = []
+    core.mda.events.frameReady.connect(lambda image, event, metadata: frames.append(
+        (core.getCurrentConfig("Channel"), core.getExposure())))
+    core.mda.run(useq.MDASequence(stage_positions=[useq.Position(x=0.0, y=0.0, z=0.0)],
+                                  channels=[useq.Channel(config="FITC", exposure=50.0)],
+                                  autofocus_plan=useq.AxesBasedAF(axes=("p",))))
+    assert predictor.seen and {(channel, exposure) for _, _, channel, exposure in predictor.seen} == {("DAPI", 5.0)}
+    assert frames == [("FITC", 50.0)]
+    with pytest.raises(MicroscopeError, match="no preset 'BF' in group 'Channel'"):
+        AutofocusEngine(core, predictor, tolerance_um=1.0, focus_preset=("Channel", "BF"))
+
+
+def test_a_hardware_focus_lock_and_the_network_share_a_plan(demo_config_core, model_10x):
+    """Position 0 is the network's, position 1 names the demo's Autofocus device: pymmcore-plus's
+    own handling runs fullFocus there, the network is never asked there."""
+    core = demo_config_core
+    full_focus = recorded(core, "fullFocus")
+    predictor = ScriptedFocus(model_10x, core)
+    core.mda.set_engine(AutofocusEngine(core, predictor, tolerance_um=1.0))
+    hardware = useq.MDASequence(autofocus_plan=useq.AxesBasedAF(axes=("p",), autofocus_device_name="Autofocus"))
+    core.mda.run(useq.MDASequence(stage_positions=[useq.Position(x=0.0, y=0.0, z=0.0),
+                                                   useq.Position(x=500.0, y=0.0, z=0.0, sequence=hardware)],
+                                  autofocus_plan=useq.AxesBasedAF(axes=("p",))))
+    assert len(full_focus) == 1 and predictor.seen and {x for x, *_ in predictor.seen} == {0.0}
+
+
+def test_a_motor_offset_on_a_network_autofocus_is_refused_by_name(demo_config_core, model_10x):
+    core = demo_config_core
+    core.mda.set_engine(AutofocusEngine(core, ScriptedFocus(model_10x, core), tolerance_um=1.0))
+    with pytest.raises(MicroscopeError, match="autofocus_motor_offset=5.0"):
+        core.mda.run(useq.MDASequence(stage_positions=[useq.Position(x=0.0, y=0.0, z=0.0)],
+                                      autofocus_plan=useq.AxesBasedAF(axes=("p",), autofocus_motor_offset=5.0)))
+
+
+def policy_run(model, on_failure: str, fails=lambda x, y: x == 500.0, focus_z=lambda x, y: 30.0, caplog=None):
+    """Three positions, two time points, an autofocus at each; the camera fails at position 1
+    (x = 500): the frames taken as (t, p, metadata["autofocus"]), the predictor, the engine."""
+    core = demo_core(slide_10x())
+    predictor = ScriptedFocus(model, core, focus_z=focus_z, fails=fails)
+    engine = AutofocusEngine(core, predictor, tolerance_um=1.0, z_range_um=(-100, 100), on_failure=on_failure)
+    core.mda.set_engine(engine)
+    frames = []
+    core.mda.events.frameReady.connect(lambda image, event, metadata: frames.append(
+        (event.index["t"], event.index["p"], metadata["autofocus"], core.getZPosition())))
+    positions = [useq.Position(x=x, y=0.0, z=0.0) for x in (0.0, 500.0, 1000.0)]
+    core.mda.run(useq.MDASequence(stage_positions=positions, time_plan={"interval": 0, "loops": 2},
+                                  autofocus_plan=useq.AxesBasedAF(axes=("t", "p"))))
+    return frames, predictor, engine
+
+
+def test_a_failed_autofocus_keeps_the_acquisition_going_at_the_last_good_z(model_10x, caplog):
+    with caplog.at_level(logging.WARNING, "autofocuskit"):
+        frames, predictor, engine = policy_run(model_10x, "keep")
+    assert len(frames) == 6
+    failed = [(summary, z) for t, p, summary, z in frames if p == 1]
+    assert all(not summary["focused"] and summary["outcome"] == "failed" and z == 0.0 for summary, z in failed)
+    assert all(summary["focused"] and abs(z - 30.0) <= 1.0 for t, p, summary, z in frames if p != 1)
+    assert sum(x == 500.0 for x, *_ in predictor.seen) == 2 * 3  # max_retries tries at each time point
+    assert "t=0 p=1: RuntimeError: Camera timed out" in caplog.text and (1, None) not in engine.fields.confirmed
+
+
+def test_skip_leaves_out_the_failed_fields_frames_and_raise_ends_the_acquisition(model_10x):
+    frames, _, _ = policy_run(model_10x, "skip")
+    assert [(t, p) for t, p, _, _ in frames] == [(0, 0), (0, 2), (1, 0), (1, 2)]
+    with pytest.raises(AutofocusFailed, match="Camera timed out"):
+        policy_run(model_10x, "raise")
+
+
+def test_a_network_that_cannot_focus_carries_nothing_into_later_time_points(model_10x):
+    """Focus out of reach at every position: every loop ends unconverged, the frames are flagged,
+    no correction is confirmed, and the second time point starts where the first did."""
+    frames, predictor, engine = policy_run(model_10x, "keep", fails=lambda x, y: False,
+                                           focus_z=lambda x, y: 1000.0)
+    assert len(frames) == 6 and all(summary["outcome"] == "unconverged" for _, _, summary, _ in frames)
+    assert engine.fields.confirmed == {}
+    starts = [z for x, z, *_ in predictor.seen if z == 0.0]
+    assert len(starts) == 6  # each autofocus began at the position's own z
+
+
+def test_each_grid_tile_keeps_its_own_correction(model_10x):
+    slide = slide_10x()
+    core = demo_core(slide)
+    predictor = ScriptedFocus(model_10x, core, focus_z=lambda x, y: 0.05 * x)
+    engine = AutofocusEngine(core, predictor, tolerance_um=1.0)
+    core.mda.set_engine(engine)
+    grid = useq.MDASequence(grid_plan=useq.GridRowsColumns(rows=1, columns=2))
+    core.mda.run(useq.MDASequence(stage_positions=[useq.Position(x=0.0, y=0.0, z=0.0, sequence=grid)],
+                                  autofocus_plan=useq.AxesBasedAF(axes=("p", "g"))))
+    corrections = engine.fields.confirmed
+    assert set(corrections) == {(0, 0), (0, 1)}
+    first, last = predictor.seen[0][0], predictor.seen[-1][0]  # the tiles' x
+    assert corrections[(0, 1)] - corrections[(0, 0)] == pytest.approx(0.05 * (last - first), abs=2.0)  # 2 tolerances
+    assert abs(0.05 * (last - first)) > 5
