@@ -144,7 +144,7 @@ def run_demo(args, predictor: FocusPredictor) -> None:
     print(f"frames within 1 DOF of focus: {within}/{len(frames)}")
     for t in range(args.time_points):
         images = [summary.get("images", 0) for time, _, _, summary in frames if time == t]
-        print(f"time point {t}: {np.mean(images):.2f} images per autofocus" +
+        print(f"time point {t}: " + (f"{np.mean(images):.2f} images per autofocus" if images else "no frame taken") +
               (f" (focus drifted {drifts_dof[t]:+.2f} DOF)" if t else ""))
     print(f"the focus stage stayed within {min(z_stage.visited):.2f}..{max(z_stage.visited):.2f} um "
           f"(z_range_um {z_range[0]:.2f}..{z_range[1]:.2f})")

@@ -1,15 +1,7 @@
-"""Autofocus networks: a timm backbone with a small regression head.
-
-    python myModel.py                      # summary, test output shape, ONNX file in .onnx/
-    python myModel.py --task moaf          # the multi-objective model, two ONNX inputs
-    python myModel.py --fe_str resnet18 --onnx_path resnet18.onnx
-
-    from autofocuskit.networks import SOAFModel, MOAFModel
-    model = SOAFModel(pretrained=False)                             # (N,3,224,224) -> (N,1) um
-    model = MOAFModel(pretrained=False)                             # (N,3,224,224), (N,2) -> (N,1) DOF
-    model = SOAFModel(pretrained=False, head="split")               # also distance and side of focus:
-    outputs = model(images, all_outputs=True)                       # HeadOutputs, (N,1) each
-    outputs.defocus, outputs.distance, outputs.p_positive
+"""Autofocus networks: a timm backbone with a small regression head (SOAFModel, MOAFModel, the
+signed and the split head), pretrained weights found offline or refused with instructions, the
+one ONNX export and int8 quantisation. myModel.py gives them to notebooks under the contract's
+names and shows them from a shell; its docstring has the usage.
 """
 import difflib
 import os
