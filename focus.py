@@ -59,17 +59,18 @@ def simulate(args, predictor: FocusPredictor) -> None:
         del predictor.predict
         images_total += result.images
         within = abs(scope.defocus_um) <= dof_um
-        stopped.append((result.images, within))
+        stopped.append((result.images, within, abs(scope.defocus_um) <= 0.5 * dof_um))
         if result.converged:
             claims.append((result.p_in_focus, abs(scope.defocus_um) <= args.tolerance_dof * dof_um))
         print(f"trial {trial}: start {start / dof_um:+.2f} DOF, moves {[round(m / dof_um, 2) for m in result.moves_um]} "
               f"DOF, stopped after {result.images} image(s): {result.stop_reason} (p in focus "
               f"{result.p_in_focus:.2f}), end {scope.defocus_um / dof_um:+.2f} DOF, "
               f"{'within' if within else 'NOT within'} 1 DOF", flush=True)
-    images, within = (np.array(column) for column in zip(*stopped))
+    images, within, within_half = (np.array(column) for column in zip(*stopped))
     print(f"\n{args.trials} trials, start within +-{args.start_dof} DOF ({dof_um:.2f} um), tolerance "
           f"{args.tolerance_dof} DOF, confidence {args.confidence}, at most {args.max_images} images: "
-          f"mean images {images.mean():.2f}, within 1 DOF when stopped {within.mean():.0%}")
+          f"mean images {images.mean():.2f}, ended within 1 DOF {within.mean():.0%}, within 0.5 DOF "
+          f"{within_half.mean():.0%}")
     shares = ", ".join(f"{np.mean(within & (images <= count)):.0%}" for count in (2, 3, 4))
     print(f"within 1 DOF when stopped after at most 2 / 3 / 4 images: {shares}")
     if claims:

@@ -65,6 +65,12 @@ class ErrorModel:
     def side_accuracy(self, distance: np.ndarray) -> np.ndarray:
         return 0.5 + (self.side_max - 0.5) * (1 - np.exp(-distance / self.side_reach))
 
+    def resolves(self, tolerance_um: float) -> bool:
+        """Whether the network's reading changes near focus, within the tolerance, by more than it
+        spreads between tiles and fields: if not, it cannot tell focus from its floor alone."""
+        change = float(self.mean_distance(np.array(tolerance_um)) - self.mean_distance(np.array(0.0)))
+        return change > math.hypot(float(self.sigma(np.array(0.0))), self.field_spread)
+
     def in_um(self, um_per_unit: float) -> "ErrorModel":
         """The same model with lengths in um (a MOAF model's DOF times `um_per_unit`)."""
         return replace(self, floor=self.floor * um_per_unit, sigma0=self.sigma0 * um_per_unit,

@@ -15,6 +15,7 @@ import numpy as np
 
 from .error_model import ErrorModel, student_t_log_density
 from .predictor import FocusError, FocusEstimate, FocusPredictor
+from .sharpness import SharpnessEvidence
 
 # a field focused before may read unlike it did then (the specimen changed, the stage came back
 # elsewhere): this much of its offset's prior stays the population's
@@ -69,8 +70,8 @@ DEFAULTS = FocusSettings(tolerance_um=1.0)  # the defaults the command lines sho
 STOP_REASONS = {
     "within_tolerance": "in focus within the tolerance with the probability asked for",
     "no_sample": "too few tiles with content: no further move",
-    "at_limit": "focus lies beyond z_range_um: the stage stopped at the limit, then went to the place rated closest",
-    "images_used_up": "max_images frames were taken: the stage went to the place rated closest",
+    "at_limit": "focus lies beyond z_range_um: the stage stopped at the limit, then went where the frames were sharpest",
+    "images_used_up": "max_images frames were taken: the stage went where the frames were sharpest",
 }
 
 
@@ -94,12 +95,16 @@ class FocusResult:
 
 
 class FocusPosterior:
-    """The loop's belief: log weights over (field offset, focus position relative to the start)."""
+    """The loop's belief: log weights over (field offset, focus position relative to the start)
+    from the network's readings, and over focus positions from the frames' sharpness (a field
+    compared with itself: no field offset), whose curve is about `dof_um` wide."""
 
-    def __init__(self, model: ErrorModel, reach_um: float, tolerance_um: float, prior_sd_um: float | None = None,
-                 field_log_prior: np.ndarray | None = None):
+    def __init__(self, model: ErrorModel, reach_um: float, tolerance_um: float, dof_um: float,
+                 prior_sd_um: float | None = None, field_log_prior: np.ndarray | None = None):
         self.model, self.tolerance_um = model, tolerance_um
         self.candidates = focus_candidates(reach_um, tolerance_um)
+        self.sharpness = SharpnessEvidence(dof_um)
+        self.sharpness_log_likelihood = np.zeros(len(self.candidates))
         self.offsets, log_prior = model.field_offsets()
         if field_log_prior is not None:
             log_prior = field_seen_before(log_prior, field_log_prior)
@@ -112,14 +117,32 @@ class FocusPosterior:
         self.log_joint += self.model.log_likelihood(
             estimate.distance_um, estimate.defocus_um, estimate.p_positive, estimate.tiles_used,
             estimate.distance_spread_um, here_um - self.candidates, self.offsets)
+        self.sharpness.add_frame(here_um, estimate.log_sharpness)
+        self.sharpness_log_likelihood = self.sharpness.log_likelihood(self.candidates)
 
     def focus_log_posterior(self) -> np.ndarray:
-        """Over focus positions, the field offsets summed out."""
-        return np.logaddexp.reduce(self.log_joint, axis=0)
+        """Over focus positions, the field offsets summed out; with the sharpness's evidence."""
+        return np.logaddexp.reduce(self.log_joint, axis=0) + self.sharpness_log_likelihood
 
     def in_focus(self) -> np.ndarray:
         """For the stage at each candidate, the probability that focus lies within the tolerance."""
         return probability_in_focus(self.focus_log_posterior(), self.candidates, self.tolerance_um)
+
+    def confirmed(self, target_um: float, tolerance_um: float) -> bool:
+        """Whether the stop at `target_um` may rest on what the evidence says: yes where the
+        network resolves the tolerance near focus by itself, or the frames have no sharpness;
+        else once two frames near the target, apart, let their sharpness compare."""
+        if self.model.resolves(tolerance_um) or not self.sharpness.values:
+            return True
+        near = [z for z in self.sharpness.positions if abs(z - target_um) <= 1.5 * self.sharpness.width_um]
+        return len(near) >= 2 and max(near) - min(near) >= 0.5 * self.sharpness.width_um
+
+    def bracket(self, target_um: float) -> float:
+        """A place beside `target_um` whose frame's sharpness, against one near the target,
+        tells how far focus is from it: 0.7 widths towards where more of the belief lies."""
+        weights = np.exp(self.focus_log_posterior() - self.focus_log_posterior().max())
+        side = 1.0 if np.sum(weights * (self.candidates - target_um)) >= 0 else -1.0
+        return target_um + side * 0.7 * self.sharpness.width_um
 
     def likeliest_beyond(self, here_um: float) -> float:
         """The likeliest focus position more than the tolerance from `here_um`: a place whose frame tells something new."""
@@ -145,12 +168,10 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
 
     - Stop when the stage is within the tolerance of focus with probability `confidence`,
       counting a last small move (at most twice the tolerance, not imaged) to the position
-      most likely in focus. Otherwise move there (at most `max_step_um`) and take another frame;
-      if that is where the stage is already, step to the likeliest place beyond the tolerance
-      instead, so that the next frame tells something new.
+      most likely in focus (`next_place`), the frames' sharpness included (sharpness.py).
+      Otherwise move there (at most `max_step_um`) and take another frame.
     - "no_sample" (too few tiles with content): no further move, the loop stops.
-    - With the images used up, the stage stands at the position most likely in focus among
-      those imaged and the one computed from them all.
+    - With the images used up, the stage stands where the frames were sharpest.
     - `z_range_um`, in the units of `z_um()`, which reads the stage: no move leaves it; one that
       would stops at the limit (`at_limit`), and if focus still lies beyond, the loop stops
       there ("at_limit"). A start outside the range: FocusError, no move.
@@ -164,7 +185,8 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
     stage = LimitedStage(move_by, settings.max_step_um, settings.z_range_um, z_um)
     # focus positions relative to the start: as far out as the network's range, and the moves, may reach
     reach_um = (2 + settings.max_images) * predictor.error_model.saturation
-    posterior = FocusPosterior(predictor.error_model, reach_um, settings.tolerance_um, prior_sd_um, field_log_prior)
+    posterior = FocusPosterior(predictor.error_model, reach_um, settings.tolerance_um, sharpness_width_um(predictor),
+                               prior_sd_um, field_log_prior)
     result = FocusResult(converged=False, images=0)
     imaged = []  # where each usable frame was taken, relative to the start
     in_focus = None
@@ -179,25 +201,53 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
         posterior.add_frame(estimate, here)
         in_focus = posterior.in_focus()
         target, result.p_in_focus = likeliest_in_focus(in_focus, posterior.candidates, here)
-        if result.p_in_focus >= settings.confidence and abs(target - here) <= 2 * settings.tolerance_um:
+        target, result.converged = next_place(posterior, target, result.p_in_focus, here, settings)
+        if result.converged:
             stage.move(target - here)
-            result.converged, result.stop_reason = True, "within_tolerance"
+            result.stop_reason = "within_tolerance"
             break
         if result.images == settings.max_images:
             break
-        if abs(target - here) < settings.tolerance_um / 2:
-            target = posterior.likeliest_beyond(here)
         if not stage.move(target - here) and stage.at_limit:
             result.stop_reason = "at_limit"  # already at the limit, and focus lies beyond it
             break
     return finished(result, stage, imaged, posterior, in_focus)
 
 
+def next_place(posterior: FocusPosterior, target: float, p_in_focus: float, here: float,
+               settings: FocusSettings) -> tuple[float, bool]:
+    """(where the stage goes next, whether that ends the loop in focus). In focus when `target`
+    has the confidence asked for, lies within twice the tolerance and the evidence confirms it;
+    where the network alone cannot tell focus from its floor, a frame beside the target first, for
+    the sharpness; a target where the stage already is, the likeliest place beyond the tolerance,
+    so that the next frame tells something new."""
+    sure = p_in_focus >= settings.confidence and abs(target - here) <= 2 * settings.tolerance_um
+    if sure and posterior.confirmed(target, settings.tolerance_um):
+        return target, True
+    if sure:
+        return posterior.bracket(target), False
+    if abs(target - here) < settings.tolerance_um / 2:
+        return posterior.likeliest_beyond(here), False
+    return target, False
+
+
+def sharpness_width_um(predictor: FocusPredictor) -> float:
+    """The width of the sharpness curve: the objective's depth of field, or where the model's
+    file does not tell it, the network's reading at focus (about a DOF)."""
+    model = predictor.error_model
+    return getattr(predictor, "dof_um", None) or model.gain * max(model.floor, 1e-3)
+
+
 def finished(result: FocusResult, stage: "LimitedStage", imaged: list[float], posterior: FocusPosterior,
              in_focus: np.ndarray | None) -> FocusResult:
-    """The result of a loop that stopped: an unconverged one ends at the likeliest place; the
-    moves made and what the frames told of the field."""
-    if not result.converged and imaged:
+    """The result of a loop that stopped: an unconverged one ends where its frames were
+    sharpest (never blurrier than found), or without their sharpness at the likeliest place;
+    the moves made and what the frames told of the field."""
+    sharpest = posterior.sharpness.sharpest()
+    if not result.converged and sharpest is not None:
+        stage.move(sharpest - stage.moved_um)
+        result.p_in_focus = float(np.interp(stage.moved_um, posterior.candidates, in_focus))
+    elif not result.converged and imaged:
         result.p_in_focus = end_at_likeliest_place(stage, imaged, posterior.candidates, in_focus)
     result.moves_um, result.at_limit = stage.moves_um, stage.at_limit
     if imaged:

@@ -31,6 +31,7 @@ from .exported_model import (DISTANCE_OUTPUT, IMAGE_INPUT, OBJECTIVE_INPUT, SIDE
                              calibrated_offset_um, open_session, read_metadata)
 from .imaging import (IMAGE_SIZE, MAX_CLIPPED, MIN_CONTRAST, as_uint8, has_content, resample, rgb_uint8,
                       robust_spread, tile_origins)
+from .sharpness import log_sharpness
 from .schema import (CAMERA_PIXEL_UM, REFRACTIVE_INDEX, WAVELENGTH_UM, depth_of_field_um, objective_name,
                      objective_of_name, objective_problem)
 
@@ -54,6 +55,7 @@ class FocusEstimate:
     tiles_total: int
     reason: str = ""  # why the status is not "ok", in words
     distance_spread_um: float = 0.0  # the same of the tiles' distances
+    log_sharpness: float = math.nan  # the frame's own sharpness (sharpness.log_sharpness of its usable tiles)
 
 
 class FocusPredictor:
@@ -175,7 +177,9 @@ class FocusPredictor:
             reason = (f"{len(tiles)} of {total} tiles have content (contrast of at least {self.min_contrast:g} grey "
                       f"levels, at most {self.max_clipped:.0%} clipped), fewer than min_tiles {self.min_tiles}")
             return FocusEstimate(math.nan, "no_sample", math.nan, None, math.nan, len(tiles), total, reason)
-        return self.combine(self.run_tiles(tiles), total)
+        estimate = self.combine(self.run_tiles(tiles), total)
+        estimate.log_sharpness = log_sharpness(tiles)
+        return estimate
 
     def combine(self, outputs: dict, total: int) -> FocusEstimate:
         """One estimate from the tiles' predictions: the median distance (the split head's, or

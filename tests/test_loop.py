@@ -158,3 +158,73 @@ def test_a_start_outside_the_range_moves_nothing():
     assert moves == []
 
 
+
+
+WEAK = ErrorModel(floor=1.0, gain=1.0, sigma0=0.45, sigma_slope=0.1, saturation=15.0, side_max=0.75,
+                  side_reach=3.0, validation_images=500, field_spread=0.7)
+
+
+class FirstNetwork:
+    """A user's first network, in DOF (1 um): a floor of 1 DOF at focus, each field 0.7 DOF long
+    or short, the side a coin flip within 2 DOF; the frames' sharpness from the dip of depth 1.5
+    and width 1 DOF unless `sharpness` is False."""
+
+    def __init__(self, stage, rng, sharpness=True):
+        self.stage, self.rng, self.sharpness, self.error_model, self.dof_um = stage, rng, sharpness, WEAK, 1.0
+        self.offset, self.level = rng.choice([-0.7, 0.7]), rng.normal(5, 1)
+
+    def predict(self, frame):
+        true = self.stage["z"]
+        distance = max(0.05, float(WEAK.mean_distance(np.array(abs(true)))) + self.offset + self.rng.normal(0, 0.15))
+        side = math.copysign(1, true) * (1 if self.rng.random() < (0.5 if abs(true) < 2 else 0.9) else -1)
+        sharp = self.level - 1.5 * true**2 / (1 + true**2) + self.rng.normal(0, 0.03)
+        return FocusEstimate(side * distance, "ok", distance, None, 0.45, 16, 16, "", 0.45,
+                             sharp if self.sharpness else math.nan)
+
+
+def first_network_trials(sharpness: bool, trials: int = 60):
+    """Trials from within 6 DOF, tolerance 0.5 DOF, of a first network whose error model is too
+    kind (it says fields differ by 0.2 DOF; they differ by 0.7): (images, |end|, converged, p_in_focus)."""
+    rng = np.random.default_rng(0)
+
+    def network(stage):
+        first = FirstNetwork(stage, rng, sharpness)
+        first.error_model = replace(WEAK, field_spread=0.2)
+        return first
+
+    rows = []
+    for _ in range(trials):
+        result, end = scripted_loop(rng.uniform(-6, 6), network, tolerance_um=0.5, max_images=5)
+        rows.append((result.images, abs(end), result.converged, result.p_in_focus))
+    return (np.array(column) for column in zip(*rows))
+
+
+def test_with_the_frames_sharpness_the_loops_claims_hold_on_a_network_its_error_model_flatters():
+    """Near focus this network reads its floor whatever the distance, and its error model is too
+    kind: the network alone stops claiming more than it delivers. The sharpness of a frame
+    beside the place it would stop checks the claim. These 60 trials: with it, 46 stopped as in
+    focus claiming 0.99 and all were (3.72 images on average); without, 60 claimed 0.89 and 77 %
+    were (2.33 images)."""
+    images, ends, converged, claimed = first_network_trials(sharpness=True)
+    held = ends[converged] <= 0.5
+    margin = 2 * math.sqrt(claimed[converged].mean() * (1 - claimed[converged].mean()) / converged.sum())
+    assert held.mean() >= claimed[converged].mean() - margin and np.mean(ends <= 1) >= 0.95
+    images, ends, converged, claimed = first_network_trials(sharpness=False)
+    margin = 2 * math.sqrt(claimed[converged].mean() * (1 - claimed[converged].mean()) / converged.sum())
+    assert np.mean(ends[converged] <= 0.5) < claimed[converged].mean() - margin
+
+
+def test_a_network_that_cannot_focus_never_leaves_the_stage_blurrier_than_found():
+    """It reads far whatever the truth: the loop does not converge and ends at the sharpest place it imaged."""
+    rng = np.random.default_rng(1)
+
+    class Lost(FirstNetwork):
+        def predict(self, frame):
+            estimate = super().predict(frame)
+            far = rng.uniform(5, 12)
+            return replace(estimate, defocus_um=far * rng.choice([-1, 1]), distance_um=far)
+
+    for _ in range(20):
+        start = rng.uniform(-3, 3)
+        result, end = scripted_loop(start, lambda stage: Lost(stage, rng), tolerance_um=0.5, max_images=4)
+        assert not result.converged and abs(end) <= abs(start) + 1e-9
