@@ -87,6 +87,9 @@ class FocusResult:
     # what the frames told of the field's own offset (log weights over the error model's
     # field_offsets): the next loop on the same field starts from it (focus_loop's field_log_prior)
     field_log_posterior: np.ndarray | None = None
+    # the frames' sharpness, (z relative to where the loop left the stage, log sharpness): the
+    # next loop on the same field compares its first frame with them (focus_loop's sharpness_before)
+    sharpness_seen: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def moved_um(self) -> float:
@@ -100,11 +103,13 @@ class FocusPosterior:
     compared with itself: no field offset), whose curve is about `dof_um` wide."""
 
     def __init__(self, model: ErrorModel, reach_um: float, tolerance_um: float, dof_um: float,
-                 prior_sd_um: float | None = None, field_log_prior: np.ndarray | None = None):
+                 prior_sd_um: float | None = None, field_log_prior: np.ndarray | None = None,
+                 sharpness_before=()):
         self.model, self.tolerance_um = model, tolerance_um
         self.candidates = focus_candidates(reach_um, tolerance_um)
         self.sharpness = SharpnessEvidence(dof_um)
-        self.sharpness_log_likelihood = np.zeros(len(self.candidates))
+        self.sharpness.add_frames_seen_before(sharpness_before)
+        self.sharpness_log_likelihood = self.sharpness.log_likelihood(self.candidates)
         self.offsets, log_prior = model.field_offsets()
         if field_log_prior is not None:
             log_prior = field_seen_before(log_prior, field_log_prior)
@@ -157,7 +162,7 @@ class FocusPosterior:
 
 def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSettings | None = None, *, z_um=None,
                prior_sd_um: float | None = None, field_log_prior: np.ndarray | None = None,
-               **setting_changes) -> FocusResult:
+               sharpness_before=(), **setting_changes) -> FocusResult:
     """Focus by inference: after every frame, the probability of each candidate focus position
     given everything seen so far (where the stage stood for each frame, and what its tiles
     said), from the network's measured error (`predictor.error_model`: its floor near focus,
@@ -178,7 +183,8 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
     - An error (a bad frame, a camera or stage error) propagates before any further move.
     - `prior_sd_um`: focus is known to lie near the start, give or take this much (a
       position focused before, drifting since); without it, every candidate is as likely.
-    - `field_log_prior`: an earlier loop's `result.field_log_posterior` on the same field.
+    - `field_log_prior`, `sharpness_before`: an earlier loop's `result.field_log_posterior`
+      and `result.sharpness_seen` on the same field, which it left where this loop starts.
     `result.p_in_focus` is the last probability of being within the tolerance.
     """
     settings = FocusSettings.of(settings, **setting_changes)
@@ -186,7 +192,7 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
     # focus positions relative to the start: as far out as the network's range, and the moves, may reach
     reach_um = (2 + settings.max_images) * predictor.error_model.saturation
     posterior = FocusPosterior(predictor.error_model, reach_um, settings.tolerance_um, sharpness_width_um(predictor),
-                               prior_sd_um, field_log_prior)
+                               prior_sd_um, field_log_prior, sharpness_before)
     result = FocusResult(converged=False, images=0)
     imaged = []  # where each usable frame was taken, relative to the start
     in_focus = None
@@ -252,6 +258,7 @@ def finished(result: FocusResult, stage: "LimitedStage", imaged: list[float], po
     result.moves_um, result.at_limit = stage.moves_um, stage.at_limit
     if imaged:
         result.field_log_posterior = posterior.field_log_posterior()
+    result.sharpness_seen = posterior.sharpness.frames_relative_to(stage.moved_um)
     return result
 
 

@@ -38,11 +38,12 @@ class MicroscopeError(UserError):
 
 def autofocus(core: CMMCorePlus, predictor: FocusPredictor, settings: FocusSettings | None = None, *,
               prior_sd_um: float | None = None, field_log_prior: np.ndarray | None = None,
-              **setting_changes) -> FocusResult:
+              sharpness_before=(), **setting_changes) -> FocusResult:
     """Focus where the stage is, with the core's camera and focus device: focus_loop on
     snapImage/getImage and relative moves of the focus device, never outside `z_range_um`
     (absolute, in the focus device's units). The settings are focus_loop's (a FocusSettings or
-    its fields as keyword arguments), as are `prior_sd_um` and `field_log_prior`. Frames get the
+    its fields as keyword arguments), as are `prior_sd_um`, `field_log_prior` and
+    `sharpness_before`. Frames get the
     core's pixel size (when it has a pixel-size configuration, else the predictor's own) and
     the camera's bit depth. A camera or stage error propagates with no further move."""
     settings = FocusSettings.of(settings, **setting_changes)
@@ -58,7 +59,7 @@ def autofocus(core: CMMCorePlus, predictor: FocusPredictor, settings: FocusSetti
         core.waitForDevice(focus_device)
 
     return focus_loop(acquire, move_by, predictor, settings, z_um=lambda: core.getPosition(focus_device),
-                      prior_sd_um=prior_sd_um, field_log_prior=field_log_prior)
+                      prior_sd_um=prior_sd_um, field_log_prior=field_log_prior, sharpness_before=sharpness_before)
 
 
 def check_core(core: CMMCorePlus) -> str:
@@ -227,6 +228,7 @@ class AutofocusEngine(MDAEngine):
         if problem is None:
             self.fields.confirmed[field] = self.fields.correction[field] = self.fields.correction[field] + moved
             self.fields.log_priors[field] = result.field_log_posterior
+            self.fields.sharpness[field] = result.sharpness_seen
             self.fields.summaries[field] = {**result_summary(result), "outcome": "focused", "focused": True}
             return
         self.fields.summaries[field] = {**(result_summary(result) if result else {}), "focused": False,
@@ -255,7 +257,8 @@ class AutofocusEngine(MDAEngine):
                     focused_before = field in self.fields.confirmed
                     return autofocus(self.mmcore, self.predictor, self.settings,
                                      prior_sd_um=self.drift_um if focused_before else None,
-                                     field_log_prior=self.fields.log_priors.get(field)), None
+                                     field_log_prior=self.fields.log_priors.get(field),
+                                     sharpness_before=self.fields.sharpness.get(field, ())), None
             except Exception as caught:  # a camera or stage error of any device adapter: the policy decides
                 error = caught
                 self.mmcore.setPosition(self.mmcore.getFocusDevice(), start)
@@ -276,6 +279,7 @@ class FieldMemory:
         self.confirmed: dict = {}  # the correction the last successful autofocus found
         self.correction: dict = {}  # the correction the field's events get now
         self.log_priors: dict = {}  # what the last successful loop learnt of the field's offset
+        self.sharpness: dict = {}  # and the sharpness of its frames
         self.summaries: dict = {}  # the last autofocus, as frame metadata
         self.skipped: set = set()  # (field, time point) whose frames are skipped
 

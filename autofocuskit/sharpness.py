@@ -44,15 +44,29 @@ class SharpnessEvidence:
         self.widths_um = np.array(WIDTHS_DOF) * dof_um
         self.positions: list[float] = []
         self.values: list[float] = []
+        self.seen_before = 0  # the first frames are an earlier loop's on the same field
 
     def add_frame(self, here_um: float, value: float) -> None:
         if math.isfinite(value):
             self.positions.append(here_um)
             self.values.append(value)
 
+    def add_frames_seen_before(self, frames) -> None:
+        """An earlier loop's frames of this field, (z relative to where it left the stage, which
+        is this loop's start; log sharpness): a start still in focus shows as sharp as they did."""
+        for here_um, value in frames:
+            self.add_frame(here_um, value)
+        self.seen_before = len(self.values)
+
     def sharpest(self) -> float | None:
-        """Where the sharpest frame was taken, relative to the start; None before any."""
-        return self.positions[int(np.argmax(self.values))] if self.values else None
+        """Where this loop's sharpest frame was taken, relative to its start; None before any."""
+        values = self.values[self.seen_before:]
+        return self.positions[self.seen_before + int(np.argmax(values))] if values else None
+
+    def frames_relative_to(self, end_um: float) -> list[tuple[float, float]]:
+        """This loop's frames, (z relative to `end_um`, log sharpness), for the next loop on the field."""
+        return [(here - end_um, value) for here, value in
+                zip(self.positions[self.seen_before:], self.values[self.seen_before:])]
 
     def log_likelihood(self, candidates: np.ndarray) -> np.ndarray:
         """Over candidate focus positions; flat with fewer than two frames (one frame has

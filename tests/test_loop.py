@@ -228,3 +228,25 @@ def test_a_network_that_cannot_focus_never_leaves_the_stage_blurrier_than_found(
         start = rng.uniform(-3, 3)
         result, end = scripted_loop(start, lambda stage: Lost(stage, rng), tolerance_um=0.5, max_images=4)
         assert not result.converged and abs(end) <= abs(start) + 1e-9
+
+
+def test_a_field_focused_before_takes_one_image_by_its_sharpness_unless_it_drifted():
+    """The first network at a later time point: the earlier loop's frames of the field say how
+    sharp it looks in focus, so a start still in focus takes one image; a field that drifted by
+    1.5 DOF looks blurrier and takes more."""
+    rng = np.random.default_rng(3)
+    stage = {"z": 4.0}
+    network = FirstNetwork(stage, rng)
+
+    def move_by(delta):
+        stage["z"] += delta
+
+    first = focus_loop(lambda: None, move_by, network, tolerance_um=0.5, max_images=5)
+    assert first.converged and abs(stage["z"]) <= 0.5 and len(first.sharpness_seen) >= 2
+    later = {"prior_sd_um": 0.5, "field_log_prior": first.field_log_posterior,
+             "sharpness_before": first.sharpness_seen}
+    again = focus_loop(lambda: None, move_by, network, tolerance_um=0.5, max_images=5, **later)
+    assert again.converged and again.images == 1 and abs(stage["z"]) <= 0.5
+    stage["z"] += 1.5
+    drifted = focus_loop(lambda: None, move_by, network, tolerance_um=0.5, max_images=5, **later)
+    assert drifted.images >= 2 and abs(stage["z"]) <= 0.5
