@@ -125,3 +125,16 @@ def test_help_answers_without_loading_torch(script):
     result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip().endswith("False"), result.stdout + result.stderr
     assert f"usage: {script}" in result.stdout
+
+
+DEPLOY_TESTS = ["test_predictor", "test_loop", "test_sharpness", "test_error_model", "test_exported_model",
+                "test_microscope", "test_calibration", "test_demo_microscope", "test_pymmcore_private", "test_focus",
+                "test_micromanager", "test_imaging", "test_schema", "test_optics", "test_focus_measures"]
+
+
+def test_the_deploy_sides_tests_load_no_torch():
+    """Their modules and the shared fixtures import no torch: they build their ONNX networks with onnx alone."""
+    check = (f"import sys; sys.path[:0] = ['tests', '.']; import conftest, {', '.join(DEPLOY_TESTS)}; "
+             "print(sorted({'torch', 'torchvision', 'timm'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
