@@ -406,3 +406,16 @@ def test_each_grid_tile_keeps_its_own_correction(model_10x):
     first, last = predictor.seen[0][0], predictor.seen[-1][0]  # the tiles' x
     assert corrections[(0, 1)] - corrections[(0, 0)] == pytest.approx(0.05 * (last - first), abs=2.0)  # 2 tolerances
     assert abs(0.05 * (last - first)) > 5
+
+
+def test_on_the_demo_adapters_a_camera_that_times_out_at_one_position_skips_only_its_frames(demo_config_core,
+                                                                                            model_10x):
+    core = demo_config_core
+    predictor = ScriptedFocus(model_10x, core, fails=lambda x, y: abs(x - 500.0) < 1)  # the stage's own steps
+    core.mda.set_engine(AutofocusEngine(core, predictor, tolerance_um=1.0, z_range_um=(0, 80), on_failure="skip"))
+    frames = []
+    core.mda.events.frameReady.connect(lambda image, event, metadata: frames.append(event.index["p"]))
+    core.mda.run(useq.MDASequence(stage_positions=[useq.Position(x=x, y=0.0, z=0.0) for x in (0.0, 500.0, 1000.0)],
+                                  autofocus_plan=useq.AxesBasedAF(axes=("p",))))
+    tries = useq.HardwareAutofocus().max_retries
+    assert frames == [0, 2] and sum(abs(x - 500.0) < 1 for x, *_ in predictor.seen) == tries
