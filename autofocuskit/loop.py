@@ -15,8 +15,11 @@ import numpy as np
 
 from .error_model import ErrorModel, student_t_log_density
 from .predictor import FocusError, FocusEstimate, FocusPredictor
-from .sharpness import SharpnessEvidence
+from .sharpness import SharpnessEvidence, dip
 
+# where the network cannot tell focus from its floor, frames this many sharpness widths (about a
+# DOF) apart near the stop: far enough apart that their sharpness differs, near enough to see the dip
+BRACKET_SPAN = 0.7
 # a field focused before may read unlike it did then (the specimen changed, the stage came back
 # elsewhere): this much of its offset's prior stays the population's
 FIELD_CHANGE = 0.2
@@ -109,6 +112,7 @@ class FocusPosterior:
         self.candidates = focus_candidates(reach_um, tolerance_um)
         self.sharpness = SharpnessEvidence(dof_um)
         self.sharpness.add_frames_seen_before(sharpness_before)
+        self.imaged: list[float] = []  # where this loop's frames were taken, relative to its start
         self.sharpness_log_likelihood = self.sharpness.log_likelihood(self.candidates)
         self.offsets, log_prior = model.field_offsets()
         if field_log_prior is not None:
@@ -122,6 +126,7 @@ class FocusPosterior:
         self.log_joint += self.model.log_likelihood(
             estimate.distance_um, estimate.defocus_um, estimate.p_positive, estimate.tiles_used,
             estimate.distance_spread_um, here_um - self.candidates, self.offsets)
+        self.imaged.append(here_um)
         self.sharpness.add_frame(here_um, estimate.log_sharpness)
         self.sharpness_log_likelihood = self.sharpness.log_likelihood(self.candidates)
 
@@ -140,14 +145,23 @@ class FocusPosterior:
         if self.model.resolves(tolerance_um) or not self.sharpness.values:
             return True
         near = [z for z in self.sharpness.positions if abs(z - target_um) <= 1.5 * self.sharpness.width_um]
-        return len(near) >= 2 and max(near) - min(near) >= 0.5 * self.sharpness.width_um
+        return len(near) >= 2 and max(near) - min(near) >= BRACKET_SPAN * self.sharpness.width_um / 2
 
     def bracket(self, target_um: float) -> float:
-        """A place beside `target_um` whose frame's sharpness, against one near the target,
-        tells how far focus is from it: 0.7 widths towards where more of the belief lies."""
+        """A place BRACKET_SPAN widths beside the frame nearest `target_um`, on the side where
+        the sharpness it would show, against that frame's, differs most between the focus
+        positions still believed: the frame that tells most of where focus is."""
+        nearest = min(self.imaged, key=lambda place: abs(place - target_um))
         weights = np.exp(self.focus_log_posterior() - self.focus_log_posterior().max())
-        side = 1.0 if np.sum(weights * (self.candidates - target_um)) >= 0 else -1.0
-        return target_um + side * 0.7 * self.sharpness.width_um
+        weights /= weights.sum()
+        width = self.sharpness.width_um
+
+        def spread_of_contrast(place: float) -> float:
+            contrast = dip(place - self.candidates, width) - dip(nearest - self.candidates, width)
+            mean = np.sum(weights * contrast)
+            return float(np.sum(weights * (contrast - mean) ** 2))
+
+        return max((nearest - BRACKET_SPAN * width, nearest + BRACKET_SPAN * width), key=spread_of_contrast)
 
     def likeliest_beyond(self, here_um: float) -> float:
         """The likeliest focus position more than the tolerance from `here_um`: a place whose frame tells something new."""
@@ -223,11 +237,13 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
 def next_place(posterior: FocusPosterior, target: float, p_in_focus: float, here: float,
                settings: FocusSettings) -> tuple[float, bool]:
     """(where the stage goes next, whether that ends the loop in focus). In focus when `target`
-    has the confidence asked for, lies within twice the tolerance and the evidence confirms it;
+    has the confidence asked for, lies within twice the tolerance of a place imaged (the last
+    move, not imaged, goes no further from what was seen) and the evidence confirms it;
     where the network alone cannot tell focus from its floor, a frame beside the target first, for
     the sharpness; a target where the stage already is, the likeliest place beyond the tolerance,
     so that the next frame tells something new."""
-    sure = p_in_focus >= settings.confidence and abs(target - here) <= 2 * settings.tolerance_um
+    near_a_frame = min(abs(target - place) for place in posterior.imaged) <= 2 * settings.tolerance_um
+    sure = p_in_focus >= settings.confidence and near_a_frame
     if sure and posterior.confirmed(target, settings.tolerance_um):
         return target, True
     if sure:

@@ -35,6 +35,12 @@ def log_sharpness(tiles: np.ndarray) -> float:
     return float(np.log(np.median(across + down) + 1e-6))
 
 
+def dip(offset_um: np.ndarray, width_um: float) -> np.ndarray:
+    """The sharpness curve's shape at `offset_um` from focus, for a depth of 1: 0 at focus, -1 far out."""
+    u = (offset_um / width_um) ** 2
+    return -u / (1 + u)
+
+
 class SharpnessEvidence:
     """What the sharpness of a field's frames says of where its focus lies, relative to the
     loop's start: a log likelihood over candidate focus positions."""
@@ -77,9 +83,8 @@ class SharpnessEvidence:
         values = np.array(self.values)[:, None, None]
         totals = []
         for width in self.widths_um:
-            u = ((here - candidates[None, None, :]) / width) ** 2
-            dip = -u / (1 + u)  # (frames, 1, candidates)
-            residual = values - np.array(DEPTHS)[None, :, None] * dip  # (frames, depths, candidates)
+            shape = dip(here - candidates[None, None, :], width)  # (frames, 1, candidates)
+            residual = values - np.array(DEPTHS)[None, :, None] * shape  # (frames, depths, candidates)
             residual -= residual.mean(axis=0, keepdims=True)  # the field's own level cancels
             totals.append(student_t_log_density(residual / SPREAD).sum(axis=0))  # (depths, candidates)
         totals = np.concatenate(totals)

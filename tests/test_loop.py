@@ -202,13 +202,13 @@ def first_network_trials(sharpness: bool, trials: int = 60):
 def test_with_the_frames_sharpness_the_loops_claims_hold_on_a_network_its_error_model_flatters():
     """Near focus this network reads its floor whatever the distance, and its error model is too
     kind: the network alone stops claiming more than it delivers. The sharpness of a frame
-    beside the place it would stop checks the claim. These 60 trials: with it, 46 stopped as in
-    focus claiming 0.99 and all were (3.72 images on average); without, 60 claimed 0.89 and 77 %
-    were (2.33 images)."""
+    beside the place it would stop checks the claim. These 60 trials: with it, all stopped as in
+    focus claiming 0.99 and 98 % were (3.02 images on average); without, all claimed 0.89 and
+    77 % were (2.33 images)."""
     images, ends, converged, claimed = first_network_trials(sharpness=True)
     held = ends[converged] <= 0.5
     margin = 2 * math.sqrt(claimed[converged].mean() * (1 - claimed[converged].mean()) / converged.sum())
-    assert held.mean() >= claimed[converged].mean() - margin and np.mean(ends <= 1) >= 0.95
+    assert held.mean() >= claimed[converged].mean() - margin and np.mean(ends <= 0.5) >= 0.9
     images, ends, converged, claimed = first_network_trials(sharpness=False)
     margin = 2 * math.sqrt(claimed[converged].mean() * (1 - claimed[converged].mean()) / converged.sum())
     assert np.mean(ends[converged] <= 0.5) < claimed[converged].mean() - margin
