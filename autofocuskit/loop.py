@@ -274,7 +274,8 @@ def finished(result: FocusResult, stage: "LimitedStage", imaged: list[float], po
     result.moves_um, result.at_limit = stage.moves_um, stage.at_limit
     if imaged:
         result.field_log_posterior = posterior.field_log_posterior()
-    result.sharpness_seen = posterior.sharpness.frames_relative_to(stage.moved_um)
+    result.sharpness_seen = posterior.sharpness.frames_relative_to(
+        stage.moved_um, keep_earlier=abs(stage.moved_um) <= posterior.tolerance_um)
     return result
 
 

@@ -69,10 +69,12 @@ class SharpnessEvidence:
         values = self.values[self.seen_before:]
         return self.positions[self.seen_before + int(np.argmax(values))] if values else None
 
-    def frames_relative_to(self, end_um: float) -> list[tuple[float, float]]:
-        """This loop's frames, (z relative to `end_um`, log sharpness), for the next loop on the field."""
-        return [(here - end_um, value) for here, value in
-                zip(self.positions[self.seen_before:], self.values[self.seen_before:])]
+    def frames_relative_to(self, end_um: float, keep_earlier: bool, most: int = 8) -> list[tuple[float, float]]:
+        """The frames, (z relative to `end_um`, log sharpness), for the next loop on the field:
+        this loop's, and with `keep_earlier` (it ended where it started: the field had not
+        moved) the earlier loop's too; the `most` latest."""
+        first = 0 if keep_earlier else self.seen_before
+        return [(here - end_um, value) for here, value in zip(self.positions[first:], self.values[first:])][-most:]
 
     def log_likelihood(self, candidates: np.ndarray) -> np.ndarray:
         """Over candidate focus positions; flat with fewer than two frames (one frame has

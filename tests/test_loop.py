@@ -250,3 +250,20 @@ def test_a_field_focused_before_takes_one_image_by_its_sharpness_unless_it_drift
     stage["z"] += 1.5
     drifted = focus_loop(lambda: None, move_by, network, tolerance_um=0.5, max_images=5, **later)
     assert drifted.images >= 2 and abs(stage["z"]) <= 0.5
+
+
+def test_a_field_that_stays_in_focus_takes_one_image_at_every_later_time_point():
+    rng = np.random.default_rng(3)
+    stage = {"z": 4.0}
+    network = FirstNetwork(stage, rng)
+
+    def move_by(delta):
+        stage["z"] += delta
+
+    result = focus_loop(lambda: None, move_by, network, tolerance_um=0.5, max_images=5)
+    images = []
+    for _ in range(4):
+        result = focus_loop(lambda: None, move_by, network, tolerance_um=0.5, max_images=5, prior_sd_um=0.5,
+                            field_log_prior=result.field_log_posterior, sharpness_before=result.sharpness_seen)
+        images.append(result.images)
+    assert images == [1, 1, 1, 1] and abs(stage["z"]) <= 0.5
