@@ -230,40 +230,44 @@ def test_a_network_that_cannot_focus_never_leaves_the_stage_blurrier_than_found(
         assert not result.converged and abs(end) <= abs(start) + 1e-9
 
 
+def focused_field():
+    """A field 4 DOF out, focused once by the first network: (its stage, a function that runs
+    another loop there with focus_loop's options, that first loop's result)."""
+    rng = np.random.default_rng(3)
+    stage = {"z": 4.0}
+    network = FirstNetwork(stage, rng)
+
+    def move_by(delta):
+        stage["z"] += delta
+
+    def loop(**options):
+        return focus_loop(lambda: None, move_by, network, tolerance_um=0.5, max_images=5, **options)
+    return stage, loop, loop()
+
+
+def seen_before(result) -> dict:
+    """What a later loop on the field is given of `result`, as the engine gives it."""
+    return {"prior_sd_um": 0.5, "field_log_prior": result.field_log_posterior,
+            "sharpness_before": result.sharpness_seen}
+
+
 def test_a_field_focused_before_takes_one_image_by_its_sharpness_unless_it_drifted():
     """The first network at a later time point: the earlier loop's frames of the field say how
     sharp it looks in focus, so a start still in focus takes one image; a field that drifted by
     1.5 DOF looks blurrier and takes more."""
-    rng = np.random.default_rng(3)
-    stage = {"z": 4.0}
-    network = FirstNetwork(stage, rng)
-
-    def move_by(delta):
-        stage["z"] += delta
-
-    first = focus_loop(lambda: None, move_by, network, tolerance_um=0.5, max_images=5)
+    stage, loop, first = focused_field()
     assert first.converged and abs(stage["z"]) <= 0.5 and len(first.sharpness_seen) >= 2
-    later = {"prior_sd_um": 0.5, "field_log_prior": first.field_log_posterior,
-             "sharpness_before": first.sharpness_seen}
-    again = focus_loop(lambda: None, move_by, network, tolerance_um=0.5, max_images=5, **later)
+    again = loop(**seen_before(first))
     assert again.converged and again.images == 1 and abs(stage["z"]) <= 0.5
     stage["z"] += 1.5
-    drifted = focus_loop(lambda: None, move_by, network, tolerance_um=0.5, max_images=5, **later)
+    drifted = loop(**seen_before(first))
     assert drifted.images >= 2 and abs(stage["z"]) <= 0.5
 
 
 def test_a_field_that_stays_in_focus_takes_one_image_at_every_later_time_point():
-    rng = np.random.default_rng(3)
-    stage = {"z": 4.0}
-    network = FirstNetwork(stage, rng)
-
-    def move_by(delta):
-        stage["z"] += delta
-
-    result = focus_loop(lambda: None, move_by, network, tolerance_um=0.5, max_images=5)
+    stage, loop, result = focused_field()
     images = []
     for _ in range(4):
-        result = focus_loop(lambda: None, move_by, network, tolerance_um=0.5, max_images=5, prior_sd_um=0.5,
-                            field_log_prior=result.field_log_posterior, sharpness_before=result.sharpness_seen)
+        result = loop(**seen_before(result))
         images.append(result.images)
     assert images == [1, 1, 1, 1] and abs(stage["z"]) <= 0.5
