@@ -152,7 +152,8 @@ class FocusPosterior:
         the sharpness it would show, against that frame's, differs most between the focus
         positions still believed: the frame that tells most of where focus is."""
         nearest = min(self.imaged, key=lambda place: abs(place - target_um))
-        weights = np.exp(self.focus_log_posterior() - self.focus_log_posterior().max())
+        log_posterior = self.focus_log_posterior()
+        weights = np.exp(log_posterior - log_posterior.max())
         weights /= weights.sum()
         width = self.sharpness.width_um
 
@@ -208,7 +209,6 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
     posterior = FocusPosterior(predictor.error_model, reach_um, settings.tolerance_um, sharpness_width_um(predictor),
                                prior_sd_um, field_log_prior, sharpness_before)
     result = FocusResult(converged=False, images=0)
-    imaged = []  # where each usable frame was taken, relative to the start
     in_focus = None
     while result.images < settings.max_images:
         estimate = predictor.predict(acquire())
@@ -217,7 +217,6 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
             result.stop_reason = "no_sample"
             break
         here = stage.moved_um
-        imaged.append(here)
         posterior.add_frame(estimate, here)
         in_focus = posterior.in_focus()
         target, result.p_in_focus = likeliest_in_focus(in_focus, posterior.candidates, here)
@@ -231,7 +230,7 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
         if not stage.move(target - here) and stage.at_limit:
             result.stop_reason = "at_limit"  # already at the limit, and focus lies beyond it
             break
-    return finished(result, stage, imaged, posterior, in_focus)
+    return finished(result, stage, posterior, in_focus)
 
 
 def next_place(posterior: FocusPosterior, target: float, p_in_focus: float, here: float,
@@ -257,10 +256,10 @@ def sharpness_width_um(predictor: FocusPredictor) -> float:
     """The width of the sharpness curve: the objective's depth of field, or where the model's
     file does not tell it, the network's reading at focus (about a DOF)."""
     model = predictor.error_model
-    return getattr(predictor, "dof_um", None) or model.gain * max(model.floor, 1e-3)
+    return predictor.dof_um or model.gain * max(model.floor, 1e-3)
 
 
-def finished(result: FocusResult, stage: "LimitedStage", imaged: list[float], posterior: FocusPosterior,
+def finished(result: FocusResult, stage: "LimitedStage", posterior: FocusPosterior,
              in_focus: np.ndarray | None) -> FocusResult:
     """The result of a loop that stopped: an unconverged one ends where its frames were
     sharpest (never blurrier than found), or without their sharpness at the likeliest place;
@@ -269,10 +268,10 @@ def finished(result: FocusResult, stage: "LimitedStage", imaged: list[float], po
     if not result.converged and sharpest is not None:
         stage.move(sharpest - stage.moved_um)
         result.p_in_focus = float(np.interp(stage.moved_um, posterior.candidates, in_focus))
-    elif not result.converged and imaged:
-        result.p_in_focus = end_at_likeliest_place(stage, imaged, posterior.candidates, in_focus)
+    elif not result.converged and posterior.imaged:
+        result.p_in_focus = end_at_likeliest_place(stage, posterior.imaged, posterior.candidates, in_focus)
     result.moves_um, result.at_limit = stage.moves_um, stage.at_limit
-    if imaged:
+    if posterior.imaged:
         result.field_log_posterior = posterior.field_log_posterior()
     result.sharpness_seen = posterior.sharpness.frames_relative_to(
         stage.moved_um, keep_earlier=abs(stage.moved_um) <= posterior.tolerance_um)

@@ -118,6 +118,12 @@ def event_name(event: useq.MDAEvent) -> str:
     return " ".join(f"{getattr(axis, 'value', axis)}={index}" for axis, index in index_of(event).items())
 
 
+def network_answers(core: CMMCorePlus, device_name: str | None) -> bool:
+    """Whether an autofocus naming `device_name` is the network's: no name, NETWORK_AUTOFOCUS,
+    or a name that is no device of the core (a device's is pymmcore-plus's to handle)."""
+    return device_name is None or device_name == NETWORK_AUTOFOCUS or device_name not in core.getLoadedDevices()
+
+
 def field_of(event: useq.MDAEvent) -> tuple:
     """The field an event images: its position and grid tile."""
     index = index_of(event)
@@ -172,7 +178,7 @@ class AutofocusEngine(MDAEngine):
 
     def setup_event(self, event: useq.MDAEvent) -> None:
         field = field_of(event)
-        if self.network_answers(event):
+        if self.is_network_autofocus(event):
             self.fields.correction[field] = self.fields.confirmed.get(field, 0.0)
         if (field, index_of(event).get("t")) in self.fields.skipped:
             raise SkipEvent(frame_count(event), f"the autofocus of {event_name(event)}'s field failed")
@@ -188,8 +194,8 @@ class AutofocusEngine(MDAEngine):
         changes = {"z_sequence": tuple(z + mine + theirs for z in z_sequence)} if z_sequence else {}
         if event.z_pos is not None:
             changes["z_pos"] = event.z_pos + mine
-        reached = [*changes.get("z_sequence", ()), *([event.z_pos + mine + theirs] if event.z_pos is not None else [])]
-        self.check_in_range(event, reached)
+        single = [changes["z_pos"] + theirs] if "z_pos" in changes else []
+        self.check_in_range(event, [*changes.get("z_sequence", ()), *single])
         return event.model_copy(update=changes) if changes else event
 
     def check_in_range(self, event: useq.MDAEvent, z_values: list[float]) -> None:
@@ -205,15 +211,12 @@ class AutofocusEngine(MDAEngine):
             logger.warning("%s: skipped", message)
             raise SkipEvent(frame_count(event), message)
 
-    def network_answers(self, event: useq.MDAEvent) -> bool:
-        """Whether `event` is an autofocus for the network: one naming no device of the core."""
-        if not isinstance(event.action, useq.HardwareAutofocus):
-            return False
-        name = event.action.autofocus_device_name
-        return name is None or name == NETWORK_AUTOFOCUS or name not in self.mmcore.getLoadedDevices()
+    def is_network_autofocus(self, event: useq.MDAEvent) -> bool:
+        return (isinstance(event.action, useq.HardwareAutofocus)
+                and network_answers(self.mmcore, event.action.autofocus_device_name))
 
     def exec_event(self, event: useq.MDAEvent):
-        if self.network_answers(event):
+        if self.is_network_autofocus(event):
             self.focus_field(event)
             return ()
         return super().exec_event(event)
@@ -319,11 +322,9 @@ def check_plan(core: CMMCorePlus, sequence: useq.MDASequence) -> None:
     plans = [sequence.autofocus_plan] + [position.sequence.autofocus_plan for position in sequence.stage_positions
                                          if position.sequence is not None]
     for plan in filter(None, plans):
-        name = plan.autofocus_device_name
-        network = name is None or name == NETWORK_AUTOFOCUS or name not in core.getLoadedDevices()
-        if network and plan.autofocus_motor_offset is not None:
+        if network_answers(core, plan.autofocus_device_name) and plan.autofocus_motor_offset is not None:
             raise MicroscopeError(f"autofocus_motor_offset={plan.autofocus_motor_offset} in an autofocus plan the "
-                                  f"network answers (autofocus_device_name={name!r}): the offset is a hardware focus "
+                                  f"network answers (autofocus_device_name={plan.autofocus_device_name!r}): the offset is a hardware focus "
                                   "lock's setting; name its device, or leave the offset out")
 
 

@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from .error_model import student_t_log_density
+from .focus_measures import brenner, focus_channel
 
 WIDTHS_DOF = (0.7, 1.0, 1.4)
 DEPTHS = (0.3, 0.6, 1.2, 2.4)
@@ -25,14 +26,11 @@ SPREAD = 0.1  # of log sharpness between frames beyond what the curve explains (
 
 
 def log_sharpness(tiles: np.ndarray) -> float:
-    """The log of the median Brenner measure of (N, H, W, 3) uint8 tiles' green channel (as
-    make_dataset.py labels focus): the mean squared difference between pixels two apart."""
+    """The log of the median Brenner measure of (N, H, W, 3) uint8 tiles, as make_dataset.py
+    labels focus (focus_measures.brenner of the focus channel)."""
     if len(tiles) == 0:
         return math.nan
-    green = tiles[..., 1].astype(np.float32)
-    across = np.mean((green[:, :, 2:] - green[:, :, :-2]) ** 2, axis=(1, 2))
-    down = np.mean((green[:, 2:, :] - green[:, :-2, :]) ** 2, axis=(1, 2))
-    return float(np.log(np.median(across + down) + 1e-6))
+    return float(np.log(np.median([brenner(focus_channel(tile), [(0, 0)])[0] for tile in tiles]) + 1e-6))
 
 
 def dip(offset_um: np.ndarray, width_um: float) -> np.ndarray:

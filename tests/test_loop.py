@@ -24,6 +24,7 @@ class ScriptedNetwork:
 
     def __init__(self, stage, sides=(), error_model=SHARP, p_positive=None, tile_spread=0.3, field_offset=0.0):
         self.stage, self.sides, self.error_model = stage, iter(sides), error_model
+        self.dof_um = None  # the loop takes the sharpness curve's width from the error model's floor
         self.p_positive, self.tile_spread, self.field_offset = p_positive, tile_spread, field_offset
 
     def predict(self, frame):
