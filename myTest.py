@@ -62,9 +62,11 @@ from autofocuskit.epochs import split_batch
 from autofocuskit.networks import quantization_feeds, export_onnx, quantize_onnx
 from autofocuskit.exported_model import DISTANCE_OUTPUT, SIGNED_OUTPUT, ModelMetadata, open_session
 from autofocuskit.processes import fit_threads_to_cores, progress, resolve_device
+from autofocuskit.datasets import field_key
 from autofocuskit.error_model import fit_error_model
 from autofocuskit.metrics import per_objective_metrics, plot_error_model, plot_report
 from autofocuskit.schema import dof_um_of_rows
+from autofocuskit.sharpness import log_sharpness
 from autofocuskit.tasks import TASKS, build_dataset, build_loader
 
 
@@ -180,7 +182,9 @@ def measured_error_model(args, model, checkpoint: dict, task: str, glob: str | N
     signed = outputs[SIGNED_OUTPUT]
     distances = outputs[DISTANCE_OUTPUT] if DISTANCE_OUTPUT in outputs else np.abs(signed)
     saturation = checkpoint.get("train_label_abs_max", float(np.abs(labels).max()))
-    return fit_error_model(labels, distances, signed, saturation), labels, distances, signed
+    sharpness = [log_sharpness(np.asarray(val_set.read_image(index))[None]) for index in range(len(val_set))]
+    fields = [field_key(path) for path in val_set.frame["image_path"]]
+    return fit_error_model(labels, distances, signed, saturation, sharpness, fields), labels, distances, signed
 
 
 def onnx_metadata(checkpoint: dict, task: str, error_model=None) -> ModelMetadata:

@@ -16,7 +16,8 @@ Every CSV has the columns
 """
 import csv
 import os
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,7 @@ from .imaging import rgb_uint8
 from .schema import MOAF_GLOB, SOAF_GLOB, SPLITS
 
 MAX_LISTED_PROBLEMS = 5  # how many offending rows an error message lists before "... and N more"
+HEIGHT_IN_NAME = re.compile(r"(?:^|_)z[+-]?\d+(?:\.\d+)?(?:um)?(?=_|$)")  # z012, z+001.250um
 
 
 class DatasetError(UserError):
@@ -63,6 +65,13 @@ def load_rgb_image(path: Path, bit_depth: int | None = None) -> Image.Image:
             return to_rgb(image, bit_depth)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageDecodeError(f"cannot decode image {path}: {error}") from error
+
+
+def field_key(image_path: str) -> str:
+    """The field an image shows, the same at every height: its path without the height in its
+    name (make_dataset.py's z012_y00448_x00224.tif, make_demo_data.py's field003_z+001.250um.png)."""
+    path = PurePosixPath(image_path)
+    return str(path.parent / HEIGHT_IN_NAME.sub("", path.stem))
 
 
 def csv_line(row_index: int) -> int:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 
 from .imaging import robust_spread
+from .sharpness import MIN_SPREAD, SharpnessCurve, fit_sharpness_curve
 
 MEDIAN_EFFICIENCY = 1.2533  # the standard error of a median of normal values over that of their mean
 STUDENT_DOF = 3  # the degrees of freedom of the distance's likelihood: heavy tails, a finite variance
@@ -34,11 +35,29 @@ def student_t_log_density(z: np.ndarray) -> np.ndarray:
     return -2 * np.log1p(z * z / STUDENT_DOF)
 
 
+def log_sum_exp(log_values: np.ndarray, axis: int = 0) -> np.ndarray:
+    """log(sum(exp(log_values))) along `axis`, without overflow; a fifth of np.logaddexp.reduce's time."""
+    top = np.max(log_values, axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    return np.squeeze(top, axis=axis) + np.log(np.sum(np.exp(log_values - top), axis=axis))
+
+
+def spread_upper_bound(count: int) -> float:
+    """How much larger than its estimate from `count` values a standard deviation may be, at 90 %
+    confidence: sqrt((n - 1) / chi2_0.1(n - 1)), the quantile by Wilson and Hilferty's approximation."""
+    freedom = max(count - 1, 1)
+    quantile = freedom * (1 - 2 / (9 * freedom) - 1.2816 * math.sqrt(2 / (9 * freedom))) ** 3
+    return math.sqrt(freedom / max(quantile, 1e-3))
+
+
 def expected_distance(true_distance: np.ndarray, floor: float, gain: float, saturation: float) -> np.ndarray:
     """The distance a network reads on average at a true distance: a floor near focus, flat beyond saturation."""
     return gain * np.sqrt(np.minimum(true_distance, saturation) ** 2 + floor**2)
 
 
+# fields files exported before them lack
+OPTIONAL_FIELDS = ("field_spread", "sharpness_width", "sharpness_center", "sharpness_spread", "validation_fields",
+                   "measured")
 # fields as files exported before they had their present names call them
 FORMER_NAMES = {"side_scale": "side_reach", "images": "validation_images"}
 
@@ -54,6 +73,12 @@ class ErrorModel:
     side_reach: float  # the distance over which it reaches most of that
     validation_images: int  # validation images measured (the fit's own uncertainty shrinks with them)
     field_spread: float = 0.0  # standard deviation of a field's offset on the distance read
+    # the validation fields' log sharpness around focus (sharpness.py's dip): its width, where it
+    # peaks, how far images stray from it; a width of 0: not measured (then it is assumed from the DOF)
+    sharpness_width: float = 0.0
+    sharpness_center: float = 0.0
+    sharpness_spread: float = 0.0
+    validation_fields: int = 0  # fields among the validation images (0: not told; then each image counts as one)
     measured: bool = True  # False: a conservative default for a model exported without one
 
     def mean_distance(self, distance: np.ndarray) -> np.ndarray:
@@ -67,14 +92,27 @@ class ErrorModel:
 
     def resolves(self, tolerance_um: float) -> bool:
         """Whether the network's reading changes near focus, within the tolerance, by more than it
-        spreads between tiles and fields: if not, it cannot tell focus from its floor alone."""
+        spreads between tiles and fields: if not, it cannot tell focus from its floor alone. The
+        spread as large as the few validation fields that measured it leave plausible (the upper
+        90 % bound of a standard deviation from that many): four fields tell a spread within a
+        factor 2.3, sixteen within 1.3."""
         change = float(self.mean_distance(np.array(tolerance_um)) - self.mean_distance(np.array(0.0)))
-        return change > math.hypot(float(self.sigma(np.array(0.0))), self.field_spread)
+        spread = math.hypot(float(self.sigma(np.array(0.0))), self.field_spread)
+        return change > spread * spread_upper_bound(self.validation_fields or self.validation_images)
 
     def in_um(self, um_per_unit: float) -> "ErrorModel":
         """The same model with lengths in um (a MOAF model's DOF times `um_per_unit`)."""
         return replace(self, floor=self.floor * um_per_unit, sigma0=self.sigma0 * um_per_unit,
-                       saturation=self.saturation * um_per_unit, side_reach=self.side_reach * um_per_unit)
+                       saturation=self.saturation * um_per_unit, side_reach=self.side_reach * um_per_unit,
+                       field_spread=self.field_spread * um_per_unit, sharpness_width=self.sharpness_width * um_per_unit,
+                       sharpness_center=self.sharpness_center * um_per_unit)
+
+    def sharpness_curve(self) -> SharpnessCurve | None:
+        """The sharpness curve measured on the validation split; None where it was not."""
+        if self.sharpness_width <= 0:
+            return None
+        return SharpnessCurve(self.sharpness_width, self.sharpness_center, max(self.sharpness_spread, MIN_SPREAD),
+                              measured=True)
 
     def to_metadata(self) -> str:
         return json.dumps({name: round(value, 6) if isinstance(value, float) else value
@@ -87,7 +125,7 @@ class ErrorModel:
         if not isinstance(values, dict):
             raise ValueError("an error model is a JSON object of its fields")
         values = {FORMER_NAMES.get(name, name): value for name, value in values.items()}
-        needed = {item.name for item in fields(cls) if item.name not in ("field_spread", "measured")}
+        needed = {item.name for item in fields(cls) if item.name not in OPTIONAL_FIELDS}
         known = {item.name for item in fields(cls)} - {"measured"}
         if needed - set(values) or set(values) - known:
             raise ValueError(f"missing {sorted(needed - set(values))}, unknown {sorted(set(values) - known)}")
@@ -96,7 +134,8 @@ class ErrorModel:
         model = cls(**values)
         if not (model.floor >= 0 and model.gain > 0 and model.sigma0 > 0 and model.sigma_slope >= 0
                 and model.saturation > 0 and 0.5 <= model.side_max < 1 and model.side_reach > 0
-                and model.validation_images >= 0 and model.field_spread >= 0):
+                and model.validation_images >= 0 and model.field_spread >= 0 and model.sharpness_width >= 0
+                and model.sharpness_spread >= 0 and model.validation_fields >= 0):
             raise ValueError("a field is out of its range (spreads, gain, saturation and side_reach positive, "
                              "side_max in [0.5, 1))")
         return model
@@ -113,7 +152,7 @@ class ErrorModel:
         now and then a field far unlike the validation images."""
         offsets = np.linspace(-4, 4, count) * self.field_spread
         log_prior = student_t_log_density(offsets / max(self.field_spread, 1e-9))
-        return offsets, log_prior - np.logaddexp.reduce(log_prior)
+        return offsets, log_prior - log_sum_exp(log_prior)
 
     def log_likelihood(self, distance: float, defocus: float, p_positive: float | None, tiles: int,
                        tile_spread: float, candidates: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -146,13 +185,19 @@ class ErrorModel:
         return (f"distance read at focus {self.gain * self.floor:.3f} {unit}, spread of one tile "
                 f"{self.sigma0:.3f} {unit} + {self.sigma_slope:.3f} x distance (between fields "
                 f"{self.field_spread:.3f} {unit}), flat beyond {self.saturation:.3f} {unit}; side right far from "
-                f"focus {self.side_max:.0%}, two thirds of that margin within {self.side_reach:.3f} {unit}; from "
-                f"{self.validation_images} validation images")
+                f"focus {self.side_max:.0%}, two thirds of that margin within {self.side_reach:.3f} {unit}; "
+                + (f"log sharpness a dip {self.sharpness_width:.3f} {unit} wide peaking at {self.sharpness_center:+.3f} "
+                   f"{unit}, images off it by {self.sharpness_spread:.3f}; " if self.sharpness_width > 0 else "")
+                + f"from {self.validation_images} validation images"
+                + (f" of {self.validation_fields} fields" if self.validation_fields else ""))
 
 
-def fit_error_model(labels: np.ndarray, distances: np.ndarray, signed: np.ndarray, saturation: float) -> ErrorModel:
+def fit_error_model(labels: np.ndarray, distances: np.ndarray, signed: np.ndarray, saturation: float,
+                    sharpness: np.ndarray | None = None, fields: np.ndarray | None = None) -> ErrorModel:
     """The error model of a network's validation predictions: true signed `labels`, predicted
-    `distances` (a split head's, or |prediction|) and signed predictions `signed`.
+    `distances` (a split head's, or |prediction|) and signed predictions `signed`; with the
+    images' `sharpness` (sharpness.log_sharpness) and `fields` (one key per field imaged at
+    several heights), the sharpness curve (sharpness.fit_sharpness_curve).
 
     The mean by least absolute deviations over a grid of floor and gain; the spread by least
     squares on the absolute residuals (times sqrt(pi/2), the ratio of a normal spread to its
@@ -184,5 +229,8 @@ def fit_error_model(labels: np.ndarray, distances: np.ndarray, signed: np.ndarra
     inside = true < saturation
     residual = (distances - expected_distance(true, floor, gain, saturation))[inside]
     field_spread = robust_spread(residual) if inside.sum() >= 5 else sigma0
+    curve = None if sharpness is None or fields is None else fit_sharpness_curve(labels, sharpness, fields)
+    width, center, spread = curve or (0.0, 0.0, 0.0)
     return ErrorModel(float(floor), float(gain), sigma0, sigma_slope, float(saturation), float(side_max),
-                      float(side_reach), int(len(true)), max(field_spread, 0.01 * saturation))
+                      float(side_reach), int(len(true)), max(field_spread, 0.01 * saturation), width, center, spread,
+                      0 if fields is None else len(set(fields)))

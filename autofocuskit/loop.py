@@ -13,13 +13,18 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from .error_model import ErrorModel, student_t_log_density
+from .error_model import ErrorModel, log_sum_exp, student_t_log_density
 from .predictor import FocusError, FocusEstimate, FocusPredictor
-from .sharpness import SharpnessEvidence, dip
+from .sharpness import SharpnessCurve, SharpnessEvidence, dip
 
 # where the network cannot tell focus from its floor, frames this many sharpness widths (about a
 # DOF) apart near the stop: far enough apart that their sharpness differs, near enough to see the dip
 BRACKET_SPAN = 0.7
+# a stop is confirmed by the sharpness among the places within this many widths of it
+NEIGHBOURHOOD = 2.0
+# a loop this sure of focus (the probability that its target is in focus, as far as the evidence
+# confirms it) may stop early when its frames add too little to reach the confidence ("no_surer")
+SETTLED = 0.2
 # a field focused before may read unlike it did then (the specimen changed, the stage came back
 # elsewhere): this much of its offset's prior stays the population's
 FIELD_CHANGE = 0.2
@@ -75,6 +80,9 @@ STOP_REASONS = {
     "no_sample": "too few tiles with content: no further move",
     "at_limit": "focus lies beyond z_range_um: the stage stopped at the limit, then went where the frames were sharpest",
     "images_used_up": "max_images frames were taken: the stage went where the frames were sharpest",
+    "no_surer": "the frames left could not make the loop sure of focus at the pace of the last three: the tolerance "
+                "is finer than the network and the frames' sharpness resolve here; the stage went where the frames "
+                "were sharpest",
 }
 
 
@@ -103,23 +111,23 @@ class FocusResult:
 class FocusPosterior:
     """The loop's belief: log weights over (field offset, focus position relative to the start)
     from the network's readings, and over focus positions from the frames' sharpness (a field
-    compared with itself: no field offset), whose curve is about `dof_um` wide."""
+    compared with itself: no field offset), whose shape is `curve`."""
 
-    def __init__(self, model: ErrorModel, reach_um: float, tolerance_um: float, dof_um: float,
+    def __init__(self, model: ErrorModel, reach_um: float, tolerance_um: float, curve: SharpnessCurve,
                  prior_sd_um: float | None = None, field_log_prior: np.ndarray | None = None,
                  sharpness_before=()):
         self.model, self.tolerance_um = model, tolerance_um
         self.candidates = focus_candidates(reach_um, tolerance_um)
-        self.sharpness = SharpnessEvidence(dof_um)
+        self.sharpness = SharpnessEvidence(curve)
         self.sharpness.add_frames_seen_before(sharpness_before)
         self.imaged: list[float] = []  # where this loop's frames were taken, relative to its start
-        self.sharpness_log_likelihood = self.sharpness.log_likelihood(self.candidates)
         self.offsets, log_prior = model.field_offsets()
         if field_log_prior is not None:
             log_prior = field_seen_before(log_prior, field_log_prior)
         self.log_joint = np.repeat(log_prior[:, None], len(self.candidates), axis=1)
         if prior_sd_um:
             self.log_joint += student_t_log_density(self.candidates / prior_sd_um)
+        self.update()
 
     def add_frame(self, estimate: FocusEstimate, here_um: float) -> None:
         """What a frame taken `here_um` from the start showed."""
@@ -128,60 +136,86 @@ class FocusPosterior:
             estimate.distance_spread_um, here_um - self.candidates, self.offsets)
         self.imaged.append(here_um)
         self.sharpness.add_frame(here_um, estimate.log_sharpness)
-        self.sharpness_log_likelihood = self.sharpness.log_likelihood(self.candidates)
+        self.update()
 
-    def focus_log_posterior(self) -> np.ndarray:
-        """Over focus positions, the field offsets summed out; with the sharpness's evidence."""
-        return np.logaddexp.reduce(self.log_joint, axis=0) + self.sharpness_log_likelihood
+    def update(self) -> None:
+        """The belief over focus positions (`log_posterior`): the field offsets summed out, with the sharpness's evidence."""
+        self.sharpness_log_likelihood = self.sharpness.log_likelihood(self.candidates)
+        self.log_posterior = log_sum_exp(self.log_joint, axis=0) + self.sharpness_log_likelihood
 
     def in_focus(self) -> np.ndarray:
         """For the stage at each candidate, the probability that focus lies within the tolerance."""
-        return probability_in_focus(self.focus_log_posterior(), self.candidates, self.tolerance_um)
+        return probability_in_focus(self.log_posterior, self.candidates, self.tolerance_um)
 
-    def confirmed(self, target_um: float, tolerance_um: float) -> bool:
-        """Whether the stop at `target_um` may rest on what the evidence says: yes where the
-        network resolves the tolerance near focus by itself, or the frames have no sharpness;
-        else once two frames near the target, apart, let their sharpness compare."""
-        if self.model.resolves(tolerance_um) or not self.sharpness.values:
-            return True
-        near = [z for z in self.sharpness.positions if abs(z - target_um) <= 1.5 * self.sharpness.width_um]
-        return len(near) >= 2 and max(near) - min(near) >= BRACKET_SPAN * self.sharpness.width_um / 2
+    def near_a_frame(self, target_um: float) -> bool:
+        """Whether `target_um` lies within a sharpness width of a place imaged."""
+        return min(abs(target_um - place) for place in self.imaged) <= self.sharpness.width_um
+
+    def sharpness_decides(self, tolerance_um: float) -> bool:
+        """Whether near focus the frames' sharpness must tell where focus is: the network cannot
+        tell focus from its floor within the tolerance, and the frames have a sharpness."""
+        return not self.model.resolves(tolerance_um) and bool(self.sharpness.values)
+
+    def confirmation(self, target_um: float, tolerance_um: float) -> float:
+        """How far the evidence confirms a stop at `target_um`: fully unless the sharpness
+        decides; then the probability that the frames' sharpness alone, which no field offset
+        misleads, puts focus within the tolerance of the target, of the places within
+        NEIGHBOURHOOD widths of it (how far out focus lies is the network's to tell)."""
+        if not self.sharpness_decides(tolerance_um):
+            return 1.0
+        near = np.abs(self.candidates - target_um) <= NEIGHBOURHOOD * self.sharpness.width_um
+        weights = np.exp(self.sharpness_log_likelihood[near] - self.sharpness_log_likelihood[near].max())
+        within = np.abs(self.candidates[near] - target_um) <= tolerance_um
+        return float(weights[within].sum() / weights.sum())
+
+    def sharpness_target(self, target_um: float) -> float:
+        """Within NEIGHBOURHOOD widths of `target_um`, the place that the frames' sharpness alone
+        puts most likely within the tolerance of focus: near focus, where the network reads its
+        floor, the sharpness places focus and the network only says near where."""
+        near = np.abs(self.candidates - target_um) <= NEIGHBOURHOOD * self.sharpness.width_um
+        local = np.where(near, self.sharpness_log_likelihood, -np.inf)
+        return float(self.candidates[np.argmax(probability_in_focus(local, self.candidates, self.tolerance_um))])
 
     def bracket(self, target_um: float) -> float:
-        """A place BRACKET_SPAN widths beside the frame nearest `target_um`, on the side where
-        the sharpness it would show, against that frame's, differs most between the focus
-        positions still believed: the frame that tells most of where focus is."""
+        """A place BRACKET_SPAN widths beside the frame nearest `target_um`: towards the target
+        where it lies apart from that frame, so that the two frames straddle it; else on the
+        side where the sharpness it would show, against that frame's, differs most between the
+        focus positions still believed (not a place imaged already): the frame that tells most
+        of where focus is."""
         nearest = min(self.imaged, key=lambda place: abs(place - target_um))
-        log_posterior = self.focus_log_posterior()
-        weights = np.exp(log_posterior - log_posterior.max())
+        step = BRACKET_SPAN * self.sharpness.width_um
+        if abs(target_um - nearest) > self.tolerance_um / 4:
+            return nearest + math.copysign(step, target_um - nearest)
+        sides = [place for place in (nearest - step, nearest + step)
+                 if min(abs(place - imaged) for imaged in self.imaged) > self.tolerance_um / 2] or [nearest + step]
+        weights = np.exp(self.log_posterior - self.log_posterior.max())
         weights /= weights.sum()
-        width = self.sharpness.width_um
+        peaks = self.candidates + self.sharpness.curve.center_um
 
         def spread_of_contrast(place: float) -> float:
-            contrast = dip(place - self.candidates, width) - dip(nearest - self.candidates, width)
+            contrast = dip(place - peaks, self.sharpness.width_um) - dip(nearest - peaks, self.sharpness.width_um)
             mean = np.sum(weights * contrast)
             return float(np.sum(weights * (contrast - mean) ** 2))
 
-        return max((nearest - BRACKET_SPAN * width, nearest + BRACKET_SPAN * width), key=spread_of_contrast)
+        return max(sides, key=spread_of_contrast)
 
     def likeliest_beyond(self, here_um: float) -> float:
         """The likeliest focus position more than the tolerance from `here_um`: a place whose frame tells something new."""
         elsewhere = np.abs(self.candidates - here_um) > self.tolerance_um
-        return float(self.candidates[elsewhere][np.argmax(self.focus_log_posterior()[elsewhere])])
+        return float(self.candidates[elsewhere][np.argmax(self.log_posterior[elsewhere])])
 
     def field_log_posterior(self) -> np.ndarray:
         """Over field offsets, the focus positions summed out, normalised."""
-        field_weights = np.logaddexp.reduce(self.log_joint, axis=1)
-        return field_weights - np.logaddexp.reduce(field_weights)
+        field_weights = log_sum_exp(self.log_joint, axis=1)
+        return field_weights - log_sum_exp(field_weights)
 
 
 def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSettings | None = None, *, z_um=None,
                prior_sd_um: float | None = None, field_log_prior: np.ndarray | None = None,
                sharpness_before=(), **setting_changes) -> FocusResult:
     """Focus by inference: after every frame, the probability of each candidate focus position
-    given everything seen so far (where the stage stood for each frame, and what its tiles
-    said), from the network's measured error (`predictor.error_model`: its floor near focus,
-    its spread, where it saturates, how reliable its side is). `acquire()` returns a frame,
+    given every frame so far (where the stage stood, what its tiles said and how sharp it was),
+    from the network's measured error (`predictor.error_model`). `acquire()` returns a frame,
     `move_by(delta_um)` moves the stage relative to where it is. The settings (FocusSettings,
     or its fields as keyword arguments: tolerance_um, max_images, max_step_um, confidence,
     z_range_um) say when to stop and where not to go.
@@ -190,12 +224,13 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
       counting a last small move (at most twice the tolerance, not imaged) to the position
       most likely in focus (`next_place`), the frames' sharpness included (sharpness.py).
       Otherwise move there (at most `max_step_um`) and take another frame.
-    - "no_sample" (too few tiles with content): no further move, the loop stops.
-    - With the images used up, the stage stands where the frames were sharpest.
+    - "no_sample" (too few tiles with content): no further move, the loop stops. An error (a bad
+      frame, a camera or stage error) propagates before any further move.
+    - With the images used up, or too few left to make it sure at the pace of the last three
+      ("no_surer": a tolerance finer than it resolves), the stage goes where the frames were sharpest.
     - `z_range_um`, in the units of `z_um()`, which reads the stage: no move leaves it; one that
       would stops at the limit (`at_limit`), and if focus still lies beyond, the loop stops
       there ("at_limit"). A start outside the range: FocusError, no move.
-    - An error (a bad frame, a camera or stage error) propagates before any further move.
     - `prior_sd_um`: focus is known to lie near the start, give or take this much (a
       position focused before, drifting since); without it, every candidate is as likely.
     - `field_log_prior`, `sharpness_before`: an earlier loop's `result.field_log_posterior`
@@ -206,10 +241,10 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
     stage = LimitedStage(move_by, settings.max_step_um, settings.z_range_um, z_um)
     # focus positions relative to the start: as far out as the network's range, and the moves, may reach
     reach_um = (2 + settings.max_images) * predictor.error_model.saturation
-    posterior = FocusPosterior(predictor.error_model, reach_um, settings.tolerance_um, sharpness_width_um(predictor),
+    posterior = FocusPosterior(predictor.error_model, reach_um, settings.tolerance_um, sharpness_curve(predictor),
                                prior_sd_um, field_log_prior, sharpness_before)
     result = FocusResult(converged=False, images=0)
-    in_focus = None
+    in_focus, sureness = None, []
     while result.images < settings.max_images:
         estimate = predictor.predict(acquire())
         result.images, result.estimates = result.images + 1, [*result.estimates, estimate]
@@ -219,7 +254,8 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
         here = stage.moved_um
         posterior.add_frame(estimate, here)
         in_focus = posterior.in_focus()
-        target, result.p_in_focus = likeliest_in_focus(in_focus, posterior.candidates, here)
+        target, result.p_in_focus = best_place(posterior, in_focus, here, settings.tolerance_um)
+        sureness.append(min(result.p_in_focus, posterior.confirmation(target, settings.tolerance_um)))
         target, result.converged = next_place(posterior, target, result.p_in_focus, here, settings)
         if result.converged:
             stage.move(target - here)
@@ -227,36 +263,61 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
             break
         if result.images == settings.max_images:
             break
+        if no_surer(sureness, settings.max_images - result.images, settings.confidence):
+            result.stop_reason = "no_surer"
+            break
         if not stage.move(target - here) and stage.at_limit:
             result.stop_reason = "at_limit"  # already at the limit, and focus lies beyond it
             break
     return finished(result, stage, posterior, in_focus)
 
 
+def best_place(posterior: FocusPosterior, in_focus: np.ndarray, here: float, tolerance_um: float) -> tuple[float, float]:
+    """(the place most likely in focus, that probability): by the whole belief, or near a frame
+    where the sharpness decides, the place the sharpness puts in focus there (`sharpness_target`)."""
+    target, p_in_focus = likeliest_in_focus(in_focus, posterior.candidates, posterior.log_posterior, here)
+    if posterior.sharpness_decides(tolerance_um) and posterior.near_a_frame(target):
+        target = posterior.sharpness_target(target)
+        p_in_focus = float(np.interp(target, posterior.candidates, in_focus))
+    return target, p_in_focus
+
+
 def next_place(posterior: FocusPosterior, target: float, p_in_focus: float, here: float,
                settings: FocusSettings) -> tuple[float, bool]:
     """(where the stage goes next, whether that ends the loop in focus). In focus when `target`
     has the confidence asked for, lies within twice the tolerance of a place imaged (the last
-    move, not imaged, goes no further from what was seen) and the evidence confirms it;
-    where the network alone cannot tell focus from its floor, a frame beside the target first, for
-    the sharpness; a target where the stage already is, the likeliest place beyond the tolerance,
-    so that the next frame tells something new."""
-    near_a_frame = min(abs(target - place) for place in posterior.imaged) <= 2 * settings.tolerance_um
-    sure = p_in_focus >= settings.confidence and near_a_frame
-    if sure and posterior.confirmed(target, settings.tolerance_um):
+    move, not imaged, goes no further from what was seen) and the evidence confirms it.
+    Within a sharpness width of a frame, where the network alone cannot tell focus from its
+    floor, the next frame brackets the target for the sharpness; a target where the stage
+    already is, the likeliest place beyond the tolerance, so that the next frame tells something new."""
+    nearest = min(abs(target - place) for place in posterior.imaged)
+    sure = p_in_focus >= settings.confidence and nearest <= 2 * settings.tolerance_um
+    if sure and posterior.confirmation(target, settings.tolerance_um) >= settings.confidence:
         return target, True
-    if sure:
+    if posterior.sharpness_decides(settings.tolerance_um) and (sure or posterior.near_a_frame(target)):
         return posterior.bracket(target), False
     if abs(target - here) < settings.tolerance_um / 2:
         return posterior.likeliest_beyond(here), False
     return target, False
 
 
-def sharpness_width_um(predictor: FocusPredictor) -> float:
-    """The width of the sharpness curve: the objective's depth of field, or where the model's
-    file does not tell it, the network's reading at focus (about a DOF)."""
+def no_surer(sureness: list[float], images_left: int, confidence: float) -> bool:
+    """Whether the loop, having come to know about where focus is (SETTLED, three frames ago),
+    can no longer reach the confidence asked with the frames it has left, each adding as much as
+    each of its last three did: the tolerance is finer than the network and the frames'
+    sharpness resolve here, and further frames would be spent for little."""
+    if len(sureness) < 4 or sureness[-4] < SETTLED:
+        return False
+    gain = max(sureness[-1] - sureness[-4], 0.0) / 3
+    return sureness[-1] + gain * images_left < confidence
+
+
+def sharpness_curve(predictor: FocusPredictor) -> SharpnessCurve:
+    """The sharpness curve measured on the network's validation split, or where the model's file
+    has none, one as wide as the objective's depth of field (where the file does not tell it
+    either, the network's reading at focus: about a DOF)."""
     model = predictor.error_model
-    return predictor.dof_um or model.gain * max(model.floor, 1e-3)
+    return model.sharpness_curve() or SharpnessCurve.assumed(predictor.dof_um or model.gain * max(model.floor, 1e-3))
 
 
 def finished(result: FocusResult, stage: "LimitedStage", posterior: FocusPosterior,
@@ -298,18 +359,24 @@ def field_seen_before(population: np.ndarray, seen: np.ndarray) -> np.ndarray:
     return np.logaddexp(math.log(1 - FIELD_CHANGE) + seen, math.log(FIELD_CHANGE) + population)
 
 
-def focus_candidates(reach_um: float, tolerance_um: float, points: int = 3001) -> np.ndarray:
-    """Candidate focus positions relative to the start, `reach_um` either side, a tenth of the
+def focus_candidates(reach_um: float, tolerance_um: float, points: int = 1501) -> np.ndarray:
+    """Candidate focus positions relative to the start, `reach_um` either side, a fifth of the
     tolerance apart or as many as `points` allow."""
-    step = max(tolerance_um / 10, 2 * reach_um / (points - 1))
+    step = max(tolerance_um / 5, 2 * reach_um / (points - 1))
     return np.arange(-reach_um, reach_um + step / 2, step)
 
 
-def likeliest_in_focus(in_focus: np.ndarray, candidates: np.ndarray, here: float) -> tuple[float, float]:
+def likeliest_in_focus(in_focus: np.ndarray, candidates: np.ndarray, log_posterior: np.ndarray,
+                       here: float) -> tuple[float, float]:
     """(the position most likely in focus, that probability); of positions as likely within a
-    thousandth (where the network saturates, all those beyond its range), the nearest."""
+    thousandth, where the belief is narrower than the tolerance (the best more likely in focus
+    than not), the nearest to its middle (its median), not an edge of the places all in focus;
+    else (where the network saturates, all those beyond its range) the nearest to `here`."""
     best = in_focus.max()
     near_best = np.flatnonzero(in_focus >= best * 0.999)
+    if best >= 0.5:
+        weights = np.exp(log_posterior - log_posterior.max())
+        here = candidates[np.searchsorted(np.cumsum(weights), weights.sum() / 2)]
     chosen = near_best[np.argmin(np.abs(candidates[near_best] - here))]
     return float(candidates[chosen]), float(in_focus[chosen])
 

@@ -177,8 +177,9 @@ class FocusPredictor:
             reason = (f"{len(tiles)} of {total} tiles have content (contrast of at least {self.min_contrast:g} grey "
                       f"levels, at most {self.max_clipped:.0%} clipped), fewer than min_tiles {self.min_tiles}")
             return FocusEstimate(math.nan, "no_sample", math.nan, None, math.nan, len(tiles), total, reason)
+        sharpness = log_sharpness(tiles)  # before the network, while the tiles are in the CPU's cache
         estimate = self.combine(self.run_tiles(tiles), total)
-        estimate.log_sharpness = log_sharpness(tiles)
+        estimate.log_sharpness = sharpness
         return estimate
 
     def combine(self, outputs: dict, total: int) -> FocusEstimate:

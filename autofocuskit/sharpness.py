@@ -2,35 +2,68 @@
 different heights differ in sharpness, and that difference carries no field offset (the field
 is compared with itself). numpy only.
 
-The log Brenner measure of a field around focus follows a dip of known width and unknown depth:
+The log Brenner measure of a field around focus follows a dip of some width and unknown depth:
 
-    log S(z) = a - depth * u / (1 + u),   u = ((z - focus) / width)^2
+    log S(z) = a - depth * u / (1 + u),   u = ((z - focus - center) / width)^2
 
-`a` (the field's brightness and texture) cancels between frames; `width` is about one depth of
-field: measured on the demo optics (10x/0.3, 20x/0.7, 40x/0.75, five DOF either side), this
-curve with width 1 DOF fits the mean log Brenner within 0.05, and depth runs from 0.9 to 2.1 with
-the objective and the field's contrast over the camera's noise. The loop does not know either
-for the microscope it runs on: it weighs widths of 0.7 to 1.4 DOF and depths of 0.3 to 3 alike,
-so that the frames themselves tell which fits.
+`a` (the field's brightness and texture) cancels between frames; the depth (0.5 to 2.8 on the demo
+optics, with the objective and the field's contrast over the camera's noise) is fitted to the
+frames. Where the shape comes from: myTest.py measures the width, the center (where the sharpest
+plane lies from the labels' focus) and how far images stray from the dip on the validation split's
+fields, each imaged at several heights (fit_sharpness_curve), and writes them into the error model;
+on the demo optics (10x/0.3, 20x/0.7, 40x/0.75) the width is 1.05-1.15 DOF, the center within 0.1
+DOF and the images within 0.015-0.035 of the dip. A file without them assumes a width of one DOF,
+weighing 0.7 to 1.4 DOF alike, and a spread of 0.1. Far out on its tail a field's curve parts from
+the dip (it keeps falling, or flattens at the camera's noise): a frame counts less the further out it lies.
 """
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from .error_model import student_t_log_density
-from .focus_measures import brenner, focus_channel
 
-WIDTHS_DOF = (0.7, 1.0, 1.4)
-DEPTHS = (0.3, 0.6, 1.2, 2.4)
-SPREAD = 0.1  # of log sharpness between frames beyond what the curve explains (noise, tilt, tiles)
+ASSUMED_WIDTHS = (0.7, 1.0, 1.4)  # times the DOF, weighed alike where the curve was not measured
+MEASURED_WIDTHS = (0.85, 1.0, 1.2)  # times the measured width: fields and frames differ a little
+DEPTH_RANGE = (0.2, 4.0)  # of the dip, log units: from a faint field at high NA to a contrasty one at low
+ASSUMED_SPREAD = 0.1  # of log sharpness between frames beyond what the curve explains (noise, tilt, tiles)
+TAIL_WIDTHS = 3.0  # a frame this many widths from the peak strays twice the spread from the dip, further ones more
+MIN_SPREAD = 0.03  # a measured spread is never trusted below this: the microscope's frames are not the split's
 
 
-def log_sharpness(tiles: np.ndarray) -> float:
-    """The log of the median Brenner measure of (N, H, W, 3) uint8 tiles, as make_dataset.py
-    labels focus (focus_measures.brenner of the focus channel)."""
+@dataclass(frozen=True)
+class SharpnessCurve:
+    """The shape of a field's log sharpness around focus, in um: its width, where it peaks
+    relative to the labels' focus (spherical aberration can move the sharpest plane off the
+    focus the labels were made with), how far frames stray from it; measured on the validation
+    split's fields (fit_sharpness_curve) or assumed from the objective's DOF."""
+
+    width_um: float
+    center_um: float = 0.0
+    spread: float = ASSUMED_SPREAD
+    measured: bool = False
+
+    @property
+    def widths_um(self) -> np.ndarray:
+        return np.array(MEASURED_WIDTHS if self.measured else ASSUMED_WIDTHS) * self.width_um
+
+    @classmethod
+    def assumed(cls, dof_um: float) -> "SharpnessCurve":
+        return cls(width_um=dof_um)
+
+
+def log_sharpness(tiles: np.ndarray, every: int = 4) -> float:
+    """The log of the median Brenner measure of (N, H, W, 3) uint8 tiles' focus channel (as
+    make_dataset.py labels focus), across every `every`th row and down every `every`th column:
+    a quarter of the pixels tell the same (the loop compares frames of one field, so the
+    level does not matter) at a quarter of the cost."""
     if len(tiles) == 0:
         return math.nan
-    return float(np.log(np.median([brenner(focus_channel(tile), [(0, 0)])[0] for tile in tiles]) + 1e-6))
+    rows = tiles[:, ::every, :, 1].astype(np.float32)  # focus_channel: the tiles are RGB, green defines focus
+    columns = tiles[:, :, ::every, 1].astype(np.float32)
+    across = rows[:, :, 2:] - rows[:, :, :-2]
+    down = columns[:, 2:] - columns[:, :-2]
+    energy = np.einsum("nij,nij->n", across, across) + np.einsum("nij,nij->n", down, down)
+    return float(np.log(np.median(energy) / across[0].size + 1e-6))
 
 
 def dip(offset_um: np.ndarray, width_um: float) -> np.ndarray:
@@ -43,9 +76,9 @@ class SharpnessEvidence:
     """What the sharpness of a field's frames says of where its focus lies, relative to the
     loop's start: a log likelihood over candidate focus positions."""
 
-    def __init__(self, dof_um: float):
-        self.width_um = dof_um
-        self.widths_um = np.array(WIDTHS_DOF) * dof_um
+    def __init__(self, curve: SharpnessCurve):
+        self.curve = curve
+        self.width_um = curve.width_um
         self.positions: list[float] = []
         self.values: list[float] = []
         self.seen_before = 0  # the first frames are an earlier loop's on the same field
@@ -76,16 +109,55 @@ class SharpnessEvidence:
 
     def log_likelihood(self, candidates: np.ndarray) -> np.ndarray:
         """Over candidate focus positions; flat with fewer than two frames (one frame has
-        nothing to be compared with)."""
+        nothing to be compared with). For each width the field's level and the dip's depth are
+        fitted to the frames (weighted least squares, the depth kept within DEPTH_RANGE), and
+        the fit weighed as a Gaussian likelihood with the level and depth summed out: frames
+        that fit one depth well for a candidate make it likely. A frame counts less the further
+        it lies out on the dip's tail, where fields' curves part from the dip (TAIL_WIDTHS)."""
         if len(self.values) < 2:
             return np.zeros(len(candidates))
-        here = np.array(self.positions)[:, None, None]
-        values = np.array(self.values)[:, None, None]
+        values = np.array(self.values)[:, None]
+        low, high = DEPTH_RANGE
+        offsets = np.array(self.positions)[:, None] - (candidates + self.curve.center_um)[None, :]
         totals = []
-        for width in self.widths_um:
-            shape = dip(here - candidates[None, None, :], width)  # (frames, 1, candidates)
-            residual = values - np.array(DEPTHS)[None, :, None] * shape  # (frames, depths, candidates)
-            residual -= residual.mean(axis=0, keepdims=True)  # the field's own level cancels
-            totals.append(student_t_log_density(residual / SPREAD).sum(axis=0))  # (depths, candidates)
-        totals = np.concatenate(totals)
+        for width in self.curve.widths_um:
+            shape = dip(offsets, width)  # (frames, candidates)
+            sigma = self.curve.spread * (1 + (offsets / (TAIL_WIDTHS * width)) ** 2)
+            weight = 1 / sigma**2
+            total_weight = weight.sum(axis=0)
+            shape = shape - (weight * shape).sum(axis=0) / total_weight
+            level = values - (weight * values).sum(axis=0) / total_weight  # the field's own level cancels
+            sxx = np.maximum((weight * shape * shape).sum(axis=0), 1e-12)
+            depth = np.clip((weight * shape * level).sum(axis=0) / sxx, low, high)
+            misfit = (weight * (level - depth * shape) ** 2).sum(axis=0)
+            room = np.log1p(sxx * (high - low) ** 2 / (2 * math.pi))  # what summing out the depth costs
+            totals.append(-misfit / 2 - room / 2 - np.log(sigma).sum(axis=0) - np.log(total_weight) / 2)
         return np.logaddexp.reduce(totals, axis=0) - math.log(len(totals))
+
+
+def fit_sharpness_curve(labels: np.ndarray, values: np.ndarray, fields: np.ndarray) -> tuple[float, float, float] | None:
+    """(width, center, spread) of the dip that fits the validation images' log sharpness
+    `values` best, each field (`fields`: one key per image) with its own level and depth;
+    lengths in the labels' unit. None where no field has three images to compare."""
+    labels, values, fields = np.asarray(labels, float), np.asarray(values, float), np.asarray(fields)
+    usable = np.isfinite(values)
+    groups = [(labels[chosen], values[chosen]) for key in np.unique(fields[usable])
+              if (chosen := usable & (fields == key)).sum() >= 3]
+    if not groups:
+        return None
+    reach = max(float(np.abs(labels).max()), 1e-9)
+    best = (math.inf, math.nan, math.nan)
+    for width in np.geomspace(0.02, 0.6, 41) * reach:
+        for center in np.linspace(-0.5, 0.5, 21) * width:
+            misfit = sum(dip_misfit(dip(z - center, width), v) for z, v in groups)
+            best = min(best, (misfit, width, center))
+    misfit, width, center = best
+    freedom = sum(len(z) for z, _ in groups) - 2 * len(groups) - 2
+    return float(width), float(center), math.sqrt(misfit / max(freedom, 1))
+
+
+def dip_misfit(shape: np.ndarray, values: np.ndarray) -> float:
+    """The squared residual of one field's values about its best level and depth (at least 0) on `shape`."""
+    shape, values = shape - shape.mean(), values - values.mean()
+    depth = max(float(shape @ values) / max(float(shape @ shape), 1e-12), 0.0)
+    return float(((values - depth * shape) ** 2).sum())

@@ -14,6 +14,7 @@ from torchvision import transforms
 from autofocuskit.datasets import (
     DatasetError,
     ImageDecodeError,
+    field_key,
     MOAFDataset,
     SOAFDataset,
 )
@@ -249,3 +250,14 @@ def test_image_cache_gives_the_same_images(demo_root, capsys):
     for index in (0, len(plain) - 1):
         assert torch.equal(plain[index][0], cached[index][0])
         assert torch.equal(plain[index][1], cached[index][1])
+
+
+@pytest.mark.parametrize("path, field", [
+    ("images/10x_0.3/val/slide1/field003_z+001.250um.png", "images/10x_0.3/val/slide1/field003"),  # make_demo_data.py
+    ("images/10x_0.3/val/slide1/field003_z-005.733um.png", "images/10x_0.3/val/slide1/field003"),
+    ("tiles/stack7/z012_y00448_x00224.tif", "tiles/stack7/_y00448_x00224"),  # make_dataset.py
+    ("tiles/stack7/z013_y00448_x00224.tif", "tiles/stack7/_y00448_x00224"),
+    ("a/zebra.png", "a/zebra"),  # no height in the name: a field of its own
+])
+def test_an_images_field_is_its_path_without_the_height(path, field):
+    assert field_key(path) == field

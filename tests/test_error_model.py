@@ -1,7 +1,7 @@
 """error_model.py: a known error recovered from validation-like predictions, the text it travels
 as, and the likelihood the focus loop reasons with."""
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -52,3 +52,44 @@ def test_a_file_exported_with_the_former_field_names_still_reads():
     former = json.loads(MODEL.to_metadata())
     former["side_scale"], former["images"] = former.pop("side_reach"), former.pop("validation_images")
     assert ErrorModel.from_metadata(json.dumps(former)) == ErrorModel.from_metadata(MODEL.to_metadata())
+
+
+def test_the_sharpness_curve_is_measured_with_the_error_and_files_without_it_still_read():
+    rng = np.random.default_rng(1)
+    labels = rng.uniform(-20, 20, 64)
+    fields = np.repeat(np.arange(8), 8)
+    depths, levels = rng.uniform(0.8, 2.0, 8), rng.uniform(3, 8, 8)
+    u = ((labels - 0.5) / 4.0) ** 2
+    sharpness = levels[fields] - depths[fields] * u / (1 + u) + rng.normal(0, 0.02, 64)
+    distances = MODEL.mean_distance(np.abs(labels))
+    fitted = fit_error_model(labels, distances, labels, 20.0, sharpness, fields)
+    curve = fitted.sharpness_curve()
+    assert curve.measured and curve.width_um == pytest.approx(4.0, rel=0.15)
+    assert curve.center_um == pytest.approx(0.5, abs=0.4) and curve.spread >= 0.03  # never trusted below MIN_SPREAD
+    assert asdict(ErrorModel.from_metadata(fitted.to_metadata()).sharpness_curve()) == pytest.approx(asdict(curve))
+    assert "log sharpness" in fitted.describe("um")
+    without = json.loads(fitted.to_metadata())
+    for name in ("sharpness_width", "sharpness_center", "sharpness_spread"):
+        del without[name]
+    assert ErrorModel.from_metadata(json.dumps(without)).sharpness_curve() is None
+    assert fit_error_model(labels, distances, labels, 20.0).sharpness_curve() is None  # no sharpness given
+
+
+def test_a_moaf_model_in_dof_is_given_in_um_with_every_length():
+    in_dof = ErrorModel(floor=0.2, gain=1.0, sigma0=0.1, sigma_slope=0.05, saturation=5.0, side_max=0.9,
+                        side_reach=1.0, validation_images=64, field_spread=0.3, sharpness_width=1.1,
+                        sharpness_center=0.1, sharpness_spread=0.04)
+    in_um = in_dof.in_um(2.0)
+    assert (in_um.floor, in_um.sigma0, in_um.saturation, in_um.side_reach) == pytest.approx((0.4, 0.2, 10.0, 2.0))
+    assert (in_um.field_spread, in_um.sharpness_width, in_um.sharpness_center) == pytest.approx((0.6, 2.2, 0.2))
+    assert in_um.sigma_slope == 0.05 and in_um.sharpness_spread == 0.04  # no unit
+
+
+def test_a_network_resolves_the_tolerance_only_if_enough_fields_measured_its_spread():
+    """The reading changes by 1.4 times its spread within the tolerance: sixteen validation fields
+    leave that spread plausible within a factor 1.3, four within 2.3."""
+    model = ErrorModel(floor=2.5, gain=1.0, sigma0=0.3, sigma_slope=0.0, saturation=20.0, side_max=0.9,
+                       side_reach=2.0, validation_images=128, field_spread=0.4)
+    change = float(model.mean_distance(np.array(2.0)) - model.mean_distance(np.array(0.0)))
+    assert change / np.hypot(0.3, 0.4) == pytest.approx(1.4, abs=0.1)
+    assert replace(model, validation_fields=16).resolves(2.0) and not replace(model, validation_fields=4).resolves(2.0)

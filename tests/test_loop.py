@@ -89,7 +89,7 @@ def test_beyond_the_trained_range_the_loop_still_comes_in_bounded_by_the_largest
     result, end = scripted_loop(40.0, lambda stage: ScriptedNetwork(stage, error_model=saturating), tolerance_um=1.0,
                                 max_images=8, max_step_um=15.0)
     assert all(abs(move) <= 15.0 for move in result.moves_um) and result.moves_um[0] < 0
-    assert result.converged and abs(end) <= 1.0
+    assert result.converged and abs(end) <= 1.0 + 1e-9
 
 
 def test_a_network_blind_to_the_side_tries_one_and_turns_back_when_wrong():
@@ -216,7 +216,9 @@ def test_with_the_frames_sharpness_the_loops_claims_hold_on_a_network_its_error_
 
 
 def test_a_network_that_cannot_focus_never_leaves_the_stage_blurrier_than_found():
-    """It reads far whatever the truth: the loop does not converge and ends at the sharpest place it imaged."""
+    """It reads far whatever the truth. A loop that stops as in focus has it from the frames'
+    sharpness and is; one that does not ends at the sharpest place it imaged: no blurrier than
+    the start, but for the sharpness's noise (0.03 in log, about 0.1 DOF near focus)."""
     rng = np.random.default_rng(1)
 
     class Lost(FirstNetwork):
@@ -225,10 +227,13 @@ def test_a_network_that_cannot_focus_never_leaves_the_stage_blurrier_than_found(
             far = rng.uniform(5, 12)
             return replace(estimate, defocus_um=far * rng.choice([-1, 1]), distance_um=far)
 
+    converged = 0
     for _ in range(20):
         start = rng.uniform(-3, 3)
         result, end = scripted_loop(start, lambda stage: Lost(stage, rng), tolerance_um=0.5, max_images=4)
-        assert not result.converged and abs(end) <= abs(start) + 1e-9
+        converged += result.converged
+        assert abs(end) <= 0.5 if result.converged else abs(end) <= abs(start) + 0.1
+    assert converged <= 5  # the network's readings keep most loops from claiming focus
 
 
 def focused_field():
@@ -272,3 +277,24 @@ def test_a_field_that_stays_in_focus_takes_one_image_at_every_later_time_point()
         result = loop(**seen_before(result))
         images.append(result.images)
     assert images == [1, 1, 1, 1] and abs(stage["z"]) <= 0.5
+
+
+def test_a_tolerance_finer_than_the_loop_can_resolve_stops_early_and_says_so():
+    """A twentieth of a DOF, on a first network and its frames' sharpness (noise 0.03 in log):
+    some loops find that the frames they have left, gaining what their last three did, cannot
+    make them sure, stop before the images run out and end where the frames were sharpest; at
+    half a DOF none stops so."""
+    rng = np.random.default_rng(3)
+    reasons, images = [], []
+    for _ in range(12):
+        result, end = scripted_loop(rng.uniform(-4, 4), lambda stage: FirstNetwork(stage, rng), tolerance_um=0.05,
+                                    max_images=8)
+        reasons.append(result.stop_reason)
+        if result.stop_reason == "no_surer":
+            images.append(result.images)
+            assert not result.converged and result.p_in_focus < 0.8 and abs(end) <= 1.5
+    assert reasons.count("no_surer") >= 4 and max(images) < 8
+    for _ in range(12):
+        result, _ = scripted_loop(rng.uniform(-4, 4), lambda stage: FirstNetwork(stage, rng), tolerance_um=0.5,
+                                  max_images=8)
+        assert result.stop_reason == "within_tolerance"

@@ -35,6 +35,8 @@ def test_train_then_test_end_to_end(demo_root, tmp_path):
     metadata = onnxruntime.InferenceSession(str(onnx_file)).get_modelmeta().custom_metadata_map
     error_model = ErrorModel.from_metadata(metadata["error_model"])  # measured on the validation split
     assert error_model.validation_images == len(pd.concat(pd.read_csv(f) for f in (demo_root / ".val").glob("10x_0.3*.csv")))
+    # the validation fields' sharpness curve, about a DOF wide (8.28 um at 10x/0.3)
+    assert 0.4 * 8.28 < error_model.sharpness_curve().width_um < 2.5 * 8.28
     assert "Error model (validation split" in tested.stdout
     assert (tmp_path / ".result" / f"ckpts-{best.stem}_error_model.png").is_file()
     assert json.loads(metadata["pixel_size_um"]) == {"10x/0.3": pytest.approx(0.65)}

@@ -1,6 +1,7 @@
 """sharpness.py: the frames' log Brenner falls away from focus on rendered tissue as the dip it
-assumes; the evidence is flat for one frame, peaks at the focus the frames show, and does not
-care how bright or textured the field is."""
+assumes, and the dip's width and peak are measured from fields imaged at several heights; the
+evidence is flat for one frame, peaks at the focus the frames show, and does not care how bright
+or textured the field is."""
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from autofocuskit.imaging import IMAGE_SIZE
 from autofocuskit.optics import VirtualMicroscope
 from autofocuskit.schema import depth_of_field_um
-from autofocuskit.sharpness import SharpnessEvidence, log_sharpness
+from autofocuskit.sharpness import SharpnessCurve, SharpnessEvidence, fit_sharpness_curve, log_sharpness
 
 
 def tiles_of(frame: np.ndarray) -> np.ndarray:
@@ -31,14 +32,14 @@ def test_sharpness_falls_away_from_focus_on_either_side_as_the_dip_says():
     assert math.isnan(log_sharpness(np.empty((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)))
 
 
-def dip(z: float, focus: float, level: float = 5.0, depth: float = 1.5) -> float:
-    u = (z - focus) ** 2
+def dip(z: float, focus: float, level: float = 5.0, depth: float = 1.5, width: float = 1.0) -> float:
+    u = ((z - focus) / width) ** 2
     return level - depth * u / (1 + u)
 
 
 def test_the_evidence_is_flat_for_one_frame_and_peaks_where_the_frames_say():
     candidates = np.linspace(-5, 5, 1001)
-    evidence = SharpnessEvidence(dof_um=1.0)
+    evidence = SharpnessEvidence(SharpnessCurve.assumed(1.0))
     evidence.add_frame(0.0, dip(0.0, 1.3))
     assert np.ptp(evidence.log_likelihood(candidates)) == 0
     for z in (2.5, 1.0):
@@ -49,8 +50,56 @@ def test_the_evidence_is_flat_for_one_frame_and_peaks_where_the_frames_say():
 
 def test_the_fields_brightness_cancels():
     candidates = np.linspace(-5, 5, 201)
-    dim, bright = SharpnessEvidence(1.0), SharpnessEvidence(1.0)
+    dim, bright = SharpnessEvidence(SharpnessCurve.assumed(1.0)), SharpnessEvidence(SharpnessCurve.assumed(1.0))
     for z in (-2.0, 0.5, 1.5):
         dim.add_frame(z, dip(z, 0.8, level=2.0))
         bright.add_frame(z, dip(z, 0.8, level=9.0))
     np.testing.assert_allclose(dim.log_likelihood(candidates), bright.log_likelihood(candidates), atol=1e-9)
+
+
+def test_the_curve_is_measured_from_fields_each_with_its_own_level_and_depth():
+    rng = np.random.default_rng(0)
+    labels, values, fields = [], [], []
+    for field in range(4):
+        level, depth = rng.uniform(2, 9), rng.uniform(0.5, 2.5)
+        for z in rng.uniform(-5, 5, 8):
+            labels.append(z)
+            values.append(dip(z, 0.3, level, depth, width=1.6) + rng.normal(0, 0.02))
+            fields.append(f"slide/field{field}")
+    width, center, spread = fit_sharpness_curve(np.array(labels), np.array(values), np.array(fields))
+    assert width == pytest.approx(1.6, rel=0.15) and center == pytest.approx(0.3, abs=0.15)
+    assert spread == pytest.approx(0.02, abs=0.015)
+    # a field seen at fewer than three heights has nothing to fit
+    assert fit_sharpness_curve(np.array([0.0, 1.0]), np.array([5.0, 4.0]), np.array(["a", "a"])) is None
+
+
+def test_the_measured_width_on_rendered_tissue_is_about_one_dof():
+    dof = depth_of_field_um(40, 0.75)
+    labels, values, fields = [], [], []
+    for seed in range(3):
+        scope = VirtualMicroscope(40, 0.75, size=224, seed=seed)
+        for defocus_dof in (-4, -2, -1, -0.5, 0, 0.5, 1, 2, 4):
+            scope.defocus_um = defocus_dof * dof
+            labels.append(scope.defocus_um)
+            values.append(log_sharpness(scope.acquire()[None]))
+            fields.append(seed)
+    width, center, _ = fit_sharpness_curve(np.array(labels), np.array(values), np.array(fields))
+    assert width / dof == pytest.approx(1.0, abs=0.3) and abs(center) < 0.25 * dof
+
+
+def test_a_measured_curve_pins_focus_from_frames_on_one_flank_that_an_assumed_one_cannot():
+    """Frames beside focus on one side fit a narrower dip nearer them about as well as the true
+    one: weighing the widths the DOF allows leaves focus open, the measured width does not."""
+    candidates = np.linspace(-3, 3, 601)
+    assumed = SharpnessEvidence(SharpnessCurve.assumed(1.0))
+    measured = SharpnessEvidence(SharpnessCurve(1.0, spread=0.03, measured=True))
+    for z in (-2.3, 1.1, 1.8):
+        for evidence in (assumed, measured):
+            evidence.add_frame(z, dip(z, 0.0, depth=2.8))
+
+    def in_tolerance(evidence):
+        log_likelihood = evidence.log_likelihood(candidates)
+        weights = np.exp(log_likelihood - log_likelihood.max())
+        return weights[np.abs(candidates) <= 0.5].sum() / weights.sum()
+
+    assert in_tolerance(measured) > 0.9 > in_tolerance(assumed)
