@@ -75,8 +75,9 @@ def simulate(args, predictor: FocusPredictor) -> None:
     print(f"within 1 DOF when stopped after at most 2 / 3 / 4 images: {shares}")
     if claims:
         print(claims_held(*(np.array(column) for column in zip(*claims))))
-    print(f"the loop's own cost (all but the camera and the network): {1000 * loop_s / images_total:.2f} ms per image")
-    print_latency(predictor, args.seed)
+    loop_ms = 1000 * loop_s / images_total
+    print(f"the loop's own cost (all but the camera and the network): {loop_ms:.2f} ms per image")
+    print_latency(predictor, args.seed, loop_ms)
 
 
 def claims_held(claimed: np.ndarray, held: np.ndarray) -> str:
@@ -91,23 +92,28 @@ def claims_held(claimed: np.ndarray, held: np.ndarray) -> str:
     return line
 
 
-def print_latency(predictor: FocusPredictor, seed: int, repeats: int = 20) -> None:
-    """Median time of predict() on 1024 and 2048 pixel frames, beside ONNX Runtime's time for the same tiles."""
+def print_latency(predictor: FocusPredictor, seed: int, loop_ms: float, repeats: int = 20) -> None:
+    """Median time of predict() on 1024 and 2048 pixel frames, beside ONNX Runtime's time for the
+    same tiles; the frames' sharpness measure (part of predict) and, with it, the loop's own cost
+    `loop_ms` against the network's time."""
     from autofocuskit.optics import VirtualMicroscope
+    from autofocuskit.sharpness import log_sharpness
 
     for size in (1024, 2048):
         frame = VirtualMicroscope(10, 0.3, size=size, seed=seed).acquire()
         tiles, _ = predictor.tiles(frame)
-        whole, bare = [], []
-        for _ in range(repeats):  # taking turns, so that a busy moment of the machine hits both
-            start = time.perf_counter()
-            predictor.predict(frame)
-            whole.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            predictor.run_tiles(tiles)
-            bare.append(time.perf_counter() - start)
-        print(f"{size}x{size} frame, {len(tiles)} tiles: predict {1000 * np.median(whole):.1f} ms, ONNX Runtime "
-              f"alone {1000 * np.median(bare):.1f} ms ({np.median(whole) / np.median(bare):.2f}x)")
+        times = {"predict": [], "network": [], "sharpness": []}
+        for _ in range(repeats):  # taking turns, so that a busy moment of the machine hits all three
+            tiles, _ = predictor.tiles(frame)  # the sharpness as predict measures it: on tiles just cut
+            for name, call in (("sharpness", lambda: log_sharpness(tiles)), ("predict", lambda: predictor.predict(frame)),
+                               ("network", lambda: predictor.run_tiles(tiles))):
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
+        whole, bare, sharpness = (1000 * np.median(times[name]) for name in ("predict", "network", "sharpness"))
+        print(f"{size}x{size} frame, {len(tiles)} tiles: predict {whole:.1f} ms, ONNX Runtime alone {bare:.1f} ms "
+              f"({whole / bare:.2f}x); the frames' sharpness {sharpness:.2f} ms, with the loop's own "
+              f"{sharpness + loop_ms:.2f} ms: {(sharpness + loop_ms) / bare:.2f} of the network's time")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
