@@ -101,7 +101,6 @@ def print_latency(predictor: FocusPredictor, seed: int, loop_ms: float, repeats:
 
     for size in (1024, 2048):
         frame = VirtualMicroscope(10, 0.3, size=size, seed=seed).acquire()
-        tiles, _ = predictor.tiles(frame)
         times = {"predict": [], "network": [], "sharpness": []}
         for _ in range(repeats):  # taking turns, so that a busy moment of the machine hits all three
             tiles, _ = predictor.tiles(frame)  # the sharpness as predict measures it: on tiles just cut

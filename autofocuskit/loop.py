@@ -163,18 +163,23 @@ class FocusPosterior:
         NEIGHBOURHOOD widths of it (how far out focus lies is the network's to tell)."""
         if not self.sharpness_decides(tolerance_um):
             return 1.0
-        near = np.abs(self.candidates - target_um) <= NEIGHBOURHOOD * self.sharpness.width_um
-        weights = np.exp(self.sharpness_log_likelihood[near] - self.sharpness_log_likelihood[near].max())
-        within = np.abs(self.candidates[near] - target_um) <= tolerance_um
+        local = self.sharpness_near(target_um)
+        weights = np.exp(local - local.max())
+        within = np.abs(self.candidates - target_um) <= tolerance_um
         return float(weights[within].sum() / weights.sum())
+
+    def sharpness_near(self, target_um: float) -> np.ndarray:
+        """The sharpness's log likelihood over the places within NEIGHBOURHOOD widths of
+        `target_um`, -inf beyond them."""
+        near = np.abs(self.candidates - target_um) <= NEIGHBOURHOOD * self.sharpness.width_um
+        return np.where(near, self.sharpness_log_likelihood, -np.inf)
 
     def sharpness_target(self, target_um: float) -> float:
         """Within NEIGHBOURHOOD widths of `target_um`, the place that the frames' sharpness alone
         puts most likely within the tolerance of focus: near focus, where the network reads its
         floor, the sharpness places focus and the network only says near where."""
-        near = np.abs(self.candidates - target_um) <= NEIGHBOURHOOD * self.sharpness.width_um
-        local = np.where(near, self.sharpness_log_likelihood, -np.inf)
-        return float(self.candidates[np.argmax(probability_in_focus(local, self.candidates, self.tolerance_um))])
+        local_in_focus = probability_in_focus(self.sharpness_near(target_um), self.candidates, self.tolerance_um)
+        return float(self.candidates[np.argmax(local_in_focus)])
 
     def bracket(self, target_um: float) -> float:
         """A place BRACKET_SPAN widths beside the frame nearest `target_um`: towards the target
@@ -218,7 +223,7 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
     from the network's measured error (`predictor.error_model`). `acquire()` returns a frame,
     `move_by(delta_um)` moves the stage relative to where it is. The settings (FocusSettings,
     or its fields as keyword arguments: tolerance_um, max_images, max_step_um, confidence,
-    z_range_um) say when to stop and where not to go.
+    z_range_um) say when to stop and where not to go; `result.p_in_focus`: the last probability of focus.
 
     - Stop when the stage is within the tolerance of focus with probability `confidence`,
       counting a last small move (at most twice the tolerance, not imaged) to the position
@@ -235,7 +240,6 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
       position focused before, drifting since); without it, every candidate is as likely.
     - `field_log_prior`, `sharpness_before`: an earlier loop's `result.field_log_posterior`
       and `result.sharpness_seen` on the same field, which it left where this loop starts.
-    `result.p_in_focus` is the last probability of being within the tolerance.
     """
     settings = FocusSettings.of(settings, **setting_changes)
     stage = LimitedStage(move_by, settings.max_step_um, settings.z_range_um, z_um)
@@ -255,8 +259,9 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
         posterior.add_frame(estimate, here)
         in_focus = posterior.in_focus()
         target, result.p_in_focus = best_place(posterior, in_focus, here, settings.tolerance_um)
-        sureness.append(min(result.p_in_focus, posterior.confirmation(target, settings.tolerance_um)))
-        target, result.converged = next_place(posterior, target, result.p_in_focus, here, settings)
+        confirmation = posterior.confirmation(target, settings.tolerance_um)
+        sureness.append(min(result.p_in_focus, confirmation))
+        target, result.converged = next_place(posterior, target, result.p_in_focus, confirmation, here, settings)
         if result.converged:
             stage.move(target - here)
             result.stop_reason = "within_tolerance"
@@ -282,17 +287,18 @@ def best_place(posterior: FocusPosterior, in_focus: np.ndarray, here: float, tol
     return target, p_in_focus
 
 
-def next_place(posterior: FocusPosterior, target: float, p_in_focus: float, here: float,
+def next_place(posterior: FocusPosterior, target: float, p_in_focus: float, confirmation: float, here: float,
                settings: FocusSettings) -> tuple[float, bool]:
     """(where the stage goes next, whether that ends the loop in focus). In focus when `target`
     has the confidence asked for, lies within twice the tolerance of a place imaged (the last
-    move, not imaged, goes no further from what was seen) and the evidence confirms it.
+    move, not imaged, goes no further from what was seen) and the evidence confirms it
+    (`confirmation`, FocusPosterior.confirmation's).
     Within a sharpness width of a frame, where the network alone cannot tell focus from its
     floor, the next frame brackets the target for the sharpness; a target where the stage
     already is, the likeliest place beyond the tolerance, so that the next frame tells something new."""
     nearest = min(abs(target - place) for place in posterior.imaged)
     sure = p_in_focus >= settings.confidence and nearest <= 2 * settings.tolerance_um
-    if sure and posterior.confirmation(target, settings.tolerance_um) >= settings.confidence:
+    if sure and confirmation >= settings.confidence:
         return target, True
     if posterior.sharpness_decides(settings.tolerance_um) and (sure or posterior.near_a_frame(target)):
         return posterior.bracket(target), False

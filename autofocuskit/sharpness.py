@@ -78,10 +78,13 @@ class SharpnessEvidence:
 
     def __init__(self, curve: SharpnessCurve):
         self.curve = curve
-        self.width_um = curve.width_um
         self.positions: list[float] = []
         self.values: list[float] = []
         self.seen_before = 0  # the first frames are an earlier loop's on the same field
+
+    @property
+    def width_um(self) -> float:
+        return self.curve.width_um
 
     def add_frame(self, here_um: float, value: float) -> None:
         if math.isfinite(value):
