@@ -8,8 +8,9 @@ The measured model, for a true distance d from focus (whatever the side):
   a floor near focus (a network reads a few tenths of a DOF where the image is sharp) and no
   growth beyond the largest distance trained on (`saturation`);
 - its spread is sigma0 + sigma_slope * min(d, saturation); most of it is the field's own: a
-  field unlike most reads long or short at every distance, by an offset that spreads by
-  `field_spread` between the validation images (their residuals' robust spread);
+  field unlike most reads long or short at every distance by a factor (its texture looks finer
+  or coarser than most), an offset that spreads by `field_spread` (the validation images'
+  residuals' robust spread) at the middle of the trained range and in proportion elsewhere;
 - the side is right with probability 0.5 + (side_max - 0.5) * (1 - exp(-d / side_reach)):
   a coin flip at focus, as reliable as the optics allow further out.
 A frame's estimate is the median of its tiles: for a given field offset its spread is that
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 
 from .imaging import robust_spread
-from .sharpness import MIN_SPREAD, SharpnessCurve, fit_sharpness_curve
+from .sharpness import ASSUMED_DEPTH, MIN_DEPTH_SPREAD, MIN_SPREAD, SharpnessCurve, fit_sharpness_curve
 
 MEDIAN_EFFICIENCY = 1.2533  # the standard error of a median of normal values over that of their mean
 STUDENT_DOF = 3  # the degrees of freedom of the distance's likelihood: heavy tails, a finite variance
@@ -56,8 +57,8 @@ def expected_distance(true_distance: np.ndarray, floor: float, gain: float, satu
 
 
 # fields files exported before them lack
-OPTIONAL_FIELDS = ("field_spread", "sharpness_width", "sharpness_center", "sharpness_spread", "validation_fields",
-                   "measured")
+OPTIONAL_FIELDS = ("field_spread", "sharpness_width", "sharpness_center", "sharpness_spread", "sharpness_depth",
+                   "sharpness_depth_spread", "validation_fields", "measured")
 # fields as files exported before they had their present names call them
 FORMER_NAMES = {"side_scale": "side_reach", "images": "validation_images"}
 
@@ -74,10 +75,13 @@ class ErrorModel:
     validation_images: int  # validation images measured (the fit's own uncertainty shrinks with them)
     field_spread: float = 0.0  # standard deviation of a field's offset on the distance read
     # the validation fields' log sharpness around focus (sharpness.py's dip): its width, where it
-    # peaks, how far images stray from it; a width of 0: not measured (then it is assumed from the DOF)
+    # peaks, how far images stray from it, its depth and how far fields' depths spread; a width
+    # of 0: not measured (then it is assumed from the DOF), a depth of 0: assumed
     sharpness_width: float = 0.0
     sharpness_center: float = 0.0
     sharpness_spread: float = 0.0
+    sharpness_depth: float = 0.0
+    sharpness_depth_spread: float = 0.0
     validation_fields: int = 0  # fields among the validation images (0: not told; then each image counts as one)
     measured: bool = True  # False: a conservative default for a model exported without one
 
@@ -86,6 +90,11 @@ class ErrorModel:
 
     def sigma(self, distance: np.ndarray) -> np.ndarray:
         return self.sigma0 + self.sigma_slope * np.minimum(distance, self.saturation)
+
+    def field_scale(self) -> float:
+        """The distance read at the middle of the trained range, where a field's offset is taken
+        to be as large as `field_spread` measures it: the offset scales with the distance read."""
+        return max(float(self.mean_distance(np.array(self.saturation / 2))), 1e-9)
 
     def side_accuracy(self, distance: np.ndarray) -> np.ndarray:
         return 0.5 + (self.side_max - 0.5) * (1 - np.exp(-distance / self.side_reach))
@@ -111,8 +120,10 @@ class ErrorModel:
         """The sharpness curve measured on the validation split; None where it was not."""
         if self.sharpness_width <= 0:
             return None
+        depth, depth_spread = (self.sharpness_depth, self.sharpness_depth_spread) if self.sharpness_depth > 0 \
+            else ASSUMED_DEPTH
         return SharpnessCurve(self.sharpness_width, self.sharpness_center, max(self.sharpness_spread, MIN_SPREAD),
-                              measured=True)
+                              depth, max(depth_spread, MIN_DEPTH_SPREAD * depth), measured=True)
 
     def to_metadata(self) -> str:
         return json.dumps({name: round(value, 6) if isinstance(value, float) else value
@@ -135,7 +146,8 @@ class ErrorModel:
         if not (model.floor >= 0 and model.gain > 0 and model.sigma0 > 0 and model.sigma_slope >= 0
                 and model.saturation > 0 and 0.5 <= model.side_max < 1 and model.side_reach > 0
                 and model.validation_images >= 0 and model.field_spread >= 0 and model.sharpness_width >= 0
-                and model.sharpness_spread >= 0 and model.validation_fields >= 0):
+                and model.sharpness_spread >= 0 and model.sharpness_depth >= 0
+                and model.sharpness_depth_spread >= 0 and model.validation_fields >= 0):
             raise ValueError("a field is out of its range (spreads, gain, saturation and side_reach positive, "
                              "side_max in [0.5, 1))")
         return model
@@ -148,10 +160,12 @@ class ErrorModel:
                    measured=False)
 
     def field_offsets(self, count: int = 15) -> tuple[np.ndarray, np.ndarray]:
-        """Field offsets over +-4 spreads and the log of their prior weights: Student's t, for
-        now and then a field far unlike the validation images."""
+        """Field offsets over +-4 measured spreads and the log of their prior weights: Student's
+        t, for now and then a field far unlike the validation images, as wide as the validation
+        fields leave its spread plausible (as in `resolves`)."""
         offsets = np.linspace(-4, 4, count) * self.field_spread
-        log_prior = student_t_log_density(offsets / max(self.field_spread, 1e-9))
+        plausible = self.field_spread * spread_upper_bound(self.validation_fields or self.validation_images)
+        log_prior = student_t_log_density(offsets / max(plausible, 1e-9))
         return offsets, log_prior - log_sum_exp(log_prior)
 
     def log_likelihood(self, distance: float, defocus: float, p_positive: float | None, tiles: int,
@@ -165,7 +179,8 @@ class ErrorModel:
         sigma = np.sqrt((MEDIAN_EFFICIENCY * tile_spread / math.sqrt(max(tiles, 1))) ** 2 + fit**2)
         # Student's t with 3 degrees of freedom rather than a normal: a frame now and then reads
         # far off, and one such frame must not outweigh the rest
-        z = (distance - offsets[:, None] - self.mean_distance(true_distance)) / sigma
+        expected = self.mean_distance(true_distance) * np.maximum(1 + offsets[:, None] / self.field_scale(), 0.0)
+        z = (distance - expected) / sigma
         log_likelihood = student_t_log_density(z) - np.log(sigma)
         # beyond the trained range the validation split says nothing of the side: no evidence there
         right = np.where(true_distance <= self.saturation, self.side_accuracy(true_distance), 0.5)
@@ -187,7 +202,8 @@ class ErrorModel:
                 f"{self.field_spread:.3f} {unit}), flat beyond {self.saturation:.3f} {unit}; side right far from "
                 f"focus {self.side_max:.0%}, two thirds of that margin within {self.side_reach:.3f} {unit}; "
                 + (f"log sharpness a dip {self.sharpness_width:.3f} {unit} wide peaking at {self.sharpness_center:+.3f} "
-                   f"{unit}, images off it by {self.sharpness_spread:.3f}; " if self.sharpness_width > 0 else "")
+                   f"{unit}, {self.sharpness_depth:.2f} +- {self.sharpness_depth_spread:.2f} deep, images off it by "
+                   f"{self.sharpness_spread:.3f}; " if self.sharpness_width > 0 else "")
                 + f"from {self.validation_images} validation images"
                 + (f" of {self.validation_fields} fields" if self.validation_fields else ""))
 
@@ -230,7 +246,7 @@ def fit_error_model(labels: np.ndarray, distances: np.ndarray, signed: np.ndarra
     residual = (distances - expected_distance(true, floor, gain, saturation))[inside]
     field_spread = robust_spread(residual) if inside.sum() >= 5 else sigma0
     curve = None if sharpness is None or fields is None else fit_sharpness_curve(labels, sharpness, fields)
-    width, center, spread = curve or (0.0, 0.0, 0.0)
+    width, center, spread, depth, depth_spread = curve or (0.0,) * 5
     return ErrorModel(float(floor), float(gain), sigma0, sigma_slope, float(saturation), float(side_max),
                       float(side_reach), int(len(true)), max(field_spread, 0.01 * saturation), width, center, spread,
-                      0 if fields is None else len(set(fields)))
+                      depth, depth_spread, 0 if fields is None else len(set(fields)))

@@ -121,6 +121,7 @@ class FocusPosterior:
         self.sharpness = SharpnessEvidence(curve)
         self.sharpness.add_frames_seen_before(sharpness_before)
         self.imaged: list[float] = []  # where this loop's frames were taken, relative to its start
+        self.read_near: list[float] = []  # those of them where the network read focus within NEIGHBOURHOOD widths
         self.offsets, log_prior = model.field_offsets()
         if field_log_prior is not None:
             log_prior = field_seen_before(log_prior, field_log_prior)
@@ -135,6 +136,8 @@ class FocusPosterior:
             estimate.distance_um, estimate.defocus_um, estimate.p_positive, estimate.tiles_used,
             estimate.distance_spread_um, here_um - self.candidates, self.offsets)
         self.imaged.append(here_um)
+        if estimate.distance_um <= self.model.mean_distance(np.array(NEIGHBOURHOOD * self.sharpness.width_um)):
+            self.read_near.append(here_um)
         self.sharpness.add_frame(here_um, estimate.log_sharpness)
         self.update()
 
@@ -148,8 +151,9 @@ class FocusPosterior:
         return probability_in_focus(self.log_posterior, self.candidates, self.tolerance_um)
 
     def near_a_frame(self, target_um: float) -> bool:
-        """Whether `target_um` lies within a sharpness width of a place imaged."""
-        return min(abs(target_um - place) for place in self.imaged) <= self.sharpness.width_um
+        """Whether `target_um` lies within a sharpness width of a place imaged where the network
+        read focus near (a network that reads far is not at its floor, whatever the belief says)."""
+        return any(abs(target_um - place) <= self.sharpness.width_um for place in self.read_near)
 
     def sharpness_decides(self, tolerance_um: float) -> bool:
         """Whether near focus the frames' sharpness must tell where focus is: the network cannot
@@ -174,12 +178,10 @@ class FocusPosterior:
         near = np.abs(self.candidates - target_um) <= NEIGHBOURHOOD * self.sharpness.width_um
         return np.where(near, self.sharpness_log_likelihood, -np.inf)
 
-    def sharpness_target(self, target_um: float) -> float:
-        """Within NEIGHBOURHOOD widths of `target_um`, the place that the frames' sharpness alone
-        puts most likely within the tolerance of focus: near focus, where the network reads its
-        floor, the sharpness places focus and the network only says near where."""
-        local_in_focus = probability_in_focus(self.sharpness_near(target_um), self.candidates, self.tolerance_um)
-        return float(self.candidates[np.argmax(local_in_focus)])
+    def sharpness_in_focus(self, target_um: float) -> np.ndarray:
+        """For the stage at each candidate, the probability that focus lies within the tolerance
+        of it by the frames' sharpness alone, of the places within NEIGHBOURHOOD widths of `target_um`."""
+        return probability_in_focus(self.sharpness_near(target_um), self.candidates, self.tolerance_um)
 
     def bracket(self, target_um: float) -> float:
         """A place BRACKET_SPAN widths beside the frame nearest `target_um`: towards the target
@@ -279,11 +281,17 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
 
 def best_place(posterior: FocusPosterior, in_focus: np.ndarray, here: float, tolerance_um: float) -> tuple[float, float]:
     """(the place most likely in focus, that probability): by the whole belief, or near a frame
-    where the sharpness decides, the place the sharpness puts in focus there (`sharpness_target`)."""
+    where the sharpness decides and places focus (more likely than not near somewhere), the
+    place most likely in focus both by the whole belief and by the sharpness alone (the lesser
+    of the two, as a stop needs both): near focus, where the network reads its floor, the
+    sharpness places focus and the network only says near where."""
     target, p_in_focus = likeliest_in_focus(in_focus, posterior.candidates, posterior.log_posterior, here)
     if posterior.sharpness_decides(tolerance_um) and posterior.near_a_frame(target):
-        target = posterior.sharpness_target(target)
-        p_in_focus = float(np.interp(target, posterior.candidates, in_focus))
+        by_sharpness = posterior.sharpness_in_focus(target)
+        if by_sharpness.max() >= 0.5:
+            both = np.minimum(in_focus, by_sharpness)
+            target, _ = likeliest_in_focus(both, posterior.candidates, posterior.log_posterior, here)
+            p_in_focus = float(np.interp(target, posterior.candidates, in_focus))
     return target, p_in_focus
 
 

@@ -6,15 +6,17 @@ The log Brenner measure of a field around focus follows a dip of some width and 
 
     log S(z) = a - depth * u / (1 + u),   u = ((z - focus - center) / width)^2
 
-`a` (the field's brightness and texture) cancels between frames; the depth (0.5 to 2.8 on the demo
-optics, with the objective and the field's contrast over the camera's noise) is fitted to the
-frames. Where the shape comes from: myTest.py measures the width, the center (where the sharpest
-plane lies from the labels' focus) and how far images stray from the dip on the validation split's
-fields, each imaged at several heights (fit_sharpness_curve), and writes them into the error model;
-on the demo optics (10x/0.3, 20x/0.7, 40x/0.75) the width is 1.05-1.15 DOF, the center within 0.1
-DOF and the images within 0.015-0.035 of the dip. A file without them assumes a width of one DOF,
-weighing 0.7 to 1.4 DOF alike, and a spread of 0.1. Far out on its tail a field's curve parts from
-the dip (it keeps falling, or flattens at the camera's noise): a frame counts less the further out it lies.
+`a` (the field's brightness and texture) cancels between frames; the depth (with the objective
+and the field's contrast over the camera's noise) is fitted to the frames, within what the
+validation fields' depths make likely. Where the shape comes from: myTest.py measures the width,
+the center (where the sharpest plane lies from the labels' focus), how far images stray from the
+dip and the fields' depths on the validation split's fields, each imaged at several heights
+(fit_sharpness_curve), and writes them into the error model. On the demo optics (10x/0.3,
+20x/0.7, 40x/0.75) the width is 1.05-1.15 DOF, the center within 0.1 DOF, the images within
+0.015-0.035 of the dip and the depth 2.0-2.9, 1.9-2.2 and 1.1-1.4, fields spreading it by a fifth
+to a quarter. A file without them assumes a width of one DOF, weighing 0.7 to 1.4 DOF alike, a
+spread of 0.1 and a depth of 2 +- 1. Far out on its tail a field's curve parts from the dip (it
+keeps falling, or flattens at the camera's noise): a frame counts less the further out it lies.
 """
 import math
 from dataclasses import dataclass
@@ -24,7 +26,9 @@ import numpy as np
 
 ASSUMED_WIDTHS = (0.7, 1.0, 1.4)  # times the DOF, weighed alike where the curve was not measured
 MEASURED_WIDTHS = (0.85, 1.0, 1.2)  # times the measured width: fields and frames differ a little
-DEPTH_RANGE = (0.2, 4.0)  # of the dip, log units: from a faint field at high NA to a contrasty one at low
+ASSUMED_DEPTH = (2.0, 1.0)  # of the dip, log units, and its spread between fields: 0.5-2.9 on the demo optics
+# a depth is never trusted closer than this fraction of it: the microscope's fields are not the split's
+MIN_DEPTH_SPREAD = 0.25
 ASSUMED_SPREAD = 0.1  # of log sharpness between frames beyond what the curve explains (noise, tilt, tiles)
 TAIL_WIDTHS = 3.0  # a frame this many widths from the peak strays twice the spread from the dip, further ones more
 MIN_SPREAD = 0.03  # a measured spread is never trusted below this: the microscope's frames are not the split's
@@ -40,6 +44,8 @@ class SharpnessCurve:
     width_um: float
     center_um: float = 0.0
     spread: float = ASSUMED_SPREAD
+    depth: float = ASSUMED_DEPTH[0]  # the dip's depth, log units, on average over fields
+    depth_spread: float = ASSUMED_DEPTH[1]  # how far a field's depth may lie from that
     measured: bool = False
 
     @property
@@ -113,14 +119,16 @@ class SharpnessEvidence:
     def log_likelihood(self, candidates: np.ndarray) -> np.ndarray:
         """Over candidate focus positions; flat with fewer than two frames (one frame has
         nothing to be compared with). For each width the field's level and the dip's depth are
-        fitted to the frames (weighted least squares, the depth kept within DEPTH_RANGE), and
-        the fit weighed as a Gaussian likelihood with the level and depth summed out: frames
-        that fit one depth well for a candidate make it likely. A frame counts less the further
-        it lies out on the dip's tail, where fields' curves part from the dip (TAIL_WIDTHS)."""
+        fitted to the frames (weighted least squares, the depth drawn towards the curve's
+        depth as far as its spread between fields allows), and the fit weighed as a Gaussian
+        likelihood with the level and depth summed out: frames that fit a likely depth well for
+        a candidate make it likely, so that even two frames, one far out, tell how far the
+        other lies from focus. A frame counts less the further it lies out on the dip's tail,
+        where fields' curves part from the dip (TAIL_WIDTHS)."""
         if len(self.values) < 2:
             return np.zeros(len(candidates))
         values = np.array(self.values)[:, None]
-        low, high = DEPTH_RANGE
+        prior_depth, prior_weight = self.curve.depth, 1 / self.curve.depth_spread**2
         offsets = np.array(self.positions)[:, None] - (candidates + self.curve.center_um)[None, :]
         totals = []
         for width in self.curve.widths_um:
@@ -130,18 +138,21 @@ class SharpnessEvidence:
             total_weight = weight.sum(axis=0)
             shape = shape - (weight * shape).sum(axis=0) / total_weight
             level = values - (weight * values).sum(axis=0) / total_weight  # the field's own level cancels
-            sxx = np.maximum((weight * shape * shape).sum(axis=0), 1e-12)
-            depth = np.clip((weight * shape * level).sum(axis=0) / sxx, low, high)
-            misfit = (weight * (level - depth * shape) ** 2).sum(axis=0)
-            room = np.log1p(sxx * (high - low) ** 2 / (2 * math.pi))  # what summing out the depth costs
+            sxx = (weight * shape * shape).sum(axis=0)
+            depth = ((weight * shape * level).sum(axis=0) + prior_depth * prior_weight) / (sxx + prior_weight)
+            misfit = (weight * (level - depth * shape) ** 2).sum(axis=0) + prior_weight * (depth - prior_depth) ** 2
+            room = np.log1p(sxx / prior_weight)  # what summing out the depth costs
             totals.append(-misfit / 2 - room / 2 - np.log(sigma).sum(axis=0) - np.log(total_weight) / 2)
         return np.logaddexp.reduce(totals, axis=0) - math.log(len(totals))
 
 
-def fit_sharpness_curve(labels: np.ndarray, values: np.ndarray, fields: np.ndarray) -> tuple[float, float, float] | None:
-    """(width, center, spread) of the dip that fits the validation images' log sharpness
-    `values` best, each field (`fields`: one key per image) with its own level and depth;
-    lengths in the labels' unit. None where no field has three images to compare."""
+def fit_sharpness_curve(labels: np.ndarray, values: np.ndarray,
+                        fields: np.ndarray) -> tuple[float, float, float, float, float] | None:
+    """(width, center, spread, depth, depth spread) of the dip that fits the validation images'
+    log sharpness `values` best, each field (`fields`: one key per image) with its own level and
+    depth; lengths in the labels' unit. The depth is the fields' mean, its spread how far a field
+    not among them may lie from it (their standard deviation times sqrt(1 + 1/fields)). None
+    where no field has three images to compare."""
     labels, values, fields = np.asarray(labels, float), np.asarray(values, float), np.asarray(fields)
     usable = np.isfinite(values)
     groups = [(labels[chosen], values[chosen]) for key in np.unique(fields[usable])
@@ -152,15 +163,17 @@ def fit_sharpness_curve(labels: np.ndarray, values: np.ndarray, fields: np.ndarr
     best = (math.inf, math.nan, math.nan)
     for width in np.geomspace(0.02, 0.6, 41) * reach:
         for center in np.linspace(-0.5, 0.5, 21) * width:
-            misfit = sum(dip_misfit(dip(z - center, width), v) for z, v in groups)
+            misfit = sum(dip_fit(dip(z - center, width), v)[1] for z, v in groups)
             best = min(best, (misfit, width, center))
     misfit, width, center = best
     freedom = sum(len(z) for z, _ in groups) - 2 * len(groups) - 2
-    return float(width), float(center), math.sqrt(misfit / max(freedom, 1))
+    depths = np.array([dip_fit(dip(z - center, width), v)[0] for z, v in groups])
+    depth_spread = float(depths.std(ddof=1)) * math.sqrt(1 + 1 / len(depths)) if len(depths) > 1 else float(depths[0])
+    return float(width), float(center), math.sqrt(misfit / max(freedom, 1)), float(depths.mean()), depth_spread
 
 
-def dip_misfit(shape: np.ndarray, values: np.ndarray) -> float:
-    """The squared residual of one field's values about its best level and depth (at least 0) on `shape`."""
+def dip_fit(shape: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """(the depth, at least 0, of one field's values about their best level on `shape`; the squared residual)."""
     shape, values = shape - shape.mean(), values - values.mean()
     depth = max(float(shape @ values) / max(float(shape @ shape), 1e-12), 0.0)
-    return float(((values - depth * shape) ** 2).sum())
+    return depth, float(((values - depth * shape) ** 2).sum())

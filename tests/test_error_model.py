@@ -39,6 +39,15 @@ def test_a_reading_is_likeliest_where_the_model_expects_it_and_flat_beyond_the_s
     assert saturated[candidates == 25.0] == pytest.approx(saturated[candidates == 35.0], abs=1e-3)
 
 
+def test_a_fields_offset_scales_with_the_distance_read():
+    """A field that reads 20 % long, at 4 and at 16 um: one offset explains both frames."""
+    offsets = np.array([0.0, 0.2 * MODEL.field_scale()])
+    for distance in (4.0, 16.0):
+        reading = 1.2 * float(MODEL.mean_distance(np.array(distance)))
+        likelihood = MODEL.log_likelihood(reading, reading, None, 16, 0.5, np.array([distance]), offsets)[:, 0]
+        assert likelihood[1] > likelihood[0] + 1
+
+
 def test_a_split_heads_side_counts_only_where_it_was_found_reliable():
     candidates = np.array([-0.05, 0.05, -10.0, 10.0])
     offsets = np.zeros(1)
@@ -66,10 +75,11 @@ def test_the_sharpness_curve_is_measured_with_the_error_and_files_without_it_sti
     curve = fitted.sharpness_curve()
     assert curve.measured and curve.width_um == pytest.approx(4.0, rel=0.15)
     assert curve.center_um == pytest.approx(0.5, abs=0.4) and curve.spread >= 0.03  # never trusted below MIN_SPREAD
+    assert 0.8 <= curve.depth <= 2.0 and curve.depth_spread >= 0.25 * curve.depth  # never trusted closer
     assert asdict(ErrorModel.from_metadata(fitted.to_metadata()).sharpness_curve()) == pytest.approx(asdict(curve))
     assert "log sharpness" in fitted.describe("um")
     without = json.loads(fitted.to_metadata())
-    for name in ("sharpness_width", "sharpness_center", "sharpness_spread"):
+    for name in ("sharpness_width", "sharpness_center", "sharpness_spread", "sharpness_depth", "sharpness_depth_spread"):
         del without[name]
     assert ErrorModel.from_metadata(json.dumps(without)).sharpness_curve() is None
     assert fit_error_model(labels, distances, labels, 20.0).sharpness_curve() is None  # no sharpness given

@@ -59,16 +59,19 @@ def test_the_fields_brightness_cancels():
 
 def test_the_curve_is_measured_from_fields_each_with_its_own_level_and_depth():
     rng = np.random.default_rng(0)
-    labels, values, fields = [], [], []
-    for field in range(4):
-        level, depth = rng.uniform(2, 9), rng.uniform(0.5, 2.5)
+    labels, values, fields, depths = [], [], [], rng.uniform(0.5, 2.5, 4)
+    for field, depth in enumerate(depths):
+        level = rng.uniform(2, 9)
         for z in rng.uniform(-5, 5, 8):
             labels.append(z)
             values.append(dip(z, 0.3, level, depth, width=1.6) + rng.normal(0, 0.02))
             fields.append(f"slide/field{field}")
-    width, center, spread = fit_sharpness_curve(np.array(labels), np.array(values), np.array(fields))
+    width, center, spread, depth, depth_spread = fit_sharpness_curve(np.array(labels), np.array(values),
+                                                                     np.array(fields))
     assert width == pytest.approx(1.6, rel=0.15) and center == pytest.approx(0.3, abs=0.15)
     assert spread == pytest.approx(0.02, abs=0.015)
+    # a field not among them may lie further from the mean depth than they spread
+    assert depth == pytest.approx(depths.mean(), rel=0.15) and depth_spread > depths.std(ddof=1)
     # a field seen at fewer than three heights has nothing to fit
     assert fit_sharpness_curve(np.array([0.0, 1.0]), np.array([5.0, 4.0]), np.array(["a", "a"])) is None
 
@@ -83,7 +86,7 @@ def test_the_measured_width_on_rendered_tissue_is_about_one_dof():
             labels.append(scope.defocus_um)
             values.append(log_sharpness(scope.acquire()[None]))
             fields.append(seed)
-    width, center, _ = fit_sharpness_curve(np.array(labels), np.array(values), np.array(fields))
+    width, center, *_ = fit_sharpness_curve(np.array(labels), np.array(values), np.array(fields))
     assert width / dof == pytest.approx(1.0, abs=0.3) and abs(center) < 0.25 * dof
 
 
@@ -103,3 +106,21 @@ def test_a_measured_curve_pins_focus_from_frames_on_one_flank_that_an_assumed_on
         return weights[np.abs(candidates) <= 0.5].sum() / weights.sum()
 
     assert in_tolerance(measured) > 0.9 > in_tolerance(assumed)
+
+
+def test_a_likely_depth_tells_from_two_frames_how_far_the_nearer_lies_from_focus():
+    """One frame far out, one 1.2 widths from focus: any depth fits two frames, but the depths
+    fields are measured to have rule out focus where the nearer frame stands, which the assumed
+    spread of depths (2 +- 1) leaves open."""
+    candidates = np.linspace(-2, 2.5, 451)
+
+    def near_the_frame(curve):
+        evidence = SharpnessEvidence(curve)
+        for z in (4.5, 1.2):
+            evidence.add_frame(z, dip(z, 0.0, depth=2.0))
+        log_likelihood = evidence.log_likelihood(candidates)
+        weights = np.exp(log_likelihood - log_likelihood.max())
+        return weights[np.abs(candidates - 1.2) <= 0.5].sum() / weights.sum()
+
+    assert near_the_frame(SharpnessCurve(1.0, spread=0.03, depth=2.0, depth_spread=0.3, measured=True)) < 0.01
+    assert near_the_frame(SharpnessCurve(1.0, spread=0.03, measured=True)) > 0.1
