@@ -73,7 +73,7 @@ class ErrorModel:
     side_max: float  # the side's reliability far from focus
     side_reach: float  # the distance over which it reaches most of that
     validation_images: int  # validation images measured (the fit's own uncertainty shrinks with them)
-    field_spread: float = 0.0  # standard deviation of a field's offset on the distance read
+    field_spread: float = 0.0  # standard deviation of a field's offset on the distance read, at mid-range (field_scale)
     # the validation fields' log sharpness around focus (sharpness.py's dip): its width, where it
     # peaks, how far images stray from it, its depth and how far fields' depths spread; a width
     # of 0: not measured (then it is assumed from the DOF), a depth of 0: assumed

@@ -13,8 +13,8 @@ the center (where the sharpest plane lies from the labels' focus), how far image
 dip and the fields' depths on the validation split's fields, each imaged at several heights
 (fit_sharpness_curve), and writes them into the error model. On the demo optics (10x/0.3,
 20x/0.7, 40x/0.75) the width is 1.05-1.15 DOF, the center within 0.1 DOF, the images within
-0.015-0.035 of the dip and the depth 2.0-2.9, 1.9-2.2 and 1.1-1.4, fields spreading it by a fifth
-to a quarter. A file without them assumes a width of one DOF, weighing 0.7 to 1.4 DOF alike, a
+0.015-0.035 of the dip and the depth 2.0-2.9, 1.9-2.2 and 1.1-1.4, fields spreading it by an
+eighth to two fifths. A file without them assumes a width of one DOF, weighing 0.7 to 1.4 DOF alike, a
 spread of 0.1 and a depth of 2 +- 1. Far out on its tail a field's curve parts from the dip (it
 keeps falling, or flattens at the camera's noise): a frame counts less the further out it lies.
 """
