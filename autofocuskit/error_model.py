@@ -23,24 +23,10 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from .imaging import robust_spread
+from .imaging import log_sum_exp, robust_spread, student_t_log_density
 from .sharpness import ASSUMED_DEPTH, MIN_DEPTH_SPREAD, MIN_SPREAD, SharpnessCurve, fit_sharpness_curve
 
 MEDIAN_EFFICIENCY = 1.2533  # the standard error of a median of normal values over that of their mean
-STUDENT_DOF = 3  # the degrees of freedom of the distance's likelihood: heavy tails, a finite variance
-
-
-def student_t_log_density(z: np.ndarray) -> np.ndarray:
-    """log of Student's t density with STUDENT_DOF degrees of freedom at `z` standard units, up
-    to a constant: heavier tails than a normal, so one frame far off cannot outweigh the rest."""
-    return -2 * np.log1p(z * z / STUDENT_DOF)
-
-
-def log_sum_exp(log_values: np.ndarray, axis: int = 0) -> np.ndarray:
-    """log(sum(exp(log_values))) along `axis`, without overflow; a fifth of np.logaddexp.reduce's time."""
-    top = np.max(log_values, axis=axis, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    return np.squeeze(top, axis=axis) + np.log(np.sum(np.exp(log_values - top), axis=axis))
 
 
 def spread_upper_bound(count: int) -> float:

@@ -119,7 +119,7 @@ class FocusPosterior:
         self.model, self.tolerance_um = model, tolerance_um
         self.candidates = focus_candidates(reach_um, tolerance_um)
         self.sharpness = SharpnessEvidence(curve)
-        self.sharpness.add_frames_seen_before(sharpness_before)
+        self.sharpness.add_frames_seen_before(sharpness_before, prior_sd_um or curve.width_um)
         self.imaged: list[float] = []  # where this loop's frames were taken, relative to its start
         self.read_near: list[float] = []  # those of them where the network read focus within NEIGHBOURHOOD widths
         self.offsets, log_prior = model.field_offsets()
@@ -241,7 +241,8 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
     - `prior_sd_um`: focus is known to lie near the start, give or take this much (a
       position focused before, drifting since); without it, every candidate is as likely.
     - `field_log_prior`, `sharpness_before`: an earlier loop's `result.field_log_posterior`
-      and `result.sharpness_seen` on the same field, which it left where this loop starts.
+      and `result.sharpness_seen` on the same field, which it left where this loop starts;
+      focus may have drifted since by about `prior_sd_um` (without it, a sharpness width).
     """
     settings = FocusSettings.of(settings, **setting_changes)
     stage = LimitedStage(move_by, settings.max_step_um, settings.z_range_um, z_um)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .imaging import log_sum_exp, student_t_log_density
+
 
 ASSUMED_WIDTHS = (0.7, 1.0, 1.4)  # times the DOF, weighed alike where the curve was not measured
 MEASURED_WIDTHS = (0.85, 1.0, 1.2)  # times the measured width: fields and frames differ a little
@@ -32,6 +34,9 @@ MIN_DEPTH_SPREAD = 0.25
 ASSUMED_SPREAD = 0.1  # of log sharpness between frames beyond what the curve explains (noise, tilt, tiles)
 TAIL_WIDTHS = 3.0  # a frame this many widths from the peak strays twice the spread from the dip, further ones more
 MIN_SPREAD = 0.03  # a measured spread is never trusted below this: the microscope's frames are not the split's
+# an earlier loop's frames: where focus was then is summed over the places they leave within
+# this many log units of the likeliest, at most this many of them
+THEN_LIKELY, THEN_MOST = 12.0, 8
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ class SharpnessEvidence:
         self.positions: list[float] = []
         self.values: list[float] = []
         self.seen_before = 0  # the first frames are an earlier loop's on the same field
+        self.drift_sd_um = 0.0  # how far focus may have moved since
 
     @property
     def width_um(self) -> float:
@@ -97,12 +103,15 @@ class SharpnessEvidence:
             self.positions.append(here_um)
             self.values.append(value)
 
-    def add_frames_seen_before(self, frames) -> None:
+    def add_frames_seen_before(self, frames, drift_sd_um: float) -> None:
         """An earlier loop's frames of this field, (z relative to where it left the stage, which
-        is this loop's start; log sharpness): a start still in focus shows as sharp as they did."""
+        is this loop's start; log sharpness). Focus may have drifted since by about
+        `drift_sd_um`: where it lay then is summed out over that drift (log_likelihood), so
+        a start still in focus shows as sharp as they did, and one that drifted shows less
+        sharp, by how much telling how far."""
         for here_um, value in frames:
             self.add_frame(here_um, value)
-        self.seen_before = len(self.values)
+        self.seen_before, self.drift_sd_um = len(self.values), drift_sd_um
 
     def sharpest(self) -> float | None:
         """Where this loop's sharpest frame was taken, relative to its start; None before any."""
@@ -117,33 +126,68 @@ class SharpnessEvidence:
         return [(here - end_um, value) for here, value in zip(self.positions[first:], self.values[first:])][-most:]
 
     def log_likelihood(self, candidates: np.ndarray) -> np.ndarray:
-        """Over candidate focus positions; flat with fewer than two frames (one frame has
-        nothing to be compared with). For each width the field's level and the dip's depth are
-        fitted to the frames (weighted least squares, the depth drawn towards the curve's
-        depth as far as its spread between fields allows), and the fit weighed as a Gaussian
-        likelihood with the level and depth summed out: frames that fit a likely depth well for
-        a candidate make it likely, so that even two frames, one far out, tell how far the
-        other lies from focus. A frame counts less the further it lies out on the dip's tail,
-        where fields' curves part from the dip (TAIL_WIDTHS)."""
+        """Over candidate focus positions (evenly spaced); flat with fewer than two frames (one
+        frame has nothing to be compared with). For each width the field's level and the dip's
+        depth are fitted to the frames (weighted least squares, the depth drawn towards the
+        curve's depth as far as its spread between fields allows), and the fit weighed as a
+        Gaussian likelihood with the level and depth summed out: frames that fit a likely
+        depth well for a candidate make it likely, so that even two frames, one far out, tell
+        how far the other lies from focus. A frame counts less the further it lies out on the
+        dip's tail, where fields' curves part from the dip (TAIL_WIDTHS). An earlier loop's
+        frames lie about where focus was then: that is summed out, weighed by the drift since
+        (as focus_loop's prior_sd_um weighs the start: summed_over_drift)."""
         if len(self.values) < 2:
             return np.zeros(len(candidates))
-        values = np.array(self.values)[:, None]
-        prior_depth, prior_weight = self.curve.depth, 1 / self.curve.depth_spread**2
-        offsets = np.array(self.positions)[:, None] - (candidates + self.curve.center_um)[None, :]
+        values = np.array(self.values) - np.mean(self.values)
+        positions = np.array(self.positions)
+        before, now = slice(0, self.seen_before), slice(self.seen_before, None)
         totals = []
         for width in self.curve.widths_um:
-            shape = dip(offsets, width)  # (frames, candidates)
-            sigma = self.curve.spread * (1 + (offsets / (TAIL_WIDTHS * width)) ** 2)
-            weight = 1 / sigma**2
-            total_weight = weight.sum(axis=0)
-            shape = shape - (weight * shape).sum(axis=0) / total_weight
-            level = values - (weight * values).sum(axis=0) / total_weight  # the field's own level cancels
-            sxx = (weight * shape * shape).sum(axis=0)
-            depth = ((weight * shape * level).sum(axis=0) + prior_depth * prior_weight) / (sxx + prior_weight)
-            misfit = (weight * (level - depth * shape) ** 2).sum(axis=0) + prior_weight * (depth - prior_depth) ** 2
-            room = np.log1p(sxx / prior_weight)  # what summing out the depth costs
-            totals.append(-misfit / 2 - room / 2 - np.log(sigma).sum(axis=0) - np.log(total_weight) / 2)
+            fit = dip_statistics(positions[now, None] - candidates - self.curve.center_um, values[now, None],
+                                 self.curve.spread, width)
+            if self.seen_before:
+                then = dip_statistics(positions[before, None] - candidates - self.curve.center_um, values[before, None],
+                                      self.curve.spread, width)
+                totals.append(self.summed_over_drift(fit, then, candidates))
+            else:
+                totals.append(self.fitted(fit))
         return np.logaddexp.reduce(totals, axis=0) - math.log(len(totals))
+
+    def summed_over_drift(self, now: np.ndarray, then: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """The log likelihood over candidates of this loop's frames (statistics `now`) and an
+        earlier loop's (`then`, over where focus was then), focus then summed out, weighed by the
+        drift from it to each candidate. Where focus was then is summed over the places the
+        earlier frames alone leave likely (within THEN_LIKELY of the likeliest, at most THEN_MOST)."""
+        alone = self.fitted(then)
+        likely = np.argsort(alone)[-THEN_MOST:]
+        likely = likely[alone[likely] >= alone.max() - THEN_LIKELY]
+        joint = self.fitted(now[:, None, :] + then[:, likely, None])  # (focus then, focus now)
+        drift = (candidates[None, :] - candidates[likely, None]) / max(self.drift_sd_um, 1e-9)
+        return log_sum_exp(joint + student_t_log_density(drift), axis=0)
+
+    def fitted(self, statistics: np.ndarray) -> np.ndarray:
+        """The log likelihood of frames summed into `statistics` (dip_statistics), the field's
+        level and the dip's depth summed out, the depth drawn towards the curve's."""
+        total_weight, sx, sy, sxx, sxy, syy, log_sigma = statistics
+        prior_depth, prior_weight = self.curve.depth, 1 / self.curve.depth_spread**2
+        sxx, sxy, syy = sxx - sx * sx / total_weight, sxy - sx * sy / total_weight, syy - sy * sy / total_weight
+        depth = (sxy + prior_depth * prior_weight) / (sxx + prior_weight)
+        misfit = syy - 2 * depth * sxy + depth * depth * sxx + prior_weight * (depth - prior_depth) ** 2
+        room = np.log1p(sxx / prior_weight)  # what summing out the depth costs
+        return -misfit / 2 - room / 2 - log_sigma - np.log(total_weight) / 2
+
+
+def dip_statistics(offsets: np.ndarray, values: np.ndarray, spread: float, width: float) -> np.ndarray:
+    """Over candidates, the weighted sums a fit of frames' `values` at `offsets` (frames,
+    candidates) from focus on the dip of `width` needs: weight, weight x shape, weight x
+    value, weight x shape^2, weight x shape x value, weight x value^2, and the log of the
+    frames' spreads. Sums of two sets of frames add."""
+    shape = dip(offsets, width)
+    sigma = spread * (1 + (offsets / (TAIL_WIDTHS * width)) ** 2)
+    weight = 1 / sigma**2
+    return np.stack([weight.sum(axis=0), (weight * shape).sum(axis=0), (weight * values).sum(axis=0),
+                     (weight * shape * shape).sum(axis=0), (weight * shape * values).sum(axis=0),
+                     (weight * values * values).sum(axis=0), np.log(sigma).sum(axis=0)])
 
 
 def fit_sharpness_curve(labels: np.ndarray, values: np.ndarray,

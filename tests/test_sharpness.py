@@ -124,3 +124,28 @@ def test_a_likely_depth_tells_from_two_frames_how_far_the_nearer_lies_from_focus
 
     assert near_the_frame(SharpnessCurve(1.0, spread=0.03, depth=2.0, depth_spread=0.3, measured=True)) < 0.01
     assert near_the_frame(SharpnessCurve(1.0, spread=0.03, measured=True)) > 0.1
+
+
+def test_an_earlier_loops_frames_tell_how_sharp_focus_looks_not_where_it_is_after_a_drift():
+    """Frames an earlier loop took about focus at 0; focus then drifted to +0.8 and this loop's
+    frames at 0 and 1.6 lie 0.8 either side of it. Summed over the drift, the evidence peaks at
+    the new focus; held where focus was then, no place fits both and it peaks elsewhere. Without
+    a drift, a frame at 0 as sharp as then puts focus at 0."""
+    candidates = np.arange(-4, 4.001, 0.05)
+    curve = SharpnessCurve(1.0, spread=0.03, depth=1.5, depth_spread=0.4, measured=True)
+    earlier = [(z, dip(z, 0.0)) for z in (-1.1, 0.4, 1.2)]
+
+    def likeliest(frames, held=False):
+        evidence = SharpnessEvidence(curve)
+        if held:
+            frames = [*earlier, *frames]
+        else:
+            evidence.add_frames_seen_before(earlier, drift_sd_um=0.5)
+        for z, value in frames:
+            evidence.add_frame(z, value)
+        return candidates[np.argmax(evidence.log_likelihood(candidates))]
+
+    drifted = [(z, dip(z, 0.8)) for z in (0.0, 1.6)]
+    assert likeliest(drifted) == pytest.approx(0.8, abs=0.1)
+    assert abs(likeliest(drifted, held=True) - 0.8) > 0.2
+    assert likeliest([(0.0, dip(0.0, 0.0))]) == pytest.approx(0.0, abs=0.1)
