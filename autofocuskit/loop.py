@@ -238,11 +238,10 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
     - `z_range_um`, in the units of `z_um()`, which reads the stage: no move leaves it; one that
       would stops at the limit (`at_limit`), and if focus still lies beyond, the loop stops
       there ("at_limit"). A start outside the range: FocusError, no move.
-    - `prior_sd_um`: focus is known to lie near the start, give or take this much (a
-      position focused before, drifting since); without it, every candidate is as likely.
+    - `prior_sd_um`: focus lies within about this much of the start (focused before, drifting
+      since: also the drift `sharpness_before` allows, else a sharpness width); else anywhere.
     - `field_log_prior`, `sharpness_before`: an earlier loop's `result.field_log_posterior`
-      and `result.sharpness_seen` on the same field, which it left where this loop starts;
-      focus may have drifted since by about `prior_sd_um` (without it, a sharpness width).
+      and `result.sharpness_seen` on the same field, which it left where this loop starts.
     """
     settings = FocusSettings.of(settings, **setting_changes)
     stage = LimitedStage(move_by, settings.max_step_um, settings.z_range_um, z_um)

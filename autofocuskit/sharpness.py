@@ -108,7 +108,11 @@ class SharpnessEvidence:
         is this loop's start; log sharpness). Focus may have drifted since by about
         `drift_sd_um`: where it lay then is summed out over that drift (log_likelihood), so
         a start still in focus shows as sharp as they did, and one that drifted shows less
-        sharp, by how much telling how far."""
+        sharp, by how much telling how far. One frame alone tells nothing of where focus was:
+        it is left out."""
+        frames = [(here_um, value) for here_um, value in frames if math.isfinite(value)]
+        if len(frames) < 2:
+            return
         for here_um, value in frames:
             self.add_frame(here_um, value)
         self.seen_before, self.drift_sd_um = len(self.values), drift_sd_um
