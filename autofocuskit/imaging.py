@@ -1,8 +1,8 @@
 """Pixels as the network sees them, without torch: its input size, camera pixels to 8-bit
 RGB, tiles of a frame, the Sobel column and the test for tiles worth using; and the few
-statistics the error model and the sharpness share (a robust spread, Student's t, log-sum-exp). focus.py,
-make_dataset.py and make_demo_data.py need only this and numpy, so a focus loop on a
-microscope's computer does not load torch.
+statistics the error model and the sharpness share (a robust spread, Student's t,
+log-sum-exp). focus.py, make_dataset.py and make_demo_data.py need only this and numpy, so a
+focus loop on a microscope's computer does not load torch.
 """
 import functools
 
