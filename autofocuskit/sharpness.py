@@ -143,15 +143,13 @@ class SharpnessEvidence:
         if len(self.values) < 2:
             return np.zeros(len(candidates))
         values = np.array(self.values) - np.mean(self.values)
-        positions = np.array(self.positions)
+        offsets = np.array(self.positions)[:, None] - candidates - self.curve.center_um  # (frames, candidates)
         before, now = slice(0, self.seen_before), slice(self.seen_before, None)
         totals = []
         for width in self.curve.widths_um:
-            fit = dip_statistics(positions[now, None] - candidates - self.curve.center_um, values[now, None],
-                                 self.curve.spread, width)
+            fit = dip_statistics(offsets[now], values[now, None], self.curve.spread, width)
             if self.seen_before:
-                then = dip_statistics(positions[before, None] - candidates - self.curve.center_um, values[before, None],
-                                      self.curve.spread, width)
+                then = dip_statistics(offsets[before], values[before, None], self.curve.spread, width)
                 totals.append(self.summed_over_drift(fit, then, candidates))
             else:
                 totals.append(self.fitted(fit))
