@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from autofocuskit.error_model import ErrorModel
-from autofocuskit.loop import focus_loop
+from autofocuskit.loop import BRACKET_SPAN, FocusPosterior, focus_loop
 from autofocuskit.optics import VirtualMicroscope
 from autofocuskit.predictor import FocusError, FocusEstimate, FocusPredictor
 from autofocuskit.schema import depth_of_field_um
@@ -95,6 +95,29 @@ def test_beyond_the_trained_range_the_loop_still_comes_in_bounded_by_the_largest
 def test_a_network_blind_to_the_side_tries_one_and_turns_back_when_wrong():
     result, end = scripted_loop(-6.0, lambda stage: ScriptedNetwork(stage, p_positive=0.5), tolerance_um=1.0)
     assert result.converged and abs(end) <= 1.0 and result.images <= 3
+
+
+# a 40x/0.75 network without a side cue (DOF 1.19 um), as its validation split measured it
+BLIND_40X = ErrorModel(floor=0.358, gain=1.02, sigma0=0.315, sigma_slope=0.082, saturation=5.97, side_max=0.538,
+                       side_reach=0.358, validation_images=32, field_spread=0.569, sharpness_width=1.266,
+                       sharpness_center=0.063, sharpness_spread=0.0145, sharpness_depth=1.075,
+                       sharpness_depth_spread=0.317, validation_fields=4)
+
+
+def test_a_frame_that_a_long_move_brought_near_focus_is_bracketed_onward():
+    """Frames of that network's loop on the demo optics (um from the start: distance read,
+    p_positive, tiles, their spread, log sharpness): 4.7 DOF out, it went the wrong way, then
+    8 DOF back, landing 0.3 DOF short of focus. Near focus it reads its floor, and the belief is
+    centred on the frame: the bracket goes on in the direction of the move, across focus, where
+    it had gone back towards the earlier frames. Over 180 loops from within 6 DOF on the demo
+    40x optics this takes 6 of the loops that took five images to four, and none to more."""
+    frames = [(0.0, 5.1009, 0.4486, 16, 0.7164, 3.8545), (4.4196, 5.8739, 0.4415, 16, 0.2972, 3.8354),
+              (-5.136, 0.4858, 0.4907, 16, 0.0894, 4.4008)]
+    posterior = FocusPosterior(BLIND_40X, 42.0, 0.6, BLIND_40X.sharpness_curve())
+    for here, distance, p_positive, tiles, spread, sharpness in frames:
+        posterior.add_frame(FocusEstimate(-distance, "ok", distance, p_positive, spread, tiles, tiles, "", spread,
+                                          sharpness), here)
+    assert posterior.bracket(-5.136) == pytest.approx(-5.136 - BRACKET_SPAN * 1.266)
 
 
 def test_with_the_images_used_up_the_stage_stands_where_focus_is_most_likely():
