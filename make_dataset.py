@@ -41,7 +41,8 @@ import tifffile
 from autofocuskit.cli import add_bit_depth_argument, free_mib, progress_bar, run, usable_cpu_count
 from autofocuskit.focus_measures import FOCUS_MEASURES, curve_peak, focus_channel
 from autofocuskit.imaging import IMAGE_SIZE, MAD_TO_SD, MAX_CLIPPED, MIN_CONTRAST, as_uint8, full_range_uint16, has_content, rgb_uint8, sobel_sharpness, tile_origins
-from autofocuskit.schema import CAMERA_PIXEL_UM, CSV_COLUMNS, REFRACTIVE_INDEX, SPLITS, TRACE_COLUMNS, WAVELENGTH_UM, depth_of_field_um
+from autofocuskit.schema import (CAMERA_PIXEL_UM, CSV_COLUMNS, REFRACTIVE_INDEX, SPLITS, TRACE_COLUMNS, WAVELENGTH_UM,
+                                 depth_of_field_um, split_folder)
 from autofocuskit.stacks import OPEN_TIFFS, Stack, StackError, check_stacks, find_stacks, read_slice
 
 # ---------------------------------------------------------------- focus per region
@@ -397,7 +398,7 @@ def write_dataset(root: Path, stacks: list[Stack], focus: dict[str, Focus], spli
                              dof_um, folder, root, args.bit_depth) for i in range(len(stack.z_um))]
             rows = [row for rows in mapped(write_slice_tiles, jobs, args.workers, f"tiles {stack.source.name}")
                     for row in rows]
-            split_dir = root / f".{line['split']}"
+            split_dir = split_folder(root, line["split"])
             split_dir.mkdir(exist_ok=True)
             with open(split_dir / f"{stack.objective}_{stack.name}.csv", "w", newline="") as handle:
                 writer = csv.writer(handle)

@@ -27,7 +27,8 @@ from PIL import Image
 
 from autofocuskit.imaging import IMAGE_SIZE, sobel_sharpness
 from autofocuskit.optics import OBJECTIVE_MEDIUM_INDEX, Z_GRID_DOF, Optics, VirtualMicroscope, image_at_defocus, tissue_field
-from autofocuskit.schema import CSV_COLUMNS, depth_of_field_um, objective_name, objective_prefix, objective_problem
+from autofocuskit.schema import (CSV_COLUMNS, depth_of_field_um, objective_name, objective_prefix, objective_problem,
+                                 split_folder)
 
 OBJECTIVES = ((10.0, 0.3), (20.0, 0.7))
 MAX_DEFOCUS_DOF = 5.0  # defocus is drawn uniformly from +-this many depths of field
@@ -59,7 +60,7 @@ def write_split(root: Path, split: str, n_images: int, magnification: float, na:
                 f"{image_path.relative_to(root).as_posix()},{sobel_sharpness(image):.4f},"
                 f"{z_um:.4f},{magnification:g},{na:g},{z_dof:.6f}"
             )
-    split_dir = root / f".{split}"
+    split_dir = split_folder(root, split)
     split_dir.mkdir(parents=True, exist_ok=True)
     for slide, lines in rows.items():
         if lines:

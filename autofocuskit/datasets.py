@@ -28,7 +28,7 @@ from torchvision import transforms
 
 from .cli import UserError
 from .imaging import rgb_uint8
-from .schema import MOAF_GLOB, SOAF_GLOB, SPLITS
+from .schema import MOAF_GLOB, SOAF_GLOB, SPLITS, split_folder
 
 MAX_LISTED_PROBLEMS = 5  # how many offending rows an error message lists before "... and N more"
 HEIGHT_IN_NAME = re.compile(r"(?:^|_)z[+-]?\d+(?:\.\d+)?(?:um)?(?=_|$)")  # z012, z+001.250um
@@ -98,7 +98,7 @@ def check_arguments(root_dir, dataset_type: str, glob_pattern: str) -> None:
 
 def split_csv_files(root_dir: Path, dataset_type: str, glob_pattern: str) -> list[Path]:
     """The CSV files of one split that match the glob, sorted; an error if there are none."""
-    split_dir = root_dir / f".{dataset_type}"
+    split_dir = split_folder(root_dir, dataset_type)
     if not split_dir.is_dir():
         hint = "" if root_dir.is_dir() else f" (root_dir {root_dir} itself does not exist)"
         raise DatasetFileNotFoundError(f"split folder {split_dir} does not exist{hint}")
@@ -186,7 +186,7 @@ def collect_split(root_dir: Path, dataset_type: str, glob_pattern: str, required
             invalid.append(str(error))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if frame.empty:
-        split_dir = root_dir / f".{dataset_type}"
+        split_dir = split_folder(root_dir, dataset_type)
         return frame, invalid + [f"the CSV files matching {glob_pattern!r} in {split_dir} hold no rows"], []
     invalid += value_problems(frame, required_columns, allow_outside_root)
     frame["abs_image_path"] = [root_dir / p if isinstance(p, str) else None for p in frame["image_path"]]
@@ -206,7 +206,7 @@ def read_split(
     collect_split); bad content raises DatasetValueError, missing images DatasetFileNotFoundError."""
     frame, invalid, missing = collect_split(root_dir, dataset_type, glob_pattern, required_columns,
                                             allow_outside_root)
-    split_dir = root_dir / f".{dataset_type}"
+    split_dir = split_folder(root_dir, dataset_type)
     if invalid:
         raise DatasetValueError(f"{len(invalid)} problem(s) in {split_dir}:\n  {summarize_problems(invalid)}")
     if missing:
@@ -240,7 +240,7 @@ class AutofocusDataset(Dataset):
         self.frame = read_split(root_dir, dataset_type, glob_pattern, self.required_columns, allow_outside_root)
         self.image_size, self.bit_depth = image_size, bit_depth
         self.root_dir = root_dir
-        self.dataset_dir = root_dir / f".{dataset_type}"
+        self.dataset_dir = split_folder(root_dir, dataset_type)
         self.image_paths = self.frame["abs_image_path"].tolist()
         self.transform = transform or transforms.ToTensor()
         self.cache: np.ndarray | None = None  # decoded images, once cache_images() has run

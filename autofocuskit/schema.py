@@ -20,6 +20,11 @@ WAVELENGTH_UM, REFRACTIVE_INDEX, CAMERA_PIXEL_UM = 0.55, 1.0, 6.5
 CONFIDENT_P = 0.9  # a split head's side is confident when p_positive is above this or below 1 - this
 
 
+def split_folder(root, split: str):
+    """The folder of a split's CSVs under a dataset root: `root/.train` and so on."""
+    return root / f".{split}"
+
+
 def depth_of_field_um(magnification: float, na: float, wavelength_um: float = WAVELENGTH_UM,
                       refractive_index: float = REFRACTIVE_INDEX, camera_pixel_um: float = CAMERA_PIXEL_UM) -> float:
     """DOF = lambda*n/NA^2 + n*e/(M*NA), the unit of defocus_dof_label: the wave-optical plus the
