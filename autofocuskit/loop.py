@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from .error_model import ErrorModel, log_sum_exp, student_t_log_density
+from .error_model import ErrorModel
+from .imaging import log_sum_exp, student_t_log_density
 from .predictor import FocusError, FocusEstimate, FocusPredictor
 from .sharpness import SharpnessCurve, SharpnessEvidence, dip
 
