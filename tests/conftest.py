@@ -45,14 +45,15 @@ def learning_root(tmp_path_factory) -> Path:
 def trained_split_run(tmp_path_factory, learning_root) -> Path:
     """A run folder with the README's from-scratch recipe (30 epochs) and the split head on
     learning_root, tested by myTest.py: .ckpts/ and .onnx/ inside. Trained once for every test
-    that needs a network that has learnt something."""
+    that needs a network that has learnt something; the images decoded once (--cache_images), as
+    the same run loading them every epoch trains the same weights."""
     import myTrain
     from myTest import get_args_parser as get_test_args_parser, main as test_main
 
     folder = tmp_path_factory.mktemp("trained_split")
     in_folder(folder, myTrain.main, myTrain.get_args_parser().parse_args(
         [str(arg) for arg in ("--root_dir", learning_root, *SCRATCH_RECIPE, "--head", "split", "--epochs", "30",
-                              "--num_workers", "0")]))
+                              "--num_workers", "0", "--cache_images")]))
     in_folder(folder, test_main, get_test_args_parser().parse_args(
         ["--root_dir", str(learning_root), "--num_workers", "0", "--warmup", "0"]))
     return folder
@@ -133,11 +134,28 @@ def in_folder(folder: Path, function, *args):
         os.chdir(previous)
 
 
+def start_script(script: str, *args, cwd: Path, **popen_options) -> subprocess.Popen:
+    """One of the project's scripts started in `cwd`, its output piped. Scripts that do not depend
+    on each other can run side by side: most of a short run is importing torch, on one core."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_options)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
+    """A started script run to its end (killed after `timeout` seconds), with its output."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
 def run_script(script: str, *args, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run one of the project's scripts in `cwd` and capture its output."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return finish(start_script(script, *args, cwd=cwd), timeout)
 
 
 def train_in_process(folder, *args, capsys) -> str:

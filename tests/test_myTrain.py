@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, ROOT, in_folder, run_script, scalar_steps, train_in_process
+from conftest import FAST, ROOT, finish, in_folder, run_script, scalar_steps, start_script, train_in_process
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -100,15 +100,15 @@ def test_existing_checkpoints_are_never_overwritten_by_a_fresh_start(demo_root, 
 
 @pytest.mark.slow
 def test_bad_input_gives_a_message_not_a_traceback(demo_root, tmp_path):
-    missing = run_script("myTrain.py", "--root_dir", tmp_path / "nowhere", "--epochs", "1", *FAST, cwd=tmp_path)
-    assert missing.returncode != 0 and "error: split folder" in missing.stderr
-    bad_glob = run_script("myTrain.py", "--root_dir", demo_root, "--glob", "40x*.csv", *FAST, cwd=tmp_path)
-    assert bad_glob.returncode != 0 and "matches '40x*.csv'" in bad_glob.stderr
-
     (tmp_path / "broken.pt").write_bytes(b"half a checkpoint")
-    broken = run_script("myTest.py", "--root_dir", demo_root, "--ckpt", "broken.pt", cwd=tmp_path)
+    started = [start_script("myTrain.py", "--root_dir", tmp_path / "nowhere", "--epochs", "1", *FAST, cwd=tmp_path),
+               start_script("myTrain.py", "--root_dir", demo_root, "--glob", "40x*.csv", *FAST, cwd=tmp_path),
+               start_script("myTest.py", "--root_dir", demo_root, "--ckpt", "broken.pt", cwd=tmp_path),
+               start_script("myTest.py", "--root_dir", demo_root, cwd=tmp_path)]
+    missing, bad_glob, broken, no_ckpt = map(finish, started)
+    assert missing.returncode != 0 and "error: split folder" in missing.stderr
+    assert bad_glob.returncode != 0 and "matches '40x*.csv'" in bad_glob.stderr
     assert broken.returncode != 0 and "cannot read checkpoint broken.pt" in broken.stderr
-    no_ckpt = run_script("myTest.py", "--root_dir", demo_root, cwd=tmp_path)
     assert no_ckpt.returncode != 0 and "train first" in no_ckpt.stderr
     for result in (missing, bad_glob, broken, no_ckpt):
         assert "Traceback" not in result.stderr
@@ -363,13 +363,6 @@ def test_resuming_with_the_other_head_is_refused_and_overwrites_nothing(demo_roo
     assert {path.name: path.stat().st_mtime_ns for path in (tmp_path / ".ckpts").iterdir()} == before
 
 
-def started_training(folder, *args, **popen_options) -> subprocess.Popen:
-    """myTrain.py as a subprocess in `folder`, its output read line by line."""
-    command = [sys.executable, str(ROOT / "myTrain.py"), *map(str, args)]
-    return subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, **popen_options)
-
-
 def wait_for_line(process: subprocess.Popen, start: str) -> None:
     for line in process.stdout:
         if line.startswith(start):
@@ -390,12 +383,13 @@ def test_sigterm_keeps_the_last_finished_epoch_and_resuming_it_is_the_uninterrup
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     straight.mkdir(), stopped.mkdir()
     both = ("--root_dir", demo_root, "--epochs", 5, *FAST)
-    assert run_script("myTrain.py", *both, cwd=straight).returncode == 0
-    process = started_training(stopped, *both)
+    straight_run = start_script("myTrain.py", *both, cwd=straight)
+    process = start_script("myTrain.py", *both, cwd=stopped)
     wait_for_line(process, "Epoch 1 (2/5)")
     process.send_signal(signal.SIGTERM)  # a preempted job, docker stop
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
+    assert finish(straight_run).returncode == 0
     assert "SIGTERM received: stopping at the next batch" in stderr
     epoch = last_finished_epoch(stderr, stopped)
     assert epoch < 4 and not list((stopped / ".ckpts").glob("*.tmp"))
@@ -419,8 +413,8 @@ def test_ctrl_c_in_a_background_run_and_sigusr1_stop_it_cleanly(demo_root, tmp_p
     def as_in_the_background():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    process = started_training(tmp_path, "--root_dir", demo_root, "--epochs", 50, *FAST,
-                               preexec_fn=as_in_the_background)
+    process = start_script("myTrain.py", "--root_dir", demo_root, "--epochs", 50, *FAST, cwd=tmp_path,
+                           preexec_fn=as_in_the_background)
     wait_for_line(process, "Epoch 0 (1/50)")
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
@@ -434,7 +428,8 @@ def child_pids(pid: int) -> list[int]:
 
 @pytest.mark.slow
 def test_a_loader_process_that_dies_is_named_with_what_to_try_and_resuming_works(demo_root, tmp_path):
-    process = started_training(tmp_path, "--root_dir", demo_root, "--epochs", 50, *FAST, "--num_workers", 1)
+    process = start_script("myTrain.py", "--root_dir", demo_root, "--epochs", 50, *FAST, "--num_workers", 1,
+                           cwd=tmp_path)
     wait_for_line(process, "Epoch 0 (1/50)")
     loaders = child_pids(process.pid)
     assert loaders
@@ -454,7 +449,7 @@ def test_an_image_unreadable_mid_run_is_named_with_its_csv_line(demo_root, tmp_p
     root = tmp_path / "data"
     shutil.copytree(demo_root, root)
     rows = SOAFDataset(root, "train").frame
-    process = started_training(tmp_path, "--root_dir", root, "--epochs", 50, *FAST)
+    process = start_script("myTrain.py", "--root_dir", root, "--epochs", 50, *FAST, cwd=tmp_path)
     wait_for_line(process, "Epoch 0 (1/50)")
     (root / rows["image_path"].iat[3]).write_bytes(b"the share dropped")  # a file replaced mid-run
     _, stderr = process.communicate(timeout=60)
