@@ -7,9 +7,10 @@ import pytest
 from conftest import run_script
 from PIL import Image
 
+from autofocuskit.loop import FocusResult
 from autofocuskit.optics import VirtualMicroscope
 from autofocuskit.predictor import FocusEstimate
-from focus import as_json, claims_held, described, get_args_parser, main
+from focus import as_json, by_first_side, claims_held, described, first_side_right, get_args_parser, main
 
 
 @pytest.mark.slow
@@ -47,6 +48,26 @@ def test_simulated_trials_report_images_stops_and_whether_the_loops_claims_held(
     out = capsys.readouterr().out
     assert out.count("trial ") == 2 and "stopped after" in out and "2 trials, start within +-5.0 DOF" in out
     assert "within 1 DOF when stopped after at most 2 / 3 / 4 images:" in out and "ms per image" in out
+    assert "the first image read the wrong side of focus in" in out
     honest = claims_held(np.full(50, 0.9), np.arange(50) < 44)
     assert honest.startswith("50 trials stopped as in focus") and "88% were" in honest and "too kind" not in honest
     assert "too kind" in claims_held(np.full(50, 0.9), np.arange(50) < 35)
+
+
+def test_trials_are_told_apart_by_the_side_their_first_image_read():
+    # four trials from beyond 1 DOF, three read right (two of them in focus by 3 images), one
+    # wrong (in focus only after 4); one trial started within 1 DOF and is in neither group
+    images = np.array([2, 3, 5, 4, 1])
+    within = np.array([True, True, True, True, True])
+    side_right = np.array([1.0, 1.0, 1.0, 0.0, np.nan])
+    line = by_first_side(images, within, side_right)
+    assert "wrong side of focus in 1 of the 4 trials" in line and "67% of those it read right, 0% of these" in line
+    assert "in 0 of the 0 trials" in by_first_side(images[-1:], within[-1:], side_right[-1:])
+
+    estimate = FocusEstimate(defocus_um=-30.0, status="ok", distance_um=30.0, p_positive=0.1, spread_um=1.0,
+                             tiles_used=9, tiles_total=9)
+    result = FocusResult(converged=True, images=1, estimates=[estimate])
+    assert first_side_right(result, start_um=-40.0, dof_um=8.0) == 1.0
+    assert first_side_right(result, start_um=40.0, dof_um=8.0) == 0.0
+    assert np.isnan(first_side_right(result, start_um=5.0, dof_um=8.0))  # within 1 DOF: a coin flip
+    assert np.isnan(first_side_right(FocusResult(converged=False, images=0), start_um=40.0, dof_um=8.0))
