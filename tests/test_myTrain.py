@@ -384,12 +384,15 @@ def test_sigterm_keeps_the_last_finished_epoch_and_resuming_it_is_the_uninterrup
     straight.mkdir(), stopped.mkdir()
     both = ("--root_dir", demo_root, "--epochs", 5, *FAST)
     straight_run = start_script("myTrain.py", *both, cwd=straight)
-    process = start_script("myTrain.py", *both, cwd=stopped)
-    wait_for_line(process, "Epoch 1 (2/5)")
-    process.send_signal(signal.SIGTERM)  # a preempted job, docker stop
-    _, stderr = process.communicate(timeout=60)
+    try:  # the straight run goes on beside the stopped one, and ends whatever happens to that
+        process = start_script("myTrain.py", *both, cwd=stopped)
+        wait_for_line(process, "Epoch 1 (2/5)")
+        process.send_signal(signal.SIGTERM)  # a preempted job, docker stop
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        straight_result = finish(straight_run)
     assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
-    assert finish(straight_run).returncode == 0
+    assert straight_result.returncode == 0, straight_result.stderr
     assert "SIGTERM received: stopping at the next batch" in stderr
     epoch = last_finished_epoch(stderr, stopped)
     assert epoch < 4 and not list((stopped / ".ckpts").glob("*.tmp"))
