@@ -134,12 +134,29 @@ def in_folder(folder: Path, function, *args):
         os.chdir(previous)
 
 
+STARTED: list[subprocess.Popen] = []  # the scripts the running test started
+
+
+@pytest.fixture(autouse=True)
+def no_script_left_running():
+    """A test that fails midway (a timeout, a signal that did not stop a 50-epoch run) leaves
+    no script it started running on beside the next tests."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def start_script(script: str, *args, cwd: Path, **popen_options) -> subprocess.Popen:
     """One of the project's scripts started in `cwd`, its output piped. Scripts that do not depend
     on each other can run side by side: most of a short run is importing torch, on one core."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_options)
+    process = subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_options)
+    STARTED.append(process)
+    return process
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
