@@ -348,7 +348,8 @@ def say_if_still_learning(val_losses: list[float]) -> None:
     if drop is not None:
         print(f"The validation loss was still falling: its best over the last quarter of the {len(val_losses)} "
               f"epochs trained is {drop:.0%} below the best before them. More epochs would likely give a better "
-              "network, the side of focus especially (raise --epochs).")
+              "network, the side of focus especially: train again in a new folder with a larger --epochs, or "
+              "rerun this command with one to go on from the best checkpoint (docs/guide.md, Training).")
 
 # --- the run ------------------------------------------------------------------------------
 

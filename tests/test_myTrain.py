@@ -34,7 +34,7 @@ from autofocuskit.epochs import DefocusLoss, validation_epoch
 from autofocuskit.networks import SOAFModel
 from autofocuskit.tasks import build_loader
 from myTest import predict_pytorch
-from myTrain import get_args_parser, main, out_of_patience, still_falling, training_labels
+from myTrain import get_args_parser, main, out_of_patience, say_if_still_learning, still_falling, training_labels
 
 
 def test_resume_continues_counter_optimizer_and_curves(demo_root, tmp_path, capsys):
@@ -259,12 +259,16 @@ def test_early_stop_rule():
     assert out_of_patience(epoch=8, best_epoch=5, patience=3)
 
 
-def test_a_run_that_ended_still_learning_is_told_apart():
+def test_a_run_that_ended_still_learning_is_told_apart(capsys):
     falling = [4.0 - 0.1 * epoch for epoch in range(12)]  # last quarter's best 2.9, before it 3.2
     assert still_falling(falling) == pytest.approx(0.3 / 3.2)
     settled = [1.0, 0.8, 0.7, 0.65, 0.64, 0.66, 0.63, 0.65, 0.64, 0.63, 0.64, 0.62]
     assert still_falling(settled) is None  # 1.6 % below: within the noise of a settled run
     assert still_falling(falling[:7]) is None  # too few epochs to tell
+    say_if_still_learning(settled)
+    assert capsys.readouterr().out == ""
+    say_if_still_learning(falling)
+    assert "9% below" in capsys.readouterr().out
 
 
 @pytest.mark.slow
