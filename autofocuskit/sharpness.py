@@ -9,14 +9,15 @@ The log Brenner measure of a field around focus follows a dip of some width and 
 `a` (the field's brightness and texture) cancels between frames; the depth (with the objective
 and the field's contrast over the camera's noise) is fitted to the frames, within what the
 validation fields' depths make likely. Where the shape comes from: myTest.py measures the width,
-the center (where the sharpest plane lies from the labels' focus), how far images stray from the
-dip and the fields' depths on the validation split's fields, each imaged at several heights
-(fit_sharpness_curve), and writes them into the error model. On the demo optics (10x/0.3,
-20x/0.7, 40x/0.75) the width is 1.05-1.15 DOF, the center within 0.1 DOF, the images within
-0.015-0.035 of the dip and the depth 2.0-2.9, 1.9-2.2 and 1.1-1.4, fields spreading it by an
-eighth to two fifths. A file without them assumes a width of one DOF, weighing 0.7 to 1.4 DOF alike, a
-spread of 0.1 and a depth of 2 +- 1. Far out on its tail a field's curve parts from the dip (it
-keeps falling, or flattens at the camera's noise): a frame counts less the further out it lies.
+the center (where the sharpest plane lies from the labels' focus, from the images near it), how
+far images stray from the dip and the fields' depths on the validation split's fields, each
+imaged at several heights (fit_sharpness_curve), and writes them into the error model. On the
+demo optics (10x/0.3, 20x/0.7, 40x/0.75) the width is 1.05-1.15 DOF, the center within 0.1 DOF,
+the images within 0.015-0.035 of the dip and the depth 2.0-2.9, 1.9-2.2 and 1.1-1.4, fields
+spreading it by an eighth to two fifths. A file without them assumes a width of one DOF,
+weighing 0.7 to 1.4 DOF alike, a spread of 0.1 and a depth of 2 +- 1. Far out on its tail a
+field's curve parts from the dip (it keeps falling, or flattens at the camera's noise): a frame
+counts less the further out it lies.
 """
 import math
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ MIN_DEPTH_SPREAD = 0.25
 ASSUMED_SPREAD = 0.1  # of log sharpness between frames beyond what the curve explains (noise, tilt, tiles)
 TAIL_WIDTHS = 3.0  # a frame this many widths from the peak strays twice the spread from the dip, further ones more
 MIN_SPREAD = 0.03  # a measured spread is never trusted below this: the microscope's frames are not the split's
+NEAR_PEAK = 1.0  # widths from focus within which validation images tell where the dip peaks
 # an earlier loop's frames: where focus was then is summed over the places they leave within
 # this many log units of the likeliest, at most this many of them
 THEN_LIKELY, THEN_MOST = 12.0, 8
@@ -194,11 +196,12 @@ def dip_statistics(offsets: np.ndarray, values: np.ndarray, spread: float, width
 
 def fit_sharpness_curve(labels: np.ndarray, values: np.ndarray,
                         fields: np.ndarray) -> tuple[float, float, float, float, float] | None:
-    """(width, center, spread, depth, depth spread) of the dip that fits the validation images'
-    log sharpness `values` best, each field (`fields`: one key per image) with its own level and
-    depth; lengths in the labels' unit. The depth is the fields' mean, its spread how far a field
-    not among them may lie from it (their standard deviation times sqrt(1 + 1/fields)). None
-    where no field has three images to compare."""
+    """(width, center, spread, depth, depth spread) of the dip that fits the validation images' log
+    sharpness `values` best, each field (`fields`: one key per image) with its own level and depth;
+    lengths in the labels' unit. The width, the depth and how far the images stray from the dip's
+    shape come from every image; where the dip peaks, from those near it (peak_center). The depth is
+    the fields' mean, its spread how far a field not among them may lie from it (their standard
+    deviation times sqrt(1 + 1/fields)). None where no field has three images to compare."""
     labels, values, fields = np.asarray(labels, float), np.asarray(values, float), np.asarray(fields)
     usable = np.isfinite(values)
     groups = [(labels[chosen], values[chosen]) for key in np.unique(fields[usable])
@@ -211,11 +214,36 @@ def fit_sharpness_curve(labels: np.ndarray, values: np.ndarray,
         for center in np.linspace(-0.5, 0.5, 21) * width:
             misfit = sum(dip_fit(dip(z - center, width), v)[1] for z, v in groups)
             best = min(best, (misfit, width, center))
-    misfit, width, center = best
+    misfit, width, flank_center = best
     freedom = sum(len(z) for z, _ in groups) - 2 * len(groups) - 2
-    depths = np.array([dip_fit(dip(z - center, width), v)[0] for z, v in groups])
+    depths = np.array([dip_fit(dip(z - flank_center, width), v)[0] for z, v in groups])
     depth_spread = float(depths.std(ddof=1)) * math.sqrt(1 + 1 / len(depths)) if len(depths) > 1 else float(depths[0])
-    return float(width), float(center), math.sqrt(misfit / max(freedom, 1)), float(depths.mean()), depth_spread
+    center = peak_center(groups, width, flank_center)
+    return float(width), center, math.sqrt(misfit / max(freedom, 1)), float(depths.mean()), depth_spread
+
+
+def peak_center(groups: list[tuple[np.ndarray, np.ndarray]], width: float, flank_center: float) -> float:
+    """Where the dip peaks from the labels' focus, told by the images within NEAR_PEAK widths of
+    it alone (`flank_center`: where the fit to every image put it), each field with its own level
+    and the depth its whole curve gives. The images further out tell the width and the depth, but
+    a field's flanks part from the dip's shape and pull a center fitted to them (by 0.06-0.13 DOF
+    at 20x/0.7, four validation fields imaged at eight heights, where the rendered tissue peaks
+    within 0.01 DOF of focus). Unless two fields have two images that near: 0, the labels' focus,
+    which make_dataset.py puts where the Brenner measure peaks."""
+    near = []
+    for z, values in groups:
+        depth = dip_fit(dip(z - flank_center, width), values)[0]
+        close = np.abs(z - flank_center) <= NEAR_PEAK * width
+        if close.sum() >= 2:
+            near.append((z[close], values[close], depth))
+    if len(near) < 2:
+        return 0.0
+
+    def misfit(center: float) -> float:
+        residuals = [values - depth * dip(z - center, width) for z, values, depth in near]
+        return sum(float(((residual - residual.mean()) ** 2).sum()) for residual in residuals)
+
+    return float(min(np.linspace(-0.5, 0.5, 101) * width, key=misfit))
 
 
 def dip_fit(shape: np.ndarray, values: np.ndarray) -> tuple[float, float]:

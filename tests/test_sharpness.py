@@ -76,6 +76,20 @@ def test_the_curve_is_measured_from_fields_each_with_its_own_level_and_depth():
     assert fit_sharpness_curve(np.array([0.0, 1.0]), np.array([5.0, 4.0]), np.array(["a", "a"])) is None
 
 
+def test_only_images_near_the_peak_move_the_center_from_the_labels_focus():
+    """Where the dip peaks is told by the images within a width of it; flanks alone would place
+    it too, but a field's flanks part from the dip's shape, so fields imaged only far from focus
+    leave the peak at the labels' focus."""
+    rng = np.random.default_rng(1)
+    far, near = np.array([-6.0, -4.5, -3.0, -2.0, -1.6, 1.6, 2.0, 3.0, 4.5, 6.0]), np.array([-0.6, -0.2, 0.4, 0.8])
+    for heights, expected in ((np.concatenate([far, near]), 0.4), (far, 0.0)):
+        labels, fields = np.tile(heights, 4), np.repeat(np.arange(4), len(heights))
+        values = np.concatenate([dip(heights, 0.4, level, depth) + rng.normal(0, 0.01, len(heights))
+                                 for depth, level in ((1.5, 3), (2, 5), (2.5, 4), (1.8, 7))])
+        width, center, *_ = fit_sharpness_curve(labels, values, fields)
+        assert width == pytest.approx(1.0, rel=0.15) and center == pytest.approx(expected, abs=0.05)
+
+
 def test_the_measured_width_on_rendered_tissue_is_about_one_dof():
     dof = depth_of_field_um(40, 0.75)
     labels, values, fields = [], [], []
