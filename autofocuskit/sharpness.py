@@ -218,21 +218,21 @@ def fit_sharpness_curve(labels: np.ndarray, values: np.ndarray,
     freedom = sum(len(z) for z, _ in groups) - 2 * len(groups) - 2
     depths = np.array([dip_fit(dip(z - flank_center, width), v)[0] for z, v in groups])
     depth_spread = float(depths.std(ddof=1)) * math.sqrt(1 + 1 / len(depths)) if len(depths) > 1 else float(depths[0])
-    center = peak_center(groups, width, flank_center)
+    center = peak_center(groups, depths, width, flank_center)
     return float(width), center, math.sqrt(misfit / max(freedom, 1)), float(depths.mean()), depth_spread
 
 
-def peak_center(groups: list[tuple[np.ndarray, np.ndarray]], width: float, flank_center: float) -> float:
-    """Where the dip peaks from the labels' focus, told by the images within NEAR_PEAK widths of
-    it alone (`flank_center`: where the fit to every image put it), each field with its own level
-    and the depth its whole curve gives. The images further out tell the width and the depth, but
-    a field's flanks part from the dip's shape and pull a center fitted to them (by 0.06-0.13 DOF
-    at 20x/0.7, four validation fields imaged at eight heights, where the rendered tissue peaks
-    within 0.01 DOF of focus). Unless two fields have two images that near: 0, the labels' focus,
-    which make_dataset.py puts where the Brenner measure peaks."""
+def peak_center(groups: list[tuple[np.ndarray, np.ndarray]], depths: np.ndarray, width: float,
+                flank_center: float) -> float:
+    """Where the dip peaks from the labels' focus, told by the images within NEAR_PEAK widths of it
+    alone (`flank_center`: where the fit to every image put it), each field with its own level and
+    the depth its whole curve gives (`depths`, one per group). The images further out tell the width
+    and the depth, but a field's flanks part from the dip's shape and pull a center fitted to them
+    (by 0.06-0.13 DOF at 20x/0.7, four validation fields imaged at eight heights, where the rendered
+    tissue peaks within 0.01 DOF of focus). Unless two fields have two images that near: 0, the
+    labels' focus, which make_dataset.py puts where the Brenner measure peaks."""
     near = []
-    for z, values in groups:
-        depth = dip_fit(dip(z - flank_center, width), values)[0]
+    for (z, values), depth in zip(groups, depths):
         close = np.abs(z - flank_center) <= NEAR_PEAK * width
         if close.sum() >= 2:
             near.append((z[close], values[close], depth))
