@@ -359,7 +359,7 @@ def finished(result: FocusResult, stage: "LimitedStage", posterior: FocusPosteri
     if posterior.imaged:
         result.field_log_posterior = posterior.field_log_posterior()
     result.sharpness_seen = posterior.sharpness.frames_relative_to(
-        stage.moved_um, keep_earlier=abs(stage.moved_um) <= posterior.tolerance_um)
+        stage.moved_um, abs(stage.moved_um) <= posterior.tolerance_um, posterior.candidates)
     return result
 
 

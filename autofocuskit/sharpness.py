@@ -39,6 +39,10 @@ NEAR_PEAK = 1.0  # widths from focus within which validation images tell where t
 # an earlier loop's frames: where focus was then is summed over the places they leave within
 # this many log units of the likeliest, at most this many of them
 THEN_LIKELY, THEN_MOST = 12.0, 8
+# passed on, an earlier loop's frames are moved by the drift the frames show when letting focus
+# move between the loops fits them this many log units better than one focus does
+DRIFT_SHOWN = 3.0
+DRIFT_PLACES = 64  # where focus was then, of the places the earlier frames alone leave likely
 
 
 @dataclass(frozen=True)
@@ -124,12 +128,38 @@ class SharpnessEvidence:
         values = self.values[self.seen_before:]
         return self.positions[self.seen_before + int(np.argmax(values))] if values else None
 
-    def frames_relative_to(self, end_um: float, keep_earlier: bool, most: int = 8) -> list[tuple[float, float]]:
+    def frames_relative_to(self, end_um: float, keep_earlier: bool, candidates: np.ndarray,
+                           most: int = 8) -> list[tuple[float, float]]:
         """The frames, (z relative to `end_um`, log sharpness), for the next loop on the field:
-        this loop's, and with `keep_earlier` (it ended where it started: the field had not
-        moved) the earlier loop's too; the `most` latest."""
+        this loop's, and with `keep_earlier` (it ended near where it started) the earlier loop's
+        too, moved by the drift between the loops that the frames show (drift_shown), so that
+        all lie about one focus; the `most` latest."""
+        drift = self.drift_shown(candidates) if keep_earlier else 0.0
+        positions = [here + drift for here in self.positions[:self.seen_before]] + self.positions[self.seen_before:]
         first = 0 if keep_earlier else self.seen_before
-        return [(here - end_um, value) for here, value in zip(self.positions[first:], self.values[first:])][-most:]
+        return [(here - end_um, value) for here, value in zip(positions[first:], self.values[first:])][-most:]
+
+    def drift_shown(self, candidates: np.ndarray) -> float:
+        """How far focus moved between the earlier loop's frames and this loop's, as the frames
+        show it: where the best fit that lets focus move between them puts it (the widths summed
+        out), if that fits DRIFT_SHOWN log units better than the best with one focus; else 0."""
+        if not self.seen_before or len(self.values) == self.seen_before:
+            return 0.0
+        values = np.array(self.values) - np.mean(self.values)
+        offsets = np.array(self.positions)[:, None] - candidates - self.curve.center_um
+        before, now = slice(0, self.seen_before), slice(self.seen_before, None)
+        statistics = [(dip_statistics(offsets[now], values[now, None], self.curve.spread, width),
+                       dip_statistics(offsets[before], values[before, None], self.curve.spread, width))
+                      for width in self.curve.widths_um]
+        likely = likely_places(np.logaddexp.reduce([self.fitted(then) for _, then in statistics], axis=0),
+                               DRIFT_PLACES)
+        one_focus = np.logaddexp.reduce([self.fitted(fit + then) for fit, then in statistics], axis=0)
+        moved = np.logaddexp.reduce([self.fitted(fit[:, None, :] + then[:, likely, None])
+                                     for fit, then in statistics], axis=0)  # (focus then, focus now)
+        if moved.max() < one_focus.max() + DRIFT_SHOWN:
+            return 0.0
+        then_at, now_at = np.unravel_index(np.argmax(moved), moved.shape)
+        return float(candidates[now_at] - candidates[likely[then_at]])
 
     def log_likelihood(self, candidates: np.ndarray) -> np.ndarray:
         """Over candidate focus positions (evenly spaced); flat with fewer than two frames (one
@@ -162,9 +192,7 @@ class SharpnessEvidence:
         earlier loop's (`then`, over where focus was then), focus then summed out, weighed by the
         drift from it to each candidate. Where focus was then is summed over the places the
         earlier frames alone leave likely (within THEN_LIKELY of the likeliest, at most THEN_MOST)."""
-        alone = self.fitted(then)
-        likely = np.argsort(alone)[-THEN_MOST:]
-        likely = likely[alone[likely] >= alone.max() - THEN_LIKELY]
+        likely = likely_places(self.fitted(then), THEN_MOST)
         joint = self.fitted(now[:, None, :] + then[:, likely, None])  # (focus then, focus now)
         drift = (candidates[None, :] - candidates[likely, None]) / max(self.drift_sd_um, 1e-9)
         return log_sum_exp(joint + student_t_log_density(drift), axis=0)
@@ -179,6 +207,12 @@ class SharpnessEvidence:
         misfit = syy - 2 * depth * sxy + depth * depth * sxx + prior_weight * (depth - prior_depth) ** 2
         room = np.log1p(sxx / prior_weight)  # what summing out the depth costs
         return -misfit / 2 - room / 2 - log_sigma - np.log(total_weight) / 2
+
+
+def likely_places(log_likelihood: np.ndarray, most: int) -> np.ndarray:
+    """The indices of the `most` likeliest places, of those within THEN_LIKELY of the likeliest."""
+    likely = np.argsort(log_likelihood)[-most:]
+    return likely[log_likelihood[likely] >= log_likelihood.max() - THEN_LIKELY]
 
 
 def dip_statistics(offsets: np.ndarray, values: np.ndarray, spread: float, width: float) -> np.ndarray:

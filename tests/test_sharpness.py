@@ -163,3 +163,26 @@ def test_an_earlier_loops_frames_tell_how_sharp_focus_looks_not_where_it_is_afte
     assert likeliest(drifted) == pytest.approx(0.8, abs=0.1)
     assert abs(likeliest(drifted, held=True) - 0.8) > 0.2
     assert likeliest([(0.0, dip(0.0, 0.0))]) == pytest.approx(0.0, abs=0.1)
+
+
+def test_an_earlier_loops_frames_are_passed_on_moved_by_the_drift_the_frames_show():
+    """Frames an earlier loop took about focus at 0; focus drifted to +0.8 and this loop's frames
+    at 0 and 1.6 lie either side of it; it ended at 0.8. Passed on, the earlier frames are moved
+    by the drift, so that all lie about one focus at the end; without a drift, as they were."""
+    candidates = np.arange(-4, 4.001, 0.05)
+    curve = SharpnessCurve(1.0, spread=0.03, depth=1.5, depth_spread=0.4, measured=True)
+    earlier = [(z, dip(z, 0.0)) for z in (-1.1, 0.4, 1.2)]
+
+    def passed_on(focus_now):
+        evidence = SharpnessEvidence(curve)
+        evidence.add_frames_seen_before(earlier, drift_sd_um=0.5)
+        for z in (0.0, 1.6):
+            evidence.add_frame(z, dip(z, focus_now))
+        return evidence.drift_shown(candidates), evidence.frames_relative_to(focus_now, True, candidates)
+
+    drift, frames = passed_on(0.8)
+    assert drift == pytest.approx(0.8, abs=0.1)
+    for z, value in frames:
+        assert value == pytest.approx(dip(z, 0.0), abs=0.03)
+    drift, frames = passed_on(0.0)
+    assert drift == 0.0 and frames[:3] == earlier
