@@ -358,8 +358,7 @@ def finished(result: FocusResult, stage: "LimitedStage", posterior: FocusPosteri
     result.moves_um, result.at_limit = stage.moves_um, stage.at_limit
     if posterior.imaged:
         result.field_log_posterior = posterior.field_log_posterior()
-    result.sharpness_seen = posterior.sharpness.frames_relative_to(
-        stage.moved_um, abs(stage.moved_um) <= posterior.tolerance_um, posterior.candidates)
+    result.sharpness_seen = posterior.sharpness.frames_relative_to(stage.moved_um, posterior.candidates)
     return result
 
 

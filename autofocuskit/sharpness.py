@@ -39,10 +39,10 @@ NEAR_PEAK = 1.0  # widths from focus within which validation images tell where t
 # an earlier loop's frames: where focus was then is summed over the places they leave within
 # this many log units of the likeliest, at most this many of them
 THEN_LIKELY, THEN_MOST = 12.0, 8
-# passed on, an earlier loop's frames are moved by the drift the frames show when letting focus
-# move between the loops fits them this many log units better than one focus does
+# the frames show a drift between an earlier loop and this one where letting focus move between
+# them fits this many log units better than one focus; which way, where the other way fits as
+# much worse
 DRIFT_SHOWN = 3.0
-DRIFT_PLACES = 64  # where focus was then, of the places the earlier frames alone leave likely
 
 
 @dataclass(frozen=True)
@@ -128,38 +128,41 @@ class SharpnessEvidence:
         values = self.values[self.seen_before:]
         return self.positions[self.seen_before + int(np.argmax(values))] if values else None
 
-    def frames_relative_to(self, end_um: float, keep_earlier: bool, candidates: np.ndarray,
-                           most: int = 8) -> list[tuple[float, float]]:
-        """The frames, (z relative to `end_um`, log sharpness), for the next loop on the field:
-        this loop's, and with `keep_earlier` (it ended near where it started) the earlier loop's
-        too, moved by the drift between the loops that the frames show (drift_shown), so that
-        all lie about one focus; the `most` latest."""
-        drift = self.drift_shown(candidates) if keep_earlier else 0.0
-        positions = [here + drift for here in self.positions[:self.seen_before]] + self.positions[self.seen_before:]
-        first = 0 if keep_earlier else self.seen_before
-        return [(here - end_um, value) for here, value in zip(positions[first:], self.values[first:])][-most:]
+    def frames_relative_to(self, end_um: float, candidates: np.ndarray, most: int = 8) -> list[tuple[float, float]]:
+        """The frames, (z relative to `end_um`, log sharpness), for the next loop on the field, the
+        `most` latest: this loop's and the earlier loop's, those moved by the drift between the
+        loops that the frames show (drift_shown), so that all lie about one focus. Where the
+        frames show a drift but not which way (one frame tells how far it lies from focus, not on
+        which side), the two cannot be put about one focus: this loop's frames alone, or where it
+        took only one, the earlier loop's."""
+        earlier = list(zip(self.positions[:self.seen_before], self.values[:self.seen_before]))
+        latest = list(zip(self.positions[self.seen_before:], self.values[self.seen_before:]))
+        drift = self.drift_shown(candidates)
+        if drift is not None:
+            frames = [(here + drift, value) for here, value in earlier] + latest
+        else:
+            frames = latest if len(latest) >= 2 else earlier
+        return [(here - end_um, value) for here, value in frames][-most:]
 
-    def drift_shown(self, candidates: np.ndarray) -> float:
+    def drift_shown(self, candidates: np.ndarray) -> float | None:
         """How far focus moved between the earlier loop's frames and this loop's, as the frames
-        show it: where the best fit that lets focus move between them puts it (the widths summed
-        out), if that fits DRIFT_SHOWN log units better than the best with one focus; else 0."""
+        show it: 0 unless letting focus move between them fits DRIFT_SHOWN log units better than
+        one focus; then where the best such fit puts it (the widths summed out), or None if the
+        best fit the other way is within DRIFT_SHOWN of it."""
         if not self.seen_before or len(self.values) == self.seen_before:
             return 0.0
-        values = np.array(self.values) - np.mean(self.values)
-        offsets = np.array(self.positions)[:, None] - candidates - self.curve.center_um
-        before, now = slice(0, self.seen_before), slice(self.seen_before, None)
-        statistics = [(dip_statistics(offsets[now], values[now, None], self.curve.spread, width),
-                       dip_statistics(offsets[before], values[before, None], self.curve.spread, width))
-                      for width in self.curve.widths_um]
+        statistics = self.statistics(candidates)
         likely = likely_places(np.logaddexp.reduce([self.fitted(then) for _, then in statistics], axis=0),
-                               DRIFT_PLACES)
+                               THEN_MOST)
         one_focus = np.logaddexp.reduce([self.fitted(fit + then) for fit, then in statistics], axis=0)
         moved = np.logaddexp.reduce([self.fitted(fit[:, None, :] + then[:, likely, None])
                                      for fit, then in statistics], axis=0)  # (focus then, focus now)
         if moved.max() < one_focus.max() + DRIFT_SHOWN:
             return 0.0
-        then_at, now_at = np.unravel_index(np.argmax(moved), moved.shape)
-        return float(candidates[now_at] - candidates[likely[then_at]])
+        drifts = candidates[None, :] - candidates[likely, None]
+        drift = float(drifts.flat[np.argmax(moved)])
+        other_way = moved[drifts * drift <= 0]
+        return None if other_way.size and other_way.max() > moved.max() - DRIFT_SHOWN else drift
 
     def log_likelihood(self, candidates: np.ndarray) -> np.ndarray:
         """Over candidate focus positions (evenly spaced); flat with fewer than two frames (one
@@ -174,18 +177,19 @@ class SharpnessEvidence:
         (as focus_loop's prior_sd_um weighs the start: summed_over_drift)."""
         if len(self.values) < 2:
             return np.zeros(len(candidates))
+        totals = [self.summed_over_drift(fit, then, candidates) if self.seen_before else self.fitted(fit)
+                  for fit, then in self.statistics(candidates)]
+        return np.logaddexp.reduce(totals, axis=0) - math.log(len(totals))
+
+    def statistics(self, candidates: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each of the curve's widths, the dip_statistics over candidates of this loop's frames
+        and of the earlier loop's."""
         values = np.array(self.values) - np.mean(self.values)
         offsets = np.array(self.positions)[:, None] - candidates - self.curve.center_um  # (frames, candidates)
         before, now = slice(0, self.seen_before), slice(self.seen_before, None)
-        totals = []
-        for width in self.curve.widths_um:
-            fit = dip_statistics(offsets[now], values[now, None], self.curve.spread, width)
-            if self.seen_before:
-                then = dip_statistics(offsets[before], values[before, None], self.curve.spread, width)
-                totals.append(self.summed_over_drift(fit, then, candidates))
-            else:
-                totals.append(self.fitted(fit))
-        return np.logaddexp.reduce(totals, axis=0) - math.log(len(totals))
+        return [(dip_statistics(offsets[now], values[now, None], self.curve.spread, width),
+                 dip_statistics(offsets[before], values[before, None], self.curve.spread, width))
+                for width in self.curve.widths_um]
 
     def summed_over_drift(self, now: np.ndarray, then: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """The log likelihood over candidates of this loop's frames (statistics `now`) and an

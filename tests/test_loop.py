@@ -322,6 +322,36 @@ def test_a_field_that_drifted_about_a_dof_is_found_again_and_no_claim_fails():
     assert np.mean(images) <= 3
 
 
+def test_fields_drifting_about_the_tolerance_at_every_time_point_are_found_again_near_where_they_lie():
+    """40 fields focused once by the first network, then drifting 0.3-0.5 DOF either way before
+    each of three later loops: a loop passes the earlier frames on moved by the drift the frames
+    show, so that later loops do not read frames of two foci as one. Seed 1, the third and fourth
+    loops: 1.43 images, the stage never beyond 1.63 DOF of focus, 80 of 80 ended within the
+    tolerance; with the frames passed on as they were where a loop moved less than the
+    tolerance, 1.86 images, one loop to 2.64 DOF, 77 of 80."""
+    rng = np.random.default_rng(1)
+    images, furthest, ends = [], [], []
+    for _ in range(40):
+        stage = {"z": rng.uniform(-3, 3), "furthest": 0.0}
+        network = FirstNetwork(stage, rng)
+
+        def move_by(delta):
+            stage["z"] += delta
+            stage["furthest"] = max(stage["furthest"], abs(stage["z"]))
+
+        result = focus_loop(lambda: None, move_by, network, tolerance_um=0.5, max_images=5)
+        for time_point in range(3):
+            stage["z"] += rng.choice([-1, 1]) * rng.uniform(0.3, 0.5)
+            stage["furthest"] = abs(stage["z"])
+            result = focus_loop(lambda: None, move_by, network, tolerance_um=0.5, max_images=5,
+                                **seen_before(result))
+            if time_point >= 1:
+                images.append(result.images)
+                furthest.append(stage["furthest"])
+                ends.append(abs(stage["z"]))
+    assert np.mean(images) <= 1.7 and max(furthest) <= 2.0 and np.mean(np.array(ends) <= 0.5) >= 0.95
+
+
 def test_a_field_that_stays_in_focus_takes_one_image_at_every_later_time_point():
     stage, loop, result = focused_field()
     images = []

@@ -168,21 +168,25 @@ def test_an_earlier_loops_frames_tell_how_sharp_focus_looks_not_where_it_is_afte
 def test_an_earlier_loops_frames_are_passed_on_moved_by_the_drift_the_frames_show():
     """Frames an earlier loop took about focus at 0; focus drifted to +0.8 and this loop's frames
     at 0 and 1.6 lie either side of it; it ended at 0.8. Passed on, the earlier frames are moved
-    by the drift, so that all lie about one focus at the end; without a drift, as they were."""
+    by the drift, so that all lie about one focus at the end; without a drift, as they were. One
+    frame at 0 tells how far focus drifted, not which way: the earlier frames alone, as they were."""
     candidates = np.arange(-4, 4.001, 0.05)
     curve = SharpnessCurve(1.0, spread=0.03, depth=1.5, depth_spread=0.4, measured=True)
     earlier = [(z, dip(z, 0.0)) for z in (-1.1, 0.4, 1.2)]
 
-    def passed_on(focus_now):
+    def passed_on(focus_now, taken_at=(0.0, 1.6), end=None):
         evidence = SharpnessEvidence(curve)
         evidence.add_frames_seen_before(earlier, drift_sd_um=0.5)
-        for z in (0.0, 1.6):
+        for z in taken_at:
             evidence.add_frame(z, dip(z, focus_now))
-        return evidence.drift_shown(candidates), evidence.frames_relative_to(focus_now, True, candidates)
+        return evidence.drift_shown(candidates), evidence.frames_relative_to(
+            focus_now if end is None else end, candidates)
 
     drift, frames = passed_on(0.8)
-    assert drift == pytest.approx(0.8, abs=0.1)
+    assert drift == pytest.approx(0.8, abs=0.1) and len(frames) == 5
     for z, value in frames:
         assert value == pytest.approx(dip(z, 0.0), abs=0.03)
     drift, frames = passed_on(0.0)
     assert drift == 0.0 and frames[:3] == earlier
+    drift, frames = passed_on(0.8, taken_at=(0.0,), end=0.0)
+    assert drift is None and frames == earlier
