@@ -103,7 +103,8 @@ class FocusResult:
     # what the frames told of the field's own offset (log weights over the error model's
     # field_offsets): the next loop on the same field starts from it (focus_loop's field_log_prior)
     field_log_posterior: np.ndarray | None = None
-    # the frames' sharpness, (z relative to where the loop left the stage, log sharpness): the
+    # the frames' sharpness, (z relative to where the loop left the stage, log sharpness), this
+    # loop's and the earlier loops' about one focus (SharpnessEvidence.frames_relative_to): the
     # next loop on the same field compares its first frame with them (focus_loop's sharpness_before)
     sharpness_seen: list[tuple[float, float]] = field(default_factory=list)
 
