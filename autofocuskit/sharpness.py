@@ -40,9 +40,9 @@ NEAR_PEAK = 1.0  # widths from focus within which validation images tell where t
 # this many log units of the likeliest, at most this many of them
 THEN_LIKELY, THEN_MOST = 12.0, 8
 # the frames show a drift between an earlier loop and this one where letting focus move between
-# them fits this many log units better than one focus; which way, where the other way fits as
-# much worse
-DRIFT_SHOWN = 3.0
+# them fits this many log units better than one focus; how far, where every drift more than
+# DRIFT_KNOWN widths from the best fits as much worse
+DRIFT_SHOWN, DRIFT_KNOWN = 3.0, 0.5
 
 
 @dataclass(frozen=True)
@@ -132,9 +132,9 @@ class SharpnessEvidence:
         """The frames, (z relative to `end_um`, log sharpness), for the next loop on the field, the
         `most` latest: this loop's and the earlier loop's, those moved by the drift between the
         loops that the frames show (drift_shown), so that all lie about one focus. Where the
-        frames show a drift but not which way (one frame tells how far it lies from focus, not on
-        which side), the two cannot be put about one focus: this loop's frames alone, or where it
-        took only one, the earlier loop's."""
+        frames show a drift but not how far (one frame tells how far it lies from focus, not on
+        which side; two on one flank leave where focus was open), the two cannot be put about
+        one focus: this loop's frames alone, or where it took only one, the earlier loop's."""
         earlier = list(zip(self.positions[:self.seen_before], self.values[:self.seen_before]))
         latest = list(zip(self.positions[self.seen_before:], self.values[self.seen_before:]))
         drift = self.drift_shown(candidates)
@@ -147,8 +147,9 @@ class SharpnessEvidence:
     def drift_shown(self, candidates: np.ndarray) -> float | None:
         """How far focus moved between the earlier loop's frames and this loop's, as the frames
         show it: 0 unless letting focus move between them fits DRIFT_SHOWN log units better than
-        one focus; then where the best such fit puts it (the widths summed out), or None if the
-        best fit the other way is within DRIFT_SHOWN of it."""
+        one focus; then where the best such fit puts it (the widths summed out), or None if a fit
+        with a drift more than DRIFT_KNOWN widths from it (the other way, say) comes within
+        DRIFT_SHOWN of it."""
         if not self.seen_before or len(self.values) == self.seen_before:
             return 0.0
         statistics = self.statistics(candidates)
@@ -161,8 +162,8 @@ class SharpnessEvidence:
             return 0.0
         drifts = candidates[None, :] - candidates[likely, None]
         drift = float(drifts.flat[np.argmax(moved)])
-        other_way = moved[drifts * drift <= 0]
-        return None if other_way.size and other_way.max() > moved.max() - DRIFT_SHOWN else drift
+        elsewhere = moved[np.abs(drifts - drift) > DRIFT_KNOWN * self.curve.width_um]
+        return None if elsewhere.size and elsewhere.max() > moved.max() - DRIFT_SHOWN else drift
 
     def log_likelihood(self, candidates: np.ndarray) -> np.ndarray:
         """Over candidate focus positions (evenly spaced); flat with fewer than two frames (one

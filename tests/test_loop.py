@@ -326,7 +326,7 @@ def test_fields_drifting_about_the_tolerance_at_every_time_point_are_found_again
     """40 fields focused once by the first network, then drifting 0.3-0.5 DOF either way before
     each of three later loops: a loop passes the earlier frames on moved by the drift the frames
     show, so that later loops do not read frames of two foci as one. Seed 1, the third and fourth
-    loops: 1.43 images, the stage never beyond 1.63 DOF of focus, 80 of 80 ended within the
+    loops: 1.48 images, the stage never beyond 1.63 DOF of focus, 80 of 80 ended within the
     tolerance; with the frames passed on as they were where a loop moved less than the
     tolerance, 1.86 images, one loop to 2.64 DOF, 77 of 80."""
     rng = np.random.default_rng(1)

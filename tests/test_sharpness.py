@@ -190,3 +190,17 @@ def test_an_earlier_loops_frames_are_passed_on_moved_by_the_drift_the_frames_sho
     assert drift == 0.0 and frames[:3] == earlier
     drift, frames = passed_on(0.8, taken_at=(0.0,), end=0.0)
     assert drift is None and frames == earlier
+
+
+def test_frames_that_leave_the_drift_open_are_not_moved_by_a_guess():
+    """Frames of a 10x demo field (in sharpness widths): the earlier loop's two on one flank of
+    the dip, this loop's two either side of focus. The focus was then is left open, so the drift
+    is: the frames put it at 1.8 widths where it was 0.8. This loop's frames are passed on alone."""
+    candidates = np.arange(-6, 6.001, 0.05)
+    curve = SharpnessCurve(1.0, spread=0.03, depth=2.06, depth_spread=0.65, measured=True)
+    evidence = SharpnessEvidence(curve)
+    evidence.add_frames_seen_before([(1.06, 5.227), (0.36, 5.977)], drift_sd_um=0.44)
+    evidence.add_frame(0.0, 4.845)
+    evidence.add_frame(1.24, 5.945)
+    assert evidence.drift_shown(candidates) is None
+    assert evidence.frames_relative_to(1.2, candidates) == [(-1.2, 4.845), (1.24 - 1.2, 5.945)]
