@@ -182,14 +182,15 @@ class SharpnessEvidence:
                   for fit, then in self.statistics(candidates)]
         return np.logaddexp.reduce(totals, axis=0) - math.log(len(totals))
 
-    def statistics(self, candidates: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    def statistics(self, candidates: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """For each of the curve's widths, the dip_statistics over candidates of this loop's frames
-        and of the earlier loop's."""
+        and of the earlier loop's (None without them)."""
         values = np.array(self.values) - np.mean(self.values)
         offsets = np.array(self.positions)[:, None] - candidates - self.curve.center_um  # (frames, candidates)
         before, now = slice(0, self.seen_before), slice(self.seen_before, None)
         return [(dip_statistics(offsets[now], values[now, None], self.curve.spread, width),
-                 dip_statistics(offsets[before], values[before, None], self.curve.spread, width))
+                 dip_statistics(offsets[before], values[before, None], self.curve.spread, width)
+                 if self.seen_before else None)
                 for width in self.curve.widths_um]
 
     def summed_over_drift(self, now: np.ndarray, then: np.ndarray, candidates: np.ndarray) -> np.ndarray:

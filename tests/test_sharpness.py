@@ -194,7 +194,7 @@ def test_an_earlier_loops_frames_are_passed_on_moved_by_the_drift_the_frames_sho
 
 def test_frames_that_leave_the_drift_open_are_not_moved_by_a_guess():
     """Frames of a 10x demo field (in sharpness widths): the earlier loop's two on one flank of
-    the dip, this loop's two either side of focus. The focus was then is left open, so the drift
+    the dip, this loop's two either side of focus. Where focus was then is left open, so the drift
     is: the frames put it at 1.8 widths where it was 0.8. This loop's frames are passed on alone."""
     candidates = np.arange(-6, 6.001, 0.05)
     curve = SharpnessCurve(1.0, spread=0.03, depth=2.06, depth_spread=0.65, measured=True)
