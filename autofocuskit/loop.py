@@ -166,28 +166,13 @@ class FocusPosterior:
         tell focus from its floor within the tolerance, and the frames have a sharpness."""
         return not self.model.resolves(tolerance_um) and bool(self.sharpness.values)
 
-    def confirmation(self, target_um: float, tolerance_um: float) -> float:
-        """How far the evidence confirms a stop at `target_um`: fully unless the sharpness
-        decides; then the probability that the frames' sharpness alone, which no field offset
-        misleads, puts focus within the tolerance of the target, of the places within
-        NEIGHBOURHOOD widths of it (how far out focus lies is the network's to tell)."""
-        if not self.sharpness_decides(tolerance_um):
-            return 1.0
-        local = self.sharpness_near(target_um)
-        weights = np.exp(local - local.max())
-        within = np.abs(self.candidates - target_um) <= tolerance_um
-        return float(weights[within].sum() / weights.sum())
-
-    def sharpness_near(self, target_um: float) -> np.ndarray:
-        """The sharpness's log likelihood over the places within NEIGHBOURHOOD widths of
-        `target_um`, -inf beyond them."""
-        near = np.abs(self.candidates - target_um) <= NEIGHBOURHOOD * self.sharpness.width_um
-        return np.where(near, self.sharpness_log_likelihood, -np.inf)
-
-    def sharpness_in_focus(self, target_um: float) -> np.ndarray:
-        """For the stage at each candidate, the probability that focus lies within the tolerance
-        of it by the frames' sharpness alone, of the places within NEIGHBOURHOOD widths of `target_um`."""
-        return probability_in_focus(self.sharpness_near(target_um), self.candidates, self.tolerance_um)
+    def sharpness_confirms(self, around_um: float, tolerance_um: float) -> np.ndarray:
+        """For a stop at each candidate, the probability that the frames' sharpness alone, which
+        no field offset misleads, puts focus within the tolerance of it, of the places within
+        NEIGHBOURHOOD widths of `around_um` (how far out focus lies is the network's to tell)."""
+        near = np.abs(self.candidates - around_um) <= NEIGHBOURHOOD * self.sharpness.width_um
+        return probability_in_focus(np.where(near, self.sharpness_log_likelihood, -np.inf), self.candidates,
+                                    tolerance_um)
 
     def bracket(self, target_um: float) -> float:
         """A place BRACKET_SPAN widths beside the frame nearest `target_um`: towards the target
@@ -271,8 +256,7 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
         here = stage.moved_um
         posterior.add_frame(estimate, here)
         in_focus = posterior.in_focus()
-        target, result.p_in_focus = best_place(posterior, in_focus, here, settings.tolerance_um)
-        confirmation = posterior.confirmation(target, settings.tolerance_um)
+        target, result.p_in_focus, confirmation = best_place(posterior, in_focus, here, settings)
         sureness.append(min(result.p_in_focus, confirmation))
         target, result.converged = next_place(posterior, target, result.p_in_focus, confirmation, here, settings)
         if result.converged:
@@ -290,20 +274,28 @@ def focus_loop(acquire, move_by, predictor: FocusPredictor, settings: FocusSetti
     return finished(result, stage, posterior, in_focus)
 
 
-def best_place(posterior: FocusPosterior, in_focus: np.ndarray, here: float, tolerance_um: float) -> tuple[float, float]:
-    """(the place most likely in focus, that probability): by the whole belief, or near a frame
-    where the sharpness decides and places focus (more likely than not near somewhere), the
-    place most likely in focus both by the whole belief and by the sharpness alone (the lesser
-    of the two, as a stop needs both): near focus, where the network reads its floor, the
-    sharpness places focus and the network only says near where."""
+def best_place(posterior: FocusPosterior, in_focus: np.ndarray, here: float,
+               settings: FocusSettings) -> tuple[float, float, float]:
+    """(the place most likely in focus, that probability, how far the evidence confirms a stop
+    there): by the whole belief, confirmed fully unless the sharpness decides. Where it does, a
+    stop is confirmed as far as the frames' sharpness alone puts focus within the tolerance of
+    it, of the places near where the whole belief puts focus (sharpness_confirms); and near a
+    frame, where the sharpness places focus (more likely than not near somewhere), the place is
+    the one most likely in focus both by the whole belief and by the sharpness alone (the
+    lesser of the two, as a stop needs both; of the places where both reach the confidence
+    asked, the one the whole belief puts likeliest in focus): near focus, where the network
+    reads its floor, the sharpness places focus and the network only says near where."""
     target, p_in_focus = likeliest_in_focus(in_focus, posterior.candidates, posterior.log_posterior, here)
-    if posterior.sharpness_decides(tolerance_um) and posterior.near_a_frame(target):
-        by_sharpness = posterior.sharpness_in_focus(target)
-        if by_sharpness.max() >= 0.5:
-            both = np.minimum(in_focus, by_sharpness)
-            target, _ = likeliest_in_focus(both, posterior.candidates, posterior.log_posterior, here)
-            p_in_focus = float(np.interp(target, posterior.candidates, in_focus))
-    return target, p_in_focus
+    if not posterior.sharpness_decides(settings.tolerance_um):
+        return target, p_in_focus, 1.0
+    by_sharpness = posterior.sharpness_confirms(target, settings.tolerance_um)
+    if posterior.near_a_frame(target) and by_sharpness.max() >= 0.5:
+        both = np.minimum(in_focus, by_sharpness)
+        if both.max() >= settings.confidence:
+            both = np.where(both >= settings.confidence, in_focus, 0.0)
+        target, _ = likeliest_in_focus(both, posterior.candidates, posterior.log_posterior, here)
+        p_in_focus = float(np.interp(target, posterior.candidates, in_focus))
+    return target, p_in_focus, float(np.interp(target, posterior.candidates, by_sharpness))
 
 
 def next_place(posterior: FocusPosterior, target: float, p_in_focus: float, confirmation: float, here: float,
@@ -311,7 +303,7 @@ def next_place(posterior: FocusPosterior, target: float, p_in_focus: float, conf
     """(where the stage goes next, whether that ends the loop in focus). In focus when `target`
     has the confidence asked for, lies within twice the tolerance of a place imaged (the last
     move, not imaged, goes no further from what was seen) and the evidence confirms it
-    (`confirmation`, FocusPosterior.confirmation's).
+    (`confirmation`, best_place's).
     Within a sharpness width of a frame, where the network alone cannot tell focus from its
     floor, the next frame brackets the target for the sharpness; a target where the stage
     already is, the likeliest place beyond the tolerance, so that the next frame tells something new."""
