@@ -398,13 +398,14 @@ def likeliest_in_focus(in_focus: np.ndarray, candidates: np.ndarray, log_posteri
 
 
 def probability_in_focus(log_posterior: np.ndarray, candidates: np.ndarray, tolerance_um: float) -> np.ndarray:
-    """For the stage at each candidate position, the probability that focus lies within the tolerance of it."""
+    """For the stage at each candidate position, the probability that focus lies within the
+    tolerance of it: each candidate stands for the places within half a step of it, counted in
+    the part of them the tolerance reaches (whole candidates would count a step's worth more or less)."""
     posterior = np.exp(log_posterior - log_posterior.max())
-    cumulative = np.concatenate([[0.0], np.cumsum(posterior)]) / posterior.sum()
     step = candidates[1] - candidates[0]
-    reach = int(round(tolerance_um / step))
-    index = np.arange(len(candidates))
-    return cumulative[np.minimum(index + reach + 1, len(candidates))] - cumulative[np.maximum(index - reach, 0)]
+    edges = np.append(candidates - step / 2, candidates[-1] + step / 2)
+    cumulative = np.concatenate([[0.0], np.cumsum(posterior)]) / posterior.sum()
+    return np.interp(candidates + tolerance_um, edges, cumulative) - np.interp(candidates - tolerance_um, edges, cumulative)
 
 
 class LimitedStage:
