@@ -166,13 +166,13 @@ class FocusPosterior:
         tell focus from its floor within the tolerance, and the frames have a sharpness."""
         return not self.model.resolves(tolerance_um) and bool(self.sharpness.values)
 
-    def sharpness_confirms(self, around_um: float, tolerance_um: float) -> np.ndarray:
+    def sharpness_confirms(self, around_um: float) -> np.ndarray:
         """For a stop at each candidate, the probability that the frames' sharpness alone, which
         no field offset misleads, puts focus within the tolerance of it, of the places within
         NEIGHBOURHOOD widths of `around_um` (how far out focus lies is the network's to tell)."""
         near = np.abs(self.candidates - around_um) <= NEIGHBOURHOOD * self.sharpness.width_um
         return probability_in_focus(np.where(near, self.sharpness_log_likelihood, -np.inf), self.candidates,
-                                    tolerance_um)
+                                    self.tolerance_um)
 
     def bracket(self, target_um: float) -> float:
         """A place BRACKET_SPAN widths beside the frame nearest `target_um`: towards the target
@@ -288,7 +288,7 @@ def best_place(posterior: FocusPosterior, in_focus: np.ndarray, here: float,
     target, p_in_focus = likeliest_in_focus(in_focus, posterior.candidates, posterior.log_posterior, here)
     if not posterior.sharpness_decides(settings.tolerance_um):
         return target, p_in_focus, 1.0
-    by_sharpness = posterior.sharpness_confirms(target, settings.tolerance_um)
+    by_sharpness = posterior.sharpness_confirms(target)
     if posterior.near_a_frame(target) and by_sharpness.max() >= 0.5:
         both = np.minimum(in_focus, by_sharpness)
         if both.max() >= settings.confidence:
