@@ -17,7 +17,8 @@ the images within 0.015-0.035 of the dip and the depth 2.0-2.9, 1.9-2.2 and 1.1-
 spreading it by an eighth to two fifths. A file without them assumes a width of one DOF,
 weighing 0.7 to 1.4 DOF alike, a spread of 0.1 and a depth of 2 +- 1. Far out on its tail a
 field's curve parts from the dip (it keeps falling, or flattens at the camera's noise): a frame
-counts less the further out it lies.
+counts less the further out it lies; but it still falls as the blur grows, so there the order
+of two frames tells which is the nearer to focus, when their sharpness cannot tell how near.
 """
 import math
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ THEN_LIKELY, THEN_MOST = 12.0, 8
 # them fits this many log units better than one focus; how far, where every drift more than
 # DRIFT_KNOWN widths from the best fits as much worse
 DRIFT_SHOWN, DRIFT_KNOWN = 3.0, 0.5
+# of two frames of a field far out on its tail, the one nearer focus is the less sharp this often,
+# whatever the curve says (a flicker of the lamp, a bubble drifting through, bleaching)
+ORDER_SLIP = 0.05
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,32 @@ class SharpnessEvidence:
             return np.zeros(len(candidates))
         totals = [self.summed_over_drift(fit, then, candidates) if self.seen_before else self.fitted(fit)
                   for fit, then in self.statistics(candidates)]
-        return np.logaddexp.reduce(totals, axis=0) - math.log(len(totals))
+        return np.logaddexp.reduce(totals, axis=0) - math.log(len(totals)) + self.order_log_likelihood(candidates)
+
+    def order_log_likelihood(self, candidates: np.ndarray) -> np.ndarray:
+        """Over candidate focus positions, what the order of this loop's frames' sharpness says,
+        where the dip's depth says little: far out on the tail a field's curve parts from the
+        dip's shape, but it still falls as the blur grows, so of two frames the one nearer focus
+        is the sharper. For each pair, the log of how likely the sign of their difference is,
+        against the likeliest it can be: a logistic in the fall the dip predicts between them
+        over the spread of a difference of two frames, ORDER_SLIP of the time wrong whatever it
+        predicts; weighed by the share of the frames' spread that the tail adds (TAIL_WIDTHS),
+        the lesser of the two frames'. So it counts only against places the order contradicts,
+        and near focus, where the dip's fit tells it, for nothing."""
+        positions = np.array(self.positions[self.seen_before:])
+        values = np.array(self.values[self.seen_before:])
+        offsets = positions[:, None] - candidates - self.curve.center_um
+        shape = self.curve.depth * dip(offsets, self.width_um)
+        tail = (offsets / (TAIL_WIDTHS * self.width_um)) ** 2
+        tail = tail / (1 + tail)
+        scale = math.sqrt(2) * self.curve.spread / 1.702  # a logistic as steep as the normal of that spread
+        total = np.zeros(len(candidates))
+        for first in range(len(values)):
+            for second in range(first + 1, len(values)):
+                fall = (shape[first] - shape[second]) * np.sign(values[first] - values[second])
+                agrees = ORDER_SLIP / 2 + (1 - ORDER_SLIP) * 0.5 * (1 + np.tanh(fall / (2 * scale)))
+                total += np.minimum(tail[first], tail[second]) * np.log(agrees / (1 - ORDER_SLIP / 2))
+        return total
 
     def statistics(self, candidates: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """For each of the curve's widths, the dip_statistics over candidates of this loop's frames

@@ -121,6 +121,32 @@ def test_a_frame_that_a_long_move_brought_near_focus_is_bracketed_onward():
     assert posterior.bracket(-5.136) == pytest.approx(-5.136 - BRACKET_SPAN * 1.266)
 
 
+# a 20x/0.7 split head with the chromatic cue (DOF 1.59 um), trained to 5 DOF on 24 fields, as its validation split measured it
+TWENTY_X_CUE = ErrorModel(floor=0.397, gain=1.02, sigma0=0.503, sigma_slope=0.0446, saturation=7.934, side_max=0.971,
+                          side_reach=0.317, validation_images=32, field_spread=0.556, sharpness_width=1.812,
+                          sharpness_center=0.091, sharpness_spread=0.025, sharpness_depth=2.154,
+                          sharpness_depth_spread=0.275, validation_fields=4)
+
+
+def test_far_out_a_side_read_wrong_is_turned_back_by_the_second_frames_growing_blur():
+    """Frames of that network's loop on the demo optics, 6 DOF below focus (um from the start:
+    distance read, p_positive, tiles, their spread, log sharpness): it read the side wrong,
+    sure of it, and the stage went 4.4 DOF the wrong way; there it read its ceiling, the wrong
+    side again. Beyond the trained range neither reading tells which way focus lies, and the
+    loop went on away from it (which way it went hung on a thousandth); the second frame is the
+    blurrier, so focus lies beyond the first, several times likelier than beyond the second."""
+    frames = [(0.0, 8.3014, 0.9587, 16, 0.7866, 3.7366), (-6.9818, 9.1300, 0.9950, 16, 0.6030, 3.6700)]
+    posterior = FocusPosterior(TWENTY_X_CUE, 7 * TWENTY_X_CUE.saturation, 0.79, TWENTY_X_CUE.sharpness_curve())
+    for here, distance, p_positive, tiles, spread, sharpness in frames:
+        posterior.add_frame(FocusEstimate(-distance, "ok", distance, p_positive, spread, tiles, tiles, "", spread,
+                                          sharpness), here)
+    in_focus = posterior.in_focus()
+    beyond_the_first, beyond_the_second = in_focus[posterior.candidates > 0], in_focus[posterior.candidates < -7]
+    assert beyond_the_first.max() > 3 * beyond_the_second.max()
+    target, _, _ = best_place(posterior, in_focus, -6.9818, FocusSettings(tolerance_um=0.79))
+    assert 5.0 < target < 9.5
+
+
 def test_with_the_images_used_up_the_stage_stands_where_focus_is_most_likely():
     """One frame, 10 um from focus with the side known: the place computed from it is far likelier
     in focus than where it was taken, so the stage goes there, though nothing checks it."""

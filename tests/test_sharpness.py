@@ -140,6 +140,27 @@ def test_a_likely_depth_tells_from_two_frames_how_far_the_nearer_lies_from_focus
     assert near_the_frame(SharpnessCurve(1.0, spread=0.03, measured=True)) > 0.1
 
 
+def test_far_out_on_one_flank_the_sharper_frame_is_the_side_focus_lies_on():
+    """Two frames of rendered tissue 5.8 and 10.3 DOF from focus, where the dip is all but flat
+    and its fit tells little: the sharper one is nearer focus, so focus 5.8 DOF beyond it is
+    likelier than 5.8 DOF beyond the blurrier one, by the order of the two alone. Near focus
+    the order counts for nothing: there the dip's fit tells where focus is."""
+    dof = depth_of_field_um(20, 0.7)
+    scope = VirtualMicroscope(20, 0.7, size=448, seed=4)
+    curve = SharpnessCurve(1.15 * dof, spread=0.03, depth=2.1, depth_spread=0.3, measured=True)
+    evidence = SharpnessEvidence(curve)
+    for z in (0.0, -4.5 * dof):
+        scope.defocus_um = z - 5.8 * dof
+        evidence.add_frame(z, log_sharpness(tiles_of(scope.acquire())))
+    candidates = np.array([5.8, -10.3]) * dof
+    order = evidence.order_log_likelihood(candidates)
+    assert order[0] - order[1] > 1.0 and np.diff(evidence.log_likelihood(candidates))[0] < -1.0
+    near = SharpnessEvidence(curve)
+    for z in (-0.5 * dof, 0.3 * dof):
+        near.add_frame(z, float(np.log(5) - 2.1 * (z / curve.width_um) ** 2 / (1 + (z / curve.width_um) ** 2)))
+    assert np.abs(near.order_log_likelihood(np.linspace(-1, 1, 21) * dof)).max() < 0.1
+
+
 def test_an_earlier_loops_frames_tell_how_sharp_focus_looks_not_where_it_is_after_a_drift():
     """Frames an earlier loop took about focus at 0; focus then drifted to +0.8 and this loop's
     frames at 0 and 1.6 lie 0.8 either side of it. Summed over the drift, the evidence peaks at
