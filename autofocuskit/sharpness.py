@@ -203,13 +203,10 @@ class SharpnessEvidence:
         tail = (offsets / (TAIL_WIDTHS * self.width_um)) ** 2
         tail = tail / (1 + tail)
         scale = math.sqrt(2) * self.curve.spread / 1.702  # a logistic as steep as the normal of that spread
-        total = np.zeros(len(candidates))
-        for first in range(len(values)):
-            for second in range(first + 1, len(values)):
-                fall = (shape[first] - shape[second]) * np.sign(values[first] - values[second])
-                agrees = ORDER_SLIP / 2 + (1 - ORDER_SLIP) * 0.5 * (1 + np.tanh(fall / (2 * scale)))
-                total += np.minimum(tail[first], tail[second]) * np.log(agrees / (1 - ORDER_SLIP / 2))
-        return total
+        first, second = np.triu_indices(len(values), 1)  # every pair once
+        fall = (shape[first] - shape[second]) * np.sign(values[first] - values[second])[:, None]
+        agrees = ORDER_SLIP / 2 + (1 - ORDER_SLIP) * 0.5 * (1 + np.tanh(fall / (2 * scale)))
+        return np.sum(np.minimum(tail[first], tail[second]) * np.log(agrees / (1 - ORDER_SLIP / 2)), axis=0)
 
     def statistics(self, candidates: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """For each of the curve's widths, the dip_statistics over candidates of this loop's frames
