@@ -161,10 +161,10 @@ class FocusPosterior:
         read focus near (a network that reads far is not at its floor, whatever the belief says)."""
         return any(abs(target_um - place) <= self.sharpness.width_um for place in self.read_near)
 
-    def sharpness_decides(self, tolerance_um: float) -> bool:
+    def sharpness_decides(self) -> bool:
         """Whether near focus the frames' sharpness must tell where focus is: the network cannot
         tell focus from its floor within the tolerance, and the frames have a sharpness."""
-        return not self.model.resolves(tolerance_um) and bool(self.sharpness.values)
+        return not self.model.resolves(self.tolerance_um) and bool(self.sharpness.values)
 
     def sharpness_confirms(self, around_um: float) -> np.ndarray:
         """For a stop at each candidate, the probability that the frames' sharpness alone, which
@@ -286,7 +286,7 @@ def best_place(posterior: FocusPosterior, in_focus: np.ndarray, here: float,
     asked, the one the whole belief puts likeliest in focus): near focus, where the network
     reads its floor, the sharpness places focus and the network only says near where."""
     target, p_in_focus = likeliest_in_focus(in_focus, posterior.candidates, posterior.log_posterior, here)
-    if not posterior.sharpness_decides(settings.tolerance_um):
+    if not posterior.sharpness_decides():
         return target, p_in_focus, 1.0
     by_sharpness = posterior.sharpness_confirms(target)
     if posterior.near_a_frame(target) and by_sharpness.max() >= 0.5:
@@ -311,7 +311,7 @@ def next_place(posterior: FocusPosterior, target: float, p_in_focus: float, conf
     sure = p_in_focus >= settings.confidence and nearest <= 2 * settings.tolerance_um
     if sure and confirmation >= settings.confidence:
         return target, True
-    if posterior.sharpness_decides(settings.tolerance_um) and (sure or posterior.near_a_frame(target)):
+    if posterior.sharpness_decides() and (sure or posterior.near_a_frame(target)):
         return posterior.bracket(target), False
     if abs(target - here) < settings.tolerance_um / 2:
         return posterior.likeliest_beyond(here), False
