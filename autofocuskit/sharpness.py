@@ -44,7 +44,7 @@ THEN_LIKELY, THEN_MOST = 12.0, 8
 # them fits this many log units better than one focus; how far, where every drift more than
 # DRIFT_KNOWN widths from the best fits as much worse
 DRIFT_SHOWN, DRIFT_KNOWN = 3.0, 0.5
-# of two frames of a field far out on its tail, the one nearer focus is the less sharp this often,
+# of pairs of a field's frames far out on its tail, this share are ordered as by a coin flip,
 # whatever the curve says (a flicker of the lamp, a bubble drifting through, bleaching)
 ORDER_SLIP = 0.05
 
@@ -192,8 +192,8 @@ class SharpnessEvidence:
         dip's shape, but it still falls as the blur grows, so of two frames the one nearer focus
         is the sharper. For each pair, the log of how likely the sign of their difference is,
         against the likeliest it can be: a logistic in the fall the dip predicts between them
-        over the spread of a difference of two frames, ORDER_SLIP of the time wrong whatever it
-        predicts; weighed by the share of the frames' spread that the tail adds (TAIL_WIDTHS),
+        over the spread of a difference of two frames, ORDER_SLIP of the time a coin flip whatever
+        it predicts; weighed by the share of the frames' spread that the tail adds (TAIL_WIDTHS),
         the lesser of the two frames'. So it counts only against places the order contradicts,
         and near focus, where the dip's fit tells it, for nothing."""
         positions = np.array(self.positions[self.seen_before:])
