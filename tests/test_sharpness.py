@@ -157,7 +157,7 @@ def test_far_out_on_one_flank_the_sharper_frame_is_the_side_focus_lies_on():
     assert order[0] - order[1] > 1.0 and np.diff(evidence.log_likelihood(candidates))[0] < -1.0
     near = SharpnessEvidence(curve)
     for z in (-0.5 * dof, 0.3 * dof):
-        near.add_frame(z, float(np.log(5) - 2.1 * (z / curve.width_um) ** 2 / (1 + (z / curve.width_um) ** 2)))
+        near.add_frame(z, dip(z, 0.0, depth=2.1, width=curve.width_um))
     assert np.abs(near.order_log_likelihood(np.linspace(-1, 1, 21) * dof)).max() < 0.1
 
 
