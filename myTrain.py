@@ -37,8 +37,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--glob", default=None,
                         help=f"CSV files to use in each split, e.g. '20x_0.7*.csv' (default: {SOAF_GLOB!r} for "
                              f"soaf, {MOAF_GLOB!r} for moaf)")
-    parser.add_argument("--epochs", type=positive(int), default=800, help="total epochs to train (default: %(default)s)")
-    parser.add_argument("--lr", type=positive(float), default=1e-5, help="Adam learning rate (default: %(default)s)")
     parser.add_argument("--fe_str", default=DEFAULT_BACKBONE, help="timm backbone name (default: %(default)s)")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                         help="start from ImageNet weights (default: %(default)s)")
@@ -73,21 +71,33 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "specimen pixel size the network learns at, recorded in checkpoints and ONNX files so "
                         "that a microscope's frames are resampled to it (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--scheduler", choices=["none", "cosine", "plateau"], default="none",
-                        help="learning-rate schedule per epoch: none keeps --lr; cosine decays it to 0 at "
-                             "--epochs after --warmup_epochs of linear warm-up; plateau halves it when the "
-                             "validation loss has not improved for 10 epochs (default: %(default)s)")
-    parser.add_argument("--warmup_epochs", type=positive(int, allow_zero=True), default=0,
-                        help="epochs of linear warm-up before the cosine decay (default: %(default)s)")
-    parser.add_argument("--patience", type=positive(int, allow_zero=True), default=0,
-                        help="stop when the validation loss has not improved for this many epochs; "
-                             "0 never stops early (default: %(default)s)")
     parser.add_argument("--log_images_every", type=positive(int, allow_zero=True), default=0,
                         help="every N epochs, show validation images with true and predicted defocus "
                              "in TensorBoard; 0: never (default: %(default)s)")
     parser.add_argument("--bn_recalibration_batches", type=positive(int, allow_zero=True), default=10,
                         help="training batches used to recompute BatchNorm statistics before each "
                              "validation; 0 keeps the running averages (default: %(default)s)")
+    return add_schedule_arguments(parser)
+
+
+def add_schedule_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """How long and how fast: epochs or steps, the learning rate and its schedule, early stopping."""
+    group = parser.add_argument_group("how long and how fast")
+    group.add_argument("--epochs", type=positive(int), default=800, help="total epochs to train (default: %(default)s)")
+    group.add_argument("--steps", type=positive(int, allow_zero=True), default=0,
+                       help="train for this many optimizer steps instead of --epochs: the epochs become as many "
+                            "as it takes, so that a dataset of few images trains as long as one of many; "
+                            "0: --epochs counts (default: %(default)s)")
+    group.add_argument("--lr", type=positive(float), default=1e-5, help="Adam learning rate (default: %(default)s)")
+    group.add_argument("--scheduler", choices=["none", "cosine", "plateau"], default="none",
+                       help="learning-rate schedule per epoch: none keeps --lr; cosine decays it to 0 at "
+                            "--epochs after --warmup_epochs of linear warm-up; plateau halves it when the "
+                            "validation loss has not improved for 10 epochs (default: %(default)s)")
+    group.add_argument("--warmup_epochs", type=positive(int, allow_zero=True), default=0,
+                       help="epochs of linear warm-up before the cosine decay (default: %(default)s)")
+    group.add_argument("--patience", type=positive(int, allow_zero=True), default=0,
+                       help="stop when the validation loss has not improved for this many epochs; "
+                            "0 never stops early (default: %(default)s)")
     return parser
 
 if __name__ == "__main__":
@@ -202,6 +212,14 @@ def one_depth_of_field(dataset, task: str) -> float | None:
     return float(dof_um.median()) if dof_um is not None and dof_um.notna().any() else None
 
 # --- model, optimiser, resuming -------------------------------------------------------------
+
+def epochs_for_steps(steps: int, batches_per_epoch: int, rank: int = 0) -> int:
+    """--steps as whole epochs: the fewest that take at least `steps` optimizer steps."""
+    epochs = math.ceil(steps / batches_per_epoch)
+    if rank == 0:
+        print(f"--steps {steps}: {epochs} epochs of {batches_per_epoch} batches")
+    return epochs
+
 
 def build_model(args, device: torch.device, channels_last: bool, fresh: bool):
     """The task's network; only a fresh run loads ImageNet weights (a resumed one gets every weight
@@ -348,8 +366,8 @@ def say_if_still_learning(val_losses: list[float]) -> None:
     if drop is not None:
         print(f"The validation loss was still falling: its best over the last quarter of the {len(val_losses)} "
               f"epochs trained is {drop:.0%} below the best before them. More epochs would likely give a better "
-              "network, the side of focus especially: train again in a new folder with a larger --epochs, or "
-              "rerun this command with one to go on from the best checkpoint (docs/guide.md, Training).")
+              "network, the side of focus especially: train again in a new folder with a larger --steps (or "
+              "--epochs), or rerun this command with one to go on from the best checkpoint (docs/guide.md, Training).")
 
 # --- the run ------------------------------------------------------------------------------
 
@@ -407,11 +425,12 @@ def checkpoint_state(model, optimizer, scheduler, options, train_loss: float, tr
 
 
 @contextmanager
-def tensorboard_writer(log_dir: Path, purge_step: int):
-    """A SummaryWriter, closed however the run ends; on a full disk its last write fails with
-    a message naming the folder rather than a traceback."""
+def tensorboard_writer(log_dir: Path, purge_step: int, config: dict):
+    """A SummaryWriter that starts with the run's `config` as text, closed however the run ends;
+    on a full disk its last write fails with a message naming the folder rather than a traceback."""
     with writing(log_dir):
         writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+        writer.add_text("config", f"```\n{json.dumps(config, indent=2)}\n```", purge_step)
     try:
         yield writer
     finally:
@@ -498,6 +517,7 @@ def train(args: argparse.Namespace) -> None:
     device, rank, world_size, options = start_processes(args)
     train_set, val_set = build_datasets(args)
     train_loader, val_loader = build_loaders(args, train_set, val_set, device)
+    args.epochs = epochs_for_steps(args.steps, len(train_loader), rank) if args.steps else args.epochs
     train_labels, one_dof = training_labels(train_set), one_depth_of_field(train_set, args.task)
     baseline_mae = mean_predictor_mae(train_labels, val_set)
     pixel_size_um = training_pixel_sizes(train_set, args.camera_pixel_um)
@@ -510,7 +530,7 @@ def train(args: argparse.Namespace) -> None:
     start_epoch, saver = start_or_resume(args, checkpoint, resume_from, model, optimizer, scheduler, options,
                                          train_labels)
     if start_epoch >= args.epochs:
-        print(f"Nothing to do: {start_epoch} epochs are already trained; raise --epochs to train more.")
+        print(f"Nothing to do: {start_epoch} epochs are already trained; raise --{'steps' if args.steps else 'epochs'} to train more.")
         return
     # the training steps may run wrapped (DDP, compiled); validation, checkpoints and export use `model`
     train_model = DistributedDataParallel(model) if world_size > 1 else model
@@ -521,11 +541,8 @@ def train(args: argparse.Namespace) -> None:
 
     # purge_step drops logged points at or after start_epoch, so epochs trained again after
     # resuming from an earlier best replace their old points instead of doubling them
-    with (tensorboard_writer(args.log_dir, start_epoch) if rank == 0 else nullcontext() as writer,
+    with (tensorboard_writer(args.log_dir, start_epoch, config) if rank == 0 else nullcontext() as writer,
           last_epoch_kept(saver, rank, args)):
-        if writer:
-            with writing(args.log_dir):
-                writer.add_text("config", f"```\n{json.dumps(config, indent=2)}\n```", start_epoch)
         val_losses = []  # this run's, for still_falling
         for epoch in range(start_epoch, args.epochs):
             start_time = time.time()

@@ -43,10 +43,10 @@ def learning_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_split_run(tmp_path_factory, learning_root) -> Path:
-    """A run folder with the README's from-scratch recipe (30 epochs) and the split head on
-    learning_root, tested by myTest.py: .ckpts/ and .onnx/ inside. Trained once for every test
-    that needs a network that has learnt something; the images decoded once (--cache_images), as
-    the same run loading them every epoch trains the same weights."""
+    """A run folder with the README's from-scratch recipe (30 epochs here, a quarter of its steps,
+    to keep the suite short) and the split head on learning_root, tested by myTest.py: .ckpts/ and
+    .onnx/ inside. Trained once for every test that needs a network that has learnt something; the
+    images decoded once (--cache_images), as the same run loading them every epoch trains the same weights."""
     import myTrain
     from myTest import get_args_parser as get_test_args_parser, main as test_main
 

@@ -59,6 +59,18 @@ def test_resume_continues_counter_optimizer_and_curves(demo_root, tmp_path, caps
     assert "Nothing to do" in done
 
 
+def test_steps_set_the_epochs_from_the_training_set(demo_root, tmp_path, capsys):
+    printed = train_in_process(tmp_path, "--root_dir", demo_root, "--steps", "5", "--epochs", "50", *FAST,
+                               capsys=capsys)
+    assert "--steps 5: 3 epochs of 2 batches" in printed  # 16 training images, batch 8
+    assert "Epoch 2 (3/3)" in printed and "Epoch 3 (" not in printed
+    state = torch.load(find_best_checkpoint(tmp_path / ".ckpts"), weights_only=True)
+    assert state["args"]["epochs"] == 3 and state["args"]["steps"] == 5
+    again = train_in_process(tmp_path, "--root_dir", demo_root, "--steps", "6", "--resume_from", "latest", *FAST,
+                             capsys=capsys)
+    assert "Nothing to do: 3 epochs are already trained; raise --steps" in again
+
+
 @pytest.mark.slow
 def test_ctrl_c_keeps_checkpoints_and_rerun_resumes(demo_root, tmp_path):
     command = [sys.executable, str(ROOT / "myTrain.py"), "--root_dir", str(demo_root), "--epochs", "50", *FAST]
