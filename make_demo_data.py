@@ -31,7 +31,9 @@ from autofocuskit.schema import (CSV_COLUMNS, depth_of_field_um, objective_name,
                                  split_folder)
 
 OBJECTIVES = ((10.0, 0.3), (20.0, 0.7))
-MAX_DEFOCUS_DOF = 5.0  # defocus is drawn uniformly from +-this many depths of field
+# defocus is drawn uniformly from +-this many depths of field: beyond where a focus loop starts
+# (+-6 DOF), since at the end of its range a network reads short and loses the side of focus
+MAX_DEFOCUS_DOF = 6.5
 Z_PER_FIELD = 8  # defocus positions imaged per tissue field
 SLIDES_PER_SPLIT = 2  # each split and objective is written as this many CSV files
 
