@@ -530,7 +530,8 @@ def train(args: argparse.Namespace) -> None:
     start_epoch, saver = start_or_resume(args, checkpoint, resume_from, model, optimizer, scheduler, options,
                                          train_labels)
     if start_epoch >= args.epochs:
-        print(f"Nothing to do: {start_epoch} epochs are already trained; raise --{'steps' if args.steps else 'epochs'} to train more.")
+        length = "--steps" if args.steps else "--epochs"
+        print(f"Nothing to do: {start_epoch} epochs are already trained; raise {length} to train more.")
         return
     # the training steps may run wrapped (DDP, compiled); validation, checkpoints and export use `model`
     train_model = DistributedDataParallel(model) if world_size > 1 else model
