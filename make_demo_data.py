@@ -32,7 +32,8 @@ from autofocuskit.schema import (CSV_COLUMNS, depth_of_field_um, objective_name,
 
 OBJECTIVES = ((10.0, 0.3), (20.0, 0.7))
 # defocus is drawn uniformly from +-this many depths of field: beyond where a focus loop starts
-# (+-6 DOF), since at the end of its range a network reads short and loses the side of focus
+# (within +-6 DOF in docs/focus_loop.md's trials), since at the end of its range a network reads
+# short and loses the side of focus
 MAX_DEFOCUS_DOF = 6.5
 Z_PER_FIELD = 8  # defocus positions imaged per tissue field
 SLIDES_PER_SPLIT = 2  # each split and objective is written as this many CSV files
