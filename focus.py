@@ -111,9 +111,9 @@ def claims_held(claimed: np.ndarray, held: np.ndarray) -> str:
     line = (f"{len(claimed)} trials stopped as in focus within the tolerance, with mean probability {expected:.2f}: "
             f"{held.mean():.0%} were")
     # fewer by more than two binomial standard errors: the network errs more on this microscope
-    # than on the validation split its error model was measured on
+    # than on the held-out images its error model was measured on
     if held.mean() < expected - 2 * math.sqrt(expected * (1 - expected) / len(claimed)):
-        line += " (fewer: the error model from the validation split is too kind to this microscope)"
+        line += " (fewer: the error model from the held-out images is too kind to this microscope)"
     return line
 
 

@@ -42,6 +42,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "side by side with fp32 (default: off)")
     parser.add_argument("--calibration_images", type=positive(int), default=64,
                         help="training images that calibrate --quantize (default: %(default)s)")
+    parser.add_argument("--error_model_splits", nargs="+", choices=("val", "test"), default=["val", "test"],
+                        help="the held-out splits the focus loop's error model is measured on: the checkpoint "
+                             "was chosen on the validation split, which alone flatters it, and a few fields "
+                             "measure spreads poorly (default: %(default)s)")
     return parser
 
 
@@ -173,17 +177,22 @@ def result_table(test_set, pt_outputs: dict, onnx_outputs: dict, onnx_time_cost)
     return results
 
 
-def measured_error_model(args, model, checkpoint: dict, task: str, glob: str | None, device) -> tuple:
-    """The network's error on the validation split (error_model.py): (model, labels, distances, signed)."""
-    val_set = build_dataset(args, "val", transforms.ToTensor(), task, glob)
-    outputs = predict_pytorch(model, build_loader(val_set, args.batch_size, args.num_workers, device, shuffle=False),
-                              device)
-    labels = val_set.frame[val_set.target_column].to_numpy(dtype=np.float64)
-    signed = outputs[SIGNED_OUTPUT]
-    distances = outputs[DISTANCE_OUTPUT] if DISTANCE_OUTPUT in outputs else np.abs(signed)
+def measured_error_model(args, model, checkpoint: dict, task: str, glob: str | None, device, test_set,
+                         test_outputs: dict) -> tuple:
+    """The network's error on the held-out splits `args.error_model_splits` (error_model.py; the
+    test split's outputs already computed): (model, labels, distances, signed)."""
+    labels, signed, distances, sharpness, fields = [], [], [], [], []
+    for split in dict.fromkeys(args.error_model_splits):  # each once, however often named
+        dataset = test_set if split == "test" else build_dataset(args, split, transforms.ToTensor(), task, glob)
+        outputs = test_outputs if split == "test" else predict_pytorch(
+            model, build_loader(dataset, args.batch_size, args.num_workers, device, shuffle=False), device)
+        labels.append(dataset.frame[dataset.target_column].to_numpy(dtype=np.float64))
+        signed.append(outputs[SIGNED_OUTPUT])
+        distances.append(outputs[DISTANCE_OUTPUT] if DISTANCE_OUTPUT in outputs else np.abs(outputs[SIGNED_OUTPUT]))
+        sharpness += [log_sharpness(np.asarray(dataset.read_image(index))[None]) for index in range(len(dataset))]
+        fields += [field_key(path) for path in dataset.frame["image_path"]]
+    labels, signed, distances = (np.concatenate(column) for column in (labels, signed, distances))
     saturation = checkpoint.get("train_label_abs_max", float(np.abs(labels).max()))
-    sharpness = [log_sharpness(np.asarray(val_set.read_image(index))[None]) for index in range(len(val_set))]
-    fields = [field_key(path) for path in val_set.frame["image_path"]]
     return fit_error_model(labels, distances, signed, saturation, sharpness, fields), labels, distances, signed
 
 
@@ -191,7 +200,7 @@ def onnx_metadata(checkpoint: dict, task: str, error_model=None) -> ModelMetadat
     """What the ONNX file records of its training: task, unit, head and, where the checkpoint
     has them, the largest |label| trained on (the autofocus reports estimates beyond it as out
     of range), the specimen pixel size per objective and the camera pixel (the autofocus
-    resamples frames to them), and the error measured on the validation split."""
+    resamples frames to them), and the error measured on the held-out splits."""
     trained_args = checkpoint.get("args", {})
     return ModelMetadata(task=task, unit=TASKS[task].unit, head=trained_args.get("head", "signed"),
                          label_abs_max=checkpoint.get("train_label_abs_max"),
@@ -228,8 +237,8 @@ def main(args: argparse.Namespace) -> None:
     model = load_model(checkpoint, ckpt_path, task, fe_str, device)
 
     pt_outputs = predict_pytorch(model, loader, device)
-    error_model, val_labels, val_distances, val_signed = measured_error_model(args, model, checkpoint, task, glob,
-                                                                              device)
+    error_model, held_labels, held_distances, held_signed = measured_error_model(
+        args, model, checkpoint, task, glob, device, test_set, pt_outputs)
     name = output_name(ckpt_path)
     with writing(args.onnx_dir / f"{name}.onnx"):
         onnx_path = export_onnx(model, args.onnx_dir / f"{name}.onnx", onnx_metadata(checkpoint, task, error_model))
@@ -257,11 +266,13 @@ def main(args: argparse.Namespace) -> None:
         metrics_path.write_text(json.dumps(summary, indent=2) + "\n")
     with writing(args.result_dir / f"{name}_*.png"):
         plots = plot_report(results, unit, args.result_dir / name)
-        plots.append(plot_error_model(val_labels, val_distances, val_signed, error_model, unit,
+        plots.append(plot_error_model(held_labels, held_distances, held_signed, error_model, unit,
                                       args.result_dir / f"{name}_error_model.png"))
     print(f"ONNX model: {onnx_path}")
     print_summary(results, metrics, unit, session.get_providers())
-    print(f"Error model (validation split, in the ONNX file for the focus loop): {error_model.describe(unit)}")
+    splits = list(dict.fromkeys(args.error_model_splits))
+    print(f"Error model (measured on the {' and '.join(splits)} split{'s' if len(splits) > 1 else ''}, in the ONNX "
+          f"file for the focus loop): {error_model.describe(unit)}")
     print(f"Metrics: {metrics_path}")
     print(f"Plots: {', '.join(str(path) for path in plots)}")
     print(f"Results: {result_path}")

@@ -1,4 +1,6 @@
-"""How far to trust a network: its error measured on the validation split, a few numbers that
+"""How far to trust a network: its error measured on images held out of training (myTest.py: the
+validation and test splits; the checkpoint was chosen on the validation split, which alone
+flatters it, and the spreads between fields need as many fields as there are), a few numbers that
 travel in the ONNX file's metadata, and the likelihood of what a frame shows for each candidate
 defocus, which the focus loop reasons with. numpy only; lengths in the model's unit (um for
 SOAF, DOF for MOAF) until `in_um`.
@@ -9,7 +11,7 @@ The measured model, for a true distance d from focus (whatever the side):
   growth beyond the largest distance trained on (`saturation`);
 - its spread is sigma0 + sigma_slope * min(d, saturation); most of it is the field's own: a
   field unlike most reads long or short at every distance by a factor (its texture looks finer
-  or coarser than most), an offset that spreads by `field_spread` (the validation images'
+  or coarser than most), an offset that spreads by `field_spread` (the held-out images'
   residuals' robust spread) at the middle of the trained range and in proportion elsewhere;
 - the side is right with probability 0.5 + (side_max - 0.5) * (1 - exp(-d / side_reach)):
   a coin flip at focus, as reliable as the optics allow further out.
@@ -58,9 +60,9 @@ class ErrorModel:
     saturation: float  # the largest distance trained on: beyond, the network sees no difference
     side_max: float  # the side's reliability far from focus
     side_reach: float  # the distance over which it reaches most of that
-    validation_images: int  # validation images measured (the fit's own uncertainty shrinks with them)
+    validation_images: int  # held-out images measured (the fit's own uncertainty shrinks with them)
     field_spread: float = 0.0  # standard deviation of a field's offset on the distance read, at mid-range (field_scale)
-    # the validation fields' log sharpness around focus (sharpness.py's dip): its width, where it
+    # the held-out fields' log sharpness around focus (sharpness.py's dip): its width, where it
     # peaks, how far images stray from it, its depth and how far fields' depths spread; a width
     # of 0: not measured (then it is assumed from the DOF), a depth of 0: assumed
     sharpness_width: float = 0.0
@@ -68,7 +70,7 @@ class ErrorModel:
     sharpness_spread: float = 0.0
     sharpness_depth: float = 0.0
     sharpness_depth_spread: float = 0.0
-    validation_fields: int = 0  # fields among the validation images (0: not told; then each image counts as one)
+    validation_fields: int = 0  # fields among the held-out images (0: not told; then each image counts as one)
     measured: bool = True  # False: a conservative default for a model exported without one
 
     def mean_distance(self, distance: np.ndarray) -> np.ndarray:
@@ -88,7 +90,7 @@ class ErrorModel:
     def resolves(self, tolerance_um: float) -> bool:
         """Whether the network's reading changes near focus, within the tolerance, by more than it
         spreads between tiles and fields: if not, it cannot tell focus from its floor alone. The
-        spread as large as the few validation fields that measured it leave plausible (the upper
+        spread as large as the few held-out fields that measured it leave plausible (the upper
         90 % bound of a standard deviation from that many): four fields tell a spread within a
         factor 2.3, sixteen within 1.3."""
         change = float(self.mean_distance(np.array(tolerance_um)) - self.mean_distance(np.array(0.0)))
@@ -103,7 +105,7 @@ class ErrorModel:
                        sharpness_center=self.sharpness_center * um_per_unit)
 
     def sharpness_curve(self) -> SharpnessCurve | None:
-        """The sharpness curve measured on the validation split; None where it was not."""
+        """The sharpness curve measured on the held-out images; None where it was not."""
         if self.sharpness_width <= 0:
             return None
         depth, depth_spread = (self.sharpness_depth, self.sharpness_depth_spread) if self.sharpness_depth > 0 \
@@ -147,7 +149,7 @@ class ErrorModel:
 
     def field_offsets(self, count: int = 15) -> tuple[np.ndarray, np.ndarray]:
         """Field offsets over +-4 measured spreads and the log of their prior weights: Student's
-        t, for now and then a field far unlike the validation images, as wide as the validation
+        t, for now and then a field far unlike the held-out images, as wide as the held-out
         fields leave its spread plausible (as in `resolves`)."""
         offsets = np.linspace(-4, 4, count) * self.field_spread
         plausible = self.field_spread * spread_upper_bound(self.validation_fields or self.validation_images)
@@ -168,11 +170,11 @@ class ErrorModel:
         expected = self.mean_distance(true_distance) * np.maximum(1 + offsets[:, None] / self.field_scale(), 0.0)
         z = (distance - expected) / sigma
         log_likelihood = student_t_log_density(z) - np.log(sigma)
-        # beyond the trained range the validation split says nothing of the side: no evidence there
+        # beyond the trained range the held-out images say nothing of the side: no evidence there
         right = np.where(true_distance <= self.saturation, self.side_accuracy(true_distance), 0.5)
         if p_positive is not None:
             # a split head's log-odds, trusted as far as its side was found reliable at each distance
-            # on the validation split (near focus, little) and never beyond the most reliable it was
+            # on the held-out images (near focus, little) and never beyond the most reliable it was
             log_odds = math.log(np.clip(p_positive, 1e-4, 1 - 1e-4) / np.clip(1 - p_positive, 1e-4, 1))
             reliability = (right - 0.5) / max(self.side_max - 0.5, 1e-6)
             limit = math.log(self.side_max / (1 - self.side_max))
@@ -190,7 +192,7 @@ class ErrorModel:
                 + (f"log sharpness a dip {self.sharpness_width:.3f} {unit} wide peaking at {self.sharpness_center:+.3f} "
                    f"{unit}, {self.sharpness_depth:.2f} +- {self.sharpness_depth_spread:.2f} deep, images off it by "
                    f"{self.sharpness_spread:.3f}; " if self.sharpness_width > 0 else "")
-                + f"from {self.validation_images} validation images"
+                + f"from {self.validation_images} held-out images"
                 + (f" of {self.validation_fields} fields" if self.validation_fields else ""))
 
 

@@ -330,7 +330,7 @@ def no_surer(sureness: list[float], images_left: int, confidence: float) -> bool
 
 
 def sharpness_curve(predictor: FocusPredictor) -> SharpnessCurve:
-    """The sharpness curve measured on the network's validation split, or where the model's file
+    """The sharpness curve measured on the network's held-out images, or where the model's file
     has none, one as wide as the objective's depth of field (where the file does not tell it
     either, the network's reading at focus: about a DOF)."""
     model = predictor.error_model

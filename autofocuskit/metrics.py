@@ -145,13 +145,13 @@ def plot_report(results: pd.DataFrame, unit: str, stem: Path) -> list[Path]:
 
 def plot_error_model(labels: np.ndarray, distances: np.ndarray, signed: np.ndarray, model, unit: str,
                      path: Path) -> Path:
-    """The validation split's predicted distance against the true one with the error model's
+    """The held-out images' predicted distance against the true one with the error model's
     mean and spread of one tile, and the side's reliability, measured and modelled."""
     true = np.abs(labels)
     grid = np.linspace(0, max(true.max(), model.saturation) * 1.05, 200)
     figure = Figure(figsize=(11, 4.5))
     left, right = figure.subplots(1, 2)
-    left.scatter(true, distances, s=12, alpha=0.7, label="validation images")
+    left.scatter(true, distances, s=12, alpha=0.7, label="held-out images")
     mean, sigma = model.mean_distance(grid), model.sigma(grid)
     left.plot(grid, mean, color="black", label="error model: mean")
     left.fill_between(grid, mean - sigma, mean + sigma, color="grey", alpha=0.3, label="+- one tile's spread")
@@ -167,7 +167,7 @@ def plot_error_model(labels: np.ndarray, distances: np.ndarray, signed: np.ndarr
         if inside.any():
             centres.append(true[inside].mean())
             shares.append(np.mean(np.sign(signed[inside]) == np.sign(labels[inside])))
-    right.plot(centres, shares, "o", label="validation images (sixths by distance)")
+    right.plot(centres, shares, "o", label="held-out images (sixths by distance)")
     right.plot(grid, model.side_accuracy(grid), color="black", label="error model")
     right.set(xlabel=f"true distance from focus ({unit})", ylabel="side right", ylim=(0.3, 1.02),
               title="Side of focus")

@@ -115,7 +115,7 @@ class FocusPredictor:
         self.set_pixel_size(pixel_size_um)
 
     def network_error_model(self, metadata: ModelMetadata) -> ErrorModel:
-        """The error measured on the validation split when the model was exported (in um), or,
+        """The error measured on the held-out images when the model was exported (in um), or,
         for a file without one, a conservative default and a warning."""
         if metadata.error_model is not None:
             return metadata.error_model.in_um(self.to_um)

@@ -8,9 +8,9 @@ The log Brenner measure of a field around focus follows a dip of some width and 
 
 `a` (the field's brightness and texture) cancels between frames; the depth (with the objective
 and the field's contrast over the camera's noise) is fitted to the frames, within what the
-validation fields' depths make likely. Where the shape comes from: myTest.py measures the width,
+held-out fields' depths make likely. Where the shape comes from: myTest.py measures the width,
 the center (where the sharpest plane lies from the labels' focus, from the images near it), how
-far images stray from the dip and the fields' depths on the validation split's fields, each
+far images stray from the dip and the fields' depths on the held-out splits' fields, each
 imaged at several heights (fit_sharpness_curve), and writes them into the error model. On the
 demo optics (10x/0.3, 20x/0.7, 40x/0.75) the width is 1.05-1.15 DOF, the center within 0.1 DOF,
 the images within 0.015-0.035 of the dip and the depth 2.0-2.9, 1.9-2.2 and 1.1-1.4, fields
@@ -36,7 +36,7 @@ MIN_DEPTH_SPREAD = 0.25
 ASSUMED_SPREAD = 0.1  # of log sharpness between frames beyond what the curve explains (noise, tilt, tiles)
 TAIL_WIDTHS = 3.0  # a frame this many widths from the peak strays twice the spread from the dip, further ones more
 MIN_SPREAD = 0.03  # a measured spread is never trusted below this: the microscope's frames are not the split's
-NEAR_PEAK = 1.0  # widths from focus within which validation images tell where the dip peaks
+NEAR_PEAK = 1.0  # widths from focus within which held-out images tell where the dip peaks
 # an earlier loop's frames: where focus was then is summed over the places they leave within
 # this many log units of the likeliest, at most this many of them
 THEN_LIKELY, THEN_MOST = 12.0, 8
@@ -262,7 +262,7 @@ def dip_statistics(offsets: np.ndarray, values: np.ndarray, spread: float, width
 
 def fit_sharpness_curve(labels: np.ndarray, values: np.ndarray,
                         fields: np.ndarray) -> tuple[float, float, float, float, float] | None:
-    """(width, center, spread, depth, depth spread) of the dip that fits the validation images' log
+    """(width, center, spread, depth, depth spread) of the dip that fits the held-out images' log
     sharpness `values` best, each field (`fields`: one key per image) with its own level and depth;
     lengths in the labels' unit. The width, the depth and how far the images stray from the dip's
     shape come from every image; where the dip peaks, from those near it (peak_center). The depth is

@@ -24,7 +24,7 @@ def test_the_error_model_is_recovered_from_validation_predictions_and_travels_as
     assert fitted.sigma(np.array(10.0)) == pytest.approx(truth.sigma(np.array(10.0)), rel=0.25)
     assert fitted.side_max == pytest.approx(0.95, abs=0.04) and fitted.validation_images == 400
     assert asdict(ErrorModel.from_metadata(fitted.to_metadata())) == pytest.approx(asdict(fitted), rel=1e-4)
-    assert "validation images" in fitted.describe("um")
+    assert "held-out images" in fitted.describe("um")
 
 
 def test_a_reading_is_likeliest_where_the_model_expects_it_and_flat_beyond_the_saturation():

@@ -11,6 +11,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from autofocuskit.checkpoints import find_best_checkpoint
+from autofocuskit.datasets import field_key
 from autofocuskit.error_model import ErrorModel
 
 
@@ -33,11 +34,13 @@ def test_train_then_test_end_to_end(demo_root, tmp_path):
     assert tested.stdout.strip().endswith(f"Results: {result_file.relative_to(tmp_path)}")
     onnx_file = tmp_path / ".onnx" / f"ckpts-{best.stem}.onnx"
     metadata = onnxruntime.InferenceSession(str(onnx_file)).get_modelmeta().custom_metadata_map
-    error_model = ErrorModel.from_metadata(metadata["error_model"])  # measured on the validation split
-    assert error_model.validation_images == len(pd.concat(pd.read_csv(f) for f in (demo_root / ".val").glob("10x_0.3*.csv")))
-    # the validation fields' sharpness curve, about a DOF wide (8.28 um at 10x/0.3)
+    error_model = ErrorModel.from_metadata(metadata["error_model"])  # measured on the validation and test splits
+    held_out = [pd.read_csv(f) for split in (".val", ".test") for f in (demo_root / split).glob("10x_0.3*.csv")]
+    assert error_model.validation_images == len(pd.concat(held_out))
+    assert error_model.validation_fields == sum(frame["image_path"].map(field_key).nunique() for frame in held_out)
+    # the held-out fields' sharpness curve, about a DOF wide (8.28 um at 10x/0.3)
     assert 0.4 * 8.28 < error_model.sharpness_curve().width_um < 2.5 * 8.28
-    assert "Error model (validation split" in tested.stdout
+    assert "Error model (measured on the val and test splits" in tested.stdout
     assert (tmp_path / ".result" / f"ckpts-{best.stem}_error_model.png").is_file()
     assert json.loads(metadata["pixel_size_um"]) == {"10x/0.3": pytest.approx(0.65)}
     assert metadata["camera_pixel_um"] == "6.5"
@@ -55,10 +58,15 @@ def test_glob_selects_the_objective_and_test_reuses_it(demo_root, tmp_path):
     trained = run_script("myTrain.py", "--root_dir", demo_root, "--epochs", "1", "--glob", "20x_0.7*.csv",
                          *FAST, cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
-    tested = run_script("myTest.py", "--root_dir", demo_root, "--num_workers", "0", cwd=tmp_path)
+    tested = run_script("myTest.py", "--root_dir", demo_root, "--num_workers", "0", "--error_model_splits", "val",
+                        cwd=tmp_path)
     assert tested.returncode == 0, tested.stderr
     results = pd.read_csv(next((tmp_path / ".result").glob("*.csv")))
     assert results["image_path"].str.startswith("images/20x_0.7/").all()
+    metadata = onnxruntime.InferenceSession(str(next((tmp_path / ".onnx").glob("*.onnx")))).get_modelmeta()
+    error_model = ErrorModel.from_metadata(metadata.custom_metadata_map["error_model"])
+    assert error_model.validation_images == len(pd.concat(pd.read_csv(f) for f in (demo_root / ".val").glob("20x_0.7*.csv")))
+    assert "Error model (measured on the val split," in tested.stdout
 
 
 @pytest.mark.slow
