@@ -89,12 +89,14 @@ class ErrorModel:
 
     def resolves(self, tolerance_um: float) -> bool:
         """Whether the network's reading changes near focus, within the tolerance, by more than it
-        spreads between tiles and fields: if not, it cannot tell focus from its floor alone. The
-        spread as large as the few held-out fields that measured it leave plausible (the upper
-        90 % bound of a standard deviation from that many): four fields tell a spread within a
-        factor 2.3, sixteen within 1.3."""
+        spreads at focus: if not, it cannot tell focus from its floor alone. The spread is that of
+        one held-out image's reading, each a tile of its own field, so the field's part is in it
+        (field_spread is measured from the same residuals: adding it would count that part twice),
+        as large as the few held-out fields that measured it leave plausible (the upper 90 % bound
+        of a standard deviation from that many): four fields tell a spread within a factor 2.3,
+        sixteen within 1.3."""
         change = float(self.mean_distance(np.array(tolerance_um)) - self.mean_distance(np.array(0.0)))
-        spread = math.hypot(float(self.sigma(np.array(0.0))), self.field_spread)
+        spread = float(self.sigma(np.array(0.0)))
         return change > spread * spread_upper_bound(self.validation_fields or self.validation_images)
 
     def in_um(self, um_per_unit: float) -> "ErrorModel":
