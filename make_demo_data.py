@@ -31,10 +31,11 @@ from autofocuskit.schema import (CSV_COLUMNS, depth_of_field_um, objective_name,
                                  split_folder)
 
 OBJECTIVES = ((10.0, 0.3), (20.0, 0.7))
-# defocus is drawn uniformly from +-this many depths of field: beyond where a focus loop starts
-# (within +-6 DOF in docs/focus_loop.md's trials), since at the end of its range a network reads
-# short and loses the side of focus
-MAX_DEFOCUS_DOF = 6.5
+# defocus is drawn uniformly from +-this many depths of field, where `focus.py --simulate` starts:
+# a wider range reaches further starts (--max_defocus_dof 6.5 for docs/focus_loop.md's +-6 DOF)
+# and costs precision near focus for the same training (the quick start's network 0.30 DOF off at
+# +-5, 0.46 at +-6.5, and its focus loops a third image)
+MAX_DEFOCUS_DOF = 5.0
 Z_PER_FIELD = 8  # defocus positions imaged per tissue field
 SLIDES_PER_SPLIT = 2  # each split and objective is written as this many CSV files
 
