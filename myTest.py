@@ -177,12 +177,12 @@ def result_table(test_set, pt_outputs: dict, onnx_outputs: dict, onnx_time_cost)
     return results
 
 
-def measured_error_model(args, model, checkpoint: dict, task: str, glob: str | None, device, test_set,
-                         test_outputs: dict) -> tuple:
-    """The network's error on the held-out splits `args.error_model_splits` (error_model.py; the
-    test split's outputs already computed): (model, labels, distances, signed)."""
+def measured_error_model(args, splits: list[str], model, checkpoint: dict, task: str, glob: str | None, device,
+                         test_set, test_outputs: dict) -> tuple:
+    """The network's error on the held-out `splits` (error_model.py; the test split's outputs
+    already computed): (model, labels, distances, signed)."""
     labels, signed, distances, sharpness, fields = [], [], [], [], []
-    for split in dict.fromkeys(args.error_model_splits):  # each once, however often named
+    for split in splits:
         dataset = test_set if split == "test" else build_dataset(args, split, transforms.ToTensor(), task, glob)
         outputs = test_outputs if split == "test" else predict_pytorch(
             model, build_loader(dataset, args.batch_size, args.num_workers, device, shuffle=False), device)
@@ -237,8 +237,9 @@ def main(args: argparse.Namespace) -> None:
     model = load_model(checkpoint, ckpt_path, task, fe_str, device)
 
     pt_outputs = predict_pytorch(model, loader, device)
+    splits = list(dict.fromkeys(args.error_model_splits))  # each once, however often named
     error_model, held_labels, held_distances, held_signed = measured_error_model(
-        args, model, checkpoint, task, glob, device, test_set, pt_outputs)
+        args, splits, model, checkpoint, task, glob, device, test_set, pt_outputs)
     name = output_name(ckpt_path)
     with writing(args.onnx_dir / f"{name}.onnx"):
         onnx_path = export_onnx(model, args.onnx_dir / f"{name}.onnx", onnx_metadata(checkpoint, task, error_model))
@@ -270,7 +271,6 @@ def main(args: argparse.Namespace) -> None:
                                       args.result_dir / f"{name}_error_model.png"))
     print(f"ONNX model: {onnx_path}")
     print_summary(results, metrics, unit, session.get_providers())
-    splits = list(dict.fromkeys(args.error_model_splits))
     print(f"Error model (measured on the {' and '.join(splits)} split{'s' if len(splits) > 1 else ''}, in the ONNX "
           f"file for the focus loop): {error_model.describe(unit)}")
     print(f"Metrics: {metrics_path}")
