@@ -87,9 +87,9 @@ class ErrorModel:
     def side_accuracy(self, distance: np.ndarray) -> np.ndarray:
         return 0.5 + (self.side_max - 0.5) * (1 - np.exp(-distance / self.side_reach))
 
-    def resolves(self, tolerance_um: float) -> bool:
-        """Whether the network's reading changes near focus, within the tolerance, by more than it
-        spreads at focus: if not, it cannot tell focus from its floor alone. The spread is that of
+    def resolution(self, tolerance_um: float) -> float:
+        """How far the network's reading changes near focus, within the tolerance, over how far it
+        spreads at focus: below 1 it cannot tell focus from its floor alone. The spread is that of
         one held-out image's reading, each a tile of its own field, so the field's part is in it
         (field_spread is measured from the same residuals: adding it would count that part twice),
         as large as the few held-out fields that measured it leave plausible (the upper 90 % bound
@@ -97,7 +97,11 @@ class ErrorModel:
         sixteen within 1.3."""
         change = float(self.mean_distance(np.array(tolerance_um)) - self.mean_distance(np.array(0.0)))
         spread = float(self.sigma(np.array(0.0)))
-        return change > spread * spread_upper_bound(self.validation_fields or self.validation_images)
+        return change / (spread * spread_upper_bound(self.validation_fields or self.validation_images))
+
+    def resolves(self, tolerance_um: float) -> bool:
+        """Whether the network alone tells focus from its floor within the tolerance (`resolution`)."""
+        return self.resolution(tolerance_um) > 1
 
     def in_um(self, um_per_unit: float) -> "ErrorModel":
         """The same model with lengths in um (a MOAF model's DOF times `um_per_unit`)."""
