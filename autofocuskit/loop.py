@@ -30,11 +30,9 @@ NEIGHBOURHOOD = 2.0
 # a loop this sure of focus (the probability that its target is in focus, as far as the evidence
 # confirms it) may stop early when its frames add too little to reach the confidence ("no_surer")
 SETTLED = 0.2
-# a network that nearly resolves the tolerance (ErrorModel.resolution just below 1) confirms a stop
-# along with the sharpness, its evidence counted as its resolution to this power: at 2 the 24-field
-# demo networks (0.67) stopped on one frame 0.65 DOF out and claimed more than held; at 4 their
-# claims hold and the 96-field 20x network (0.82) is spared most of its bracket frames
-RESOLUTION_POWER = 4
+# a network whose ErrorModel.resolution is at most this tells nothing of the tolerance that the
+# frames' sharpness must not confirm alone (confirmation_weight)
+SILENT_RESOLUTION = 0.5
 # a field focused before may read unlike it did then (the specimen changed, the stage came back
 # elsewhere): this much of its offset's prior stays the population's
 FIELD_CHANGE = 0.2
@@ -130,6 +128,7 @@ class FocusPosterior:
         self.model, self.tolerance_um = model, tolerance_um
         self.candidates = focus_candidates(reach_um, tolerance_um)
         self.sharpness = SharpnessEvidence(curve)
+        self.network_weight = confirmation_weight(model.resolution(tolerance_um))
         self.sharpness.add_frames_seen_before(sharpness_before, prior_sd_um or curve.width_um)
         self.imaged: list[float] = []  # where this loop's frames were taken, relative to its start
         self.read_near: list[float] = []  # those of them where the network read focus within NEIGHBOURHOOD widths
@@ -176,11 +175,9 @@ class FocusPosterior:
         """For a stop at each candidate, the probability that the frames' sharpness, which no
         field offset misleads, puts focus within the tolerance of it, of the places within
         NEIGHBOURHOOD widths of `around_um` (how far out focus lies is the network's to tell);
-        the network's own evidence counts as far as it resolves the tolerance (its resolution to
-        RESOLUTION_POWER: nothing where it reads its floor throughout, nearly all where it almost tells)."""
+        the network's own evidence counts as far as it resolves the tolerance (confirmation_weight)."""
         near = np.abs(self.candidates - around_um) <= NEIGHBOURHOOD * self.sharpness.width_um
-        weight = min(self.model.resolution(self.tolerance_um), 1.0) ** RESOLUTION_POWER
-        evidence = self.sharpness_log_likelihood + weight * self.network_log_likelihood
+        evidence = self.sharpness_log_likelihood + self.network_weight * self.network_log_likelihood
         return probability_in_focus(np.where(near, evidence, -np.inf), self.candidates, self.tolerance_um)
 
     def bracket(self, target_um: float) -> float:
@@ -337,6 +334,18 @@ def no_surer(sureness: list[float], images_left: int, confidence: float) -> bool
         return False
     gain = max(sureness[-1] - sureness[-4], 0.0) / 3
     return sureness[-1] + gain * images_left < confidence
+
+
+def confirmation_weight(resolution: float) -> float:
+    """How much of the network's evidence confirms a stop along with the frames' sharpness, for
+    a network of this ErrorModel.resolution: all where it resolves the tolerance (1 or more),
+    none at or below SILENT_RESOLUTION (the 24-field 40x demo networks, 0.23-0.24, keep the loop
+    they were measured with), in between the square of how far it has come from there, so that
+    a network just short of resolving does not pay a bracket frame at every loop. Measured (docs/
+    focus_loop.md): weighed by the resolution squared, a 24-field 20x network (0.67) stopped on
+    one frame 0.65 DOF out and claimed more than held; this weight keeps its claims and spares
+    the 96-field 20x network (0.82) most of its bracket frames."""
+    return (min(max(resolution - SILENT_RESOLUTION, 0.0), 1 - SILENT_RESOLUTION) / (1 - SILENT_RESOLUTION)) ** 2
 
 
 def sharpness_curve(predictor: FocusPredictor) -> SharpnessCurve:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from autofocuskit.error_model import ErrorModel
-from autofocuskit.loop import (BRACKET_SPAN, FocusPosterior, FocusSettings, best_place, focus_candidates, focus_loop,
-                               probability_in_focus)
+from autofocuskit.loop import (BRACKET_SPAN, FocusPosterior, FocusSettings, best_place, confirmation_weight,
+                               focus_candidates, focus_loop, probability_in_focus)
 from autofocuskit.optics import VirtualMicroscope
 from autofocuskit.predictor import FocusError, FocusEstimate, FocusPredictor
 from autofocuskit.schema import depth_of_field_um
@@ -289,9 +289,12 @@ class NearlyResolvingNetwork(FirstNetwork):
 
 
 def test_a_network_that_nearly_resolves_the_tolerance_confirms_its_stops_along_with_the_sharpness(monkeypatch):
-    """Its evidence counts in the stop's confirmation as far as it resolves (0.88 to the 4th:
-    0.61). These 60 trials: 2.33 images on average, 63 % by two, claims of 0.98 of which 0.97
-    held; with the sharpness alone confirming, 3.63 images and none by two."""
+    """Its evidence counts in the stop's confirmation as far as it resolves (0.88: a weight of
+    0.58; one that resolves at most half of it, none). These 60 trials: 2.33 images on average,
+    63 % by two, claims of 0.99 of which 0.97 held; with the sharpness alone confirming, 3.63
+    images and none by two."""
+    assert confirmation_weight(0.3) == confirmation_weight(0.5) == 0.0 and confirmation_weight(1.4) == 1.0
+    assert 0.5 < confirmation_weight(NEARLY_RESOLVES.resolution(0.5)) < 0.6
     def trials():
         rng = np.random.default_rng(0)
         rows = [scripted_loop(rng.uniform(-6, 6), lambda stage: NearlyResolvingNetwork(stage, rng), tolerance_um=0.5,
@@ -302,7 +305,7 @@ def test_a_network_that_nearly_resolves_the_tolerance_confirms_its_stops_along_w
     images, ends, converged, claimed = trials()
     margin = 2 * math.sqrt(claimed[converged].mean() * (1 - claimed[converged].mean()) / converged.sum())
     assert np.mean(ends[converged] <= 0.5) >= claimed[converged].mean() - margin and np.mean(ends <= 0.5) >= 0.9
-    monkeypatch.setattr("autofocuskit.loop.RESOLUTION_POWER", math.inf)  # the network's evidence counts nothing
+    monkeypatch.setattr("autofocuskit.loop.confirmation_weight", lambda resolution: 0.0)  # the sharpness alone
     images_by_sharpness, *_ = trials()
     assert images.mean() <= images_by_sharpness.mean() - 0.8
 
