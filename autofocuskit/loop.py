@@ -30,8 +30,8 @@ NEIGHBOURHOOD = 2.0
 # a loop this sure of focus (the probability that its target is in focus, as far as the evidence
 # confirms it) may stop early when its frames add too little to reach the confidence ("no_surer")
 SETTLED = 0.2
-# a network whose ErrorModel.resolution is at most this tells nothing of the tolerance that the
-# frames' sharpness must not confirm alone (confirmation_weight)
+# a network whose ErrorModel.resolution is at most this adds nothing to the frames' sharpness
+# where that confirms a stop (confirmation_weight)
 SILENT_RESOLUTION = 0.5
 # a field focused before may read unlike it did then (the specimen changed, the stage came back
 # elsewhere): this much of its offset's prior stays the population's
@@ -288,10 +288,10 @@ def best_place(posterior: FocusPosterior, in_focus: np.ndarray, here: float,
     resolves the tolerance) puts focus within the tolerance of it, of the places near where the
     whole belief puts focus (sharpness_confirms); and near a frame, where that places focus (more
     likely than not near somewhere), the place is the one most likely in focus both by the whole
-    belief and by that confirmation (the
-    lesser of the two, as a stop needs both; of the places where both reach the confidence
-    asked, the one the whole belief puts likeliest in focus): near focus, where the network
-    reads its floor, the sharpness places focus and the network only says near where."""
+    belief and by that confirmation (the lesser of the two, as a stop needs both; of the places
+    where both reach the confidence asked, the one the whole belief puts likeliest in focus):
+    near focus, where the network reads its floor, the sharpness places focus and the network
+    only says near where."""
     target, p_in_focus = likeliest_in_focus(in_focus, posterior.candidates, posterior.log_posterior, here)
     if not posterior.sharpness_decides():
         return target, p_in_focus, 1.0
