@@ -345,7 +345,7 @@ def confirmation_weight(resolution: float) -> float:
     focus_loop.md): weighed by the resolution squared, a 24-field 20x network (0.67) stopped on
     one frame 0.65 DOF out and claimed more than held; this weight keeps its claims and spares
     the 96-field 20x network (0.82) most of its bracket frames."""
-    return (min(max(resolution - SILENT_RESOLUTION, 0.0), 1 - SILENT_RESOLUTION) / (1 - SILENT_RESOLUTION)) ** 2
+    return min(max((resolution - SILENT_RESOLUTION) / (1 - SILENT_RESOLUTION), 0.0), 1.0) ** 2
 
 
 def sharpness_curve(predictor: FocusPredictor) -> SharpnessCurve:
