@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 
 from .imaging import log_sum_exp, robust_spread, student_t_log_density
-from .sharpness import ASSUMED_DEPTH, MIN_DEPTH_SPREAD, MIN_SPREAD, SharpnessCurve, fit_sharpness_curve
+from .sharpness import ASSUMED_DEPTH, MIN_DEPTH_SPREAD, MIN_SPREAD, TAIL_WIDTHS, SharpnessCurve, fit_sharpness_curve
 
 MEDIAN_EFFICIENCY = 1.2533  # the standard error of a median of normal values over that of their mean
 
@@ -46,7 +46,7 @@ def expected_distance(true_distance: np.ndarray, floor: float, gain: float, satu
 
 # fields files exported before them lack
 OPTIONAL_FIELDS = ("field_spread", "sharpness_width", "sharpness_center", "sharpness_spread", "sharpness_depth",
-                   "sharpness_depth_spread", "validation_fields", "measured")
+                   "sharpness_depth_spread", "sharpness_tail", "validation_fields", "measured")
 # fields as files exported before they had their present names call them
 FORMER_NAMES = {"side_scale": "side_reach", "images": "validation_images"}
 
@@ -63,13 +63,15 @@ class ErrorModel:
     validation_images: int  # held-out images measured (the fit's own uncertainty shrinks with them)
     field_spread: float = 0.0  # standard deviation of a field's offset on the distance read, at mid-range (field_scale)
     # the held-out fields' log sharpness around focus (sharpness.py's dip): its width, where it
-    # peaks, how far images stray from it, its depth and how far fields' depths spread; a width
-    # of 0: not measured (then it is assumed from the DOF), a depth of 0: assumed
+    # peaks, how far images stray from it, its depth and how far fields' depths spread, how many
+    # widths out images stray twice as far; a width of 0: not measured (then it is assumed from
+    # the DOF), a depth or a tail of 0: assumed
     sharpness_width: float = 0.0
     sharpness_center: float = 0.0
     sharpness_spread: float = 0.0
     sharpness_depth: float = 0.0
     sharpness_depth_spread: float = 0.0
+    sharpness_tail: float = 0.0
     validation_fields: int = 0  # fields among the held-out images (0: not told; then each image counts as one)
     measured: bool = True  # False: a conservative default for a model exported without one
 
@@ -117,7 +119,8 @@ class ErrorModel:
         depth, depth_spread = (self.sharpness_depth, self.sharpness_depth_spread) if self.sharpness_depth > 0 \
             else ASSUMED_DEPTH
         return SharpnessCurve(self.sharpness_width, self.sharpness_center, max(self.sharpness_spread, MIN_SPREAD),
-                              depth, max(depth_spread, MIN_DEPTH_SPREAD * depth), measured=True)
+                              depth, max(depth_spread, MIN_DEPTH_SPREAD * depth),
+                              self.sharpness_tail if self.sharpness_tail > 0 else TAIL_WIDTHS, measured=True)
 
     def to_metadata(self) -> str:
         return json.dumps({name: round(value, 6) if isinstance(value, float) else value
@@ -141,7 +144,8 @@ class ErrorModel:
                 and model.saturation > 0 and 0.5 <= model.side_max < 1 and model.side_reach > 0
                 and model.validation_images >= 0 and model.field_spread >= 0 and model.sharpness_width >= 0
                 and model.sharpness_spread >= 0 and model.sharpness_depth >= 0
-                and model.sharpness_depth_spread >= 0 and model.validation_fields >= 0):
+                and model.sharpness_depth_spread >= 0 and model.sharpness_tail >= 0
+                and model.validation_fields >= 0):
             raise ValueError("a field is out of its range (spreads, gain, saturation and side_reach positive, "
                              "side_max in [0.5, 1))")
         return model
@@ -197,7 +201,9 @@ class ErrorModel:
                 f"focus {self.side_max:.0%}, two thirds of that margin within {self.side_reach:.3f} {unit}; "
                 + (f"log sharpness a dip {self.sharpness_width:.3f} {unit} wide peaking at {self.sharpness_center:+.3f} "
                    f"{unit}, {self.sharpness_depth:.2f} +- {self.sharpness_depth_spread:.2f} deep, images off it by "
-                   f"{self.sharpness_spread:.3f}; " if self.sharpness_width > 0 else "")
+                   f"{self.sharpness_spread:.3f}"
+                   + (f", twice that {self.sharpness_tail:.1f} widths out" if self.sharpness_tail > 0 else "")
+                   + "; " if self.sharpness_width > 0 else "")
                 + f"from {self.validation_images} held-out images"
                 + (f" of {self.validation_fields} fields" if self.validation_fields else ""))
 
@@ -240,7 +246,7 @@ def fit_error_model(labels: np.ndarray, distances: np.ndarray, signed: np.ndarra
     residual = (distances - expected_distance(true, floor, gain, saturation))[inside]
     field_spread = robust_spread(residual) if inside.sum() >= 5 else sigma0
     curve = None if sharpness is None or fields is None else fit_sharpness_curve(labels, sharpness, fields)
-    width, center, spread, depth, depth_spread = curve or (0.0,) * 5
+    width, center, spread, depth, depth_spread, tail = curve or (0.0,) * 6
     return ErrorModel(float(floor), float(gain), sigma0, sigma_slope, float(saturation), float(side_max),
                       float(side_reach), int(len(true)), max(field_spread, 0.01 * saturation), width, center, spread,
-                      depth, depth_spread, 0 if fields is None else len(set(fields)))
+                      depth, depth_spread, tail, 0 if fields is None else len(set(fields)))

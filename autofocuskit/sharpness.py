@@ -16,9 +16,11 @@ demo optics (10x/0.3, 20x/0.7, 40x/0.75) the width is 1.05-1.15 DOF, the center 
 the images within 0.015-0.035 of the dip and the depth 2.0-2.9, 1.9-2.2 and 1.1-1.4, fields
 spreading it by an eighth to two fifths. A file without them assumes a width of one DOF,
 weighing 0.7 to 1.4 DOF alike, a spread of 0.1 and a depth of 2 +- 1. Far out on its tail a
-field's curve parts from the dip (it keeps falling, or flattens at the camera's noise): a frame
-counts less the further out it lies; but it still falls as the blur grows, so there the order
-of two frames tells which is the nearer to focus, when their sharpness cannot tell how near.
+field's curve may part from the dip (keep falling, or flatten at the camera's noise): a frame
+counts less the further out it lies, by as much as the held-out images stray further out
+(tail_widths; on the demo optics they do not, to 6 widths), or where not measured, as if they
+strayed twice as far at 3 widths; but the curve still falls as the blur grows, so there the
+order of two frames tells which is the nearer to focus, when their sharpness cannot tell how near.
 """
 import math
 from dataclasses import dataclass
@@ -34,7 +36,9 @@ ASSUMED_DEPTH = (2.0, 1.0)  # of the dip, log units, and its spread between fiel
 # a depth is never trusted closer than this fraction of it: the microscope's fields are not the split's
 MIN_DEPTH_SPREAD = 0.25
 ASSUMED_SPREAD = 0.1  # of log sharpness between frames beyond what the curve explains (noise, tilt, tiles)
-TAIL_WIDTHS = 3.0  # a frame this many widths from the peak strays twice the spread from the dip, further ones more
+# where not measured (tail_widths), a frame this many widths from the peak strays twice the spread from the dip,
+# further ones more
+TAIL_WIDTHS = 3.0
 MIN_SPREAD = 0.03  # a measured spread is never trusted below this: the microscope's frames are not the split's
 NEAR_PEAK = 1.0  # widths from focus within which held-out images tell where the dip peaks
 # an earlier loop's frames: where focus was then is summed over the places they leave within
@@ -61,6 +65,7 @@ class SharpnessCurve:
     spread: float = ASSUMED_SPREAD
     depth: float = ASSUMED_DEPTH[0]  # the dip's depth, log units, on average over fields
     depth_spread: float = ASSUMED_DEPTH[1]  # how far a field's depth may lie from that
+    tail_widths: float = TAIL_WIDTHS  # a frame this many widths from the peak strays twice the spread
     measured: bool = False
 
     @property
@@ -177,7 +182,7 @@ class SharpnessEvidence:
         Gaussian likelihood with the level and depth summed out: frames that fit a likely
         depth well for a candidate make it likely, so that even two frames, one far out, tell
         how far the other lies from focus. A frame counts less the further it lies out on the
-        dip's tail, where fields' curves part from the dip (TAIL_WIDTHS). An earlier loop's
+        dip's tail, where fields' curves may part from the dip (the curve's tail_widths). An earlier loop's
         frames lie about where focus was then: that is summed out, weighed by the drift since
         (as focus_loop's prior_sd_um weighs the start: summed_over_drift)."""
         if len(self.values) < 2:
@@ -193,14 +198,14 @@ class SharpnessEvidence:
         is the sharper. For each pair, the log of how likely the sign of their difference is,
         against the likeliest it can be: a logistic in the fall the dip predicts between them
         over the spread of a difference of two frames, ORDER_SLIP of the time a coin flip whatever
-        it predicts; weighed by the share of the frames' spread that the tail adds (TAIL_WIDTHS),
+        it predicts; weighed by the share of the frames' spread that the tail adds (tail_widths),
         the lesser of the two frames'. So it counts only against places the order contradicts,
         and near focus, where the dip's fit tells it, for nothing."""
         positions = np.array(self.positions[self.seen_before:])
         values = np.array(self.values[self.seen_before:])
         offsets = positions[:, None] - candidates - self.curve.center_um
         shape = self.curve.depth * dip(offsets, self.width_um)
-        tail = (offsets / (TAIL_WIDTHS * self.width_um)) ** 2
+        tail = (offsets / (self.curve.tail_widths * self.width_um)) ** 2
         tail = tail / (1 + tail)
         scale = math.sqrt(2) * self.curve.spread / 1.702  # a logistic as steep as the normal of that spread
         first, second = np.triu_indices(len(values), 1)  # every pair once
@@ -214,8 +219,9 @@ class SharpnessEvidence:
         values = np.array(self.values) - np.mean(self.values)
         offsets = np.array(self.positions)[:, None] - candidates - self.curve.center_um  # (frames, candidates)
         before, now = slice(0, self.seen_before), slice(self.seen_before, None)
-        return [(dip_statistics(offsets[now], values[now, None], self.curve.spread, width),
-                 dip_statistics(offsets[before], values[before, None], self.curve.spread, width)
+        curve = self.curve
+        return [(dip_statistics(offsets[now], values[now, None], curve.spread, width, curve.tail_widths),
+                 dip_statistics(offsets[before], values[before, None], curve.spread, width, curve.tail_widths)
                  if self.seen_before else None)
                 for width in self.curve.widths_um]
 
@@ -247,13 +253,15 @@ def likely_places(log_likelihood: np.ndarray, most: int) -> np.ndarray:
     return likely[log_likelihood[likely] >= log_likelihood.max() - THEN_LIKELY]
 
 
-def dip_statistics(offsets: np.ndarray, values: np.ndarray, spread: float, width: float) -> np.ndarray:
+def dip_statistics(offsets: np.ndarray, values: np.ndarray, spread: float, width: float,
+                   tail_widths: float) -> np.ndarray:
     """Over candidates, the weighted sums a fit of frames' `values` at `offsets` (frames,
     candidates) from focus on the dip of `width` needs: weight, weight x shape, weight x
     value, weight x shape^2, weight x shape x value, weight x value^2, and the log of the
-    frames' spreads. Sums of two sets of frames add."""
+    frames' spreads (`spread` at the peak, twice that `tail_widths` widths out). Sums of two
+    sets of frames add."""
     shape = dip(offsets, width)
-    sigma = spread * (1 + (offsets / (TAIL_WIDTHS * width)) ** 2)
+    sigma = spread * tail_growth(offsets / width, tail_widths)
     weight = 1 / sigma**2
     return np.stack([weight.sum(axis=0), (weight * shape).sum(axis=0), (weight * values).sum(axis=0),
                      (weight * shape * shape).sum(axis=0), (weight * shape * values).sum(axis=0),
@@ -261,13 +269,14 @@ def dip_statistics(offsets: np.ndarray, values: np.ndarray, spread: float, width
 
 
 def fit_sharpness_curve(labels: np.ndarray, values: np.ndarray,
-                        fields: np.ndarray) -> tuple[float, float, float, float, float] | None:
-    """(width, center, spread, depth, depth spread) of the dip that fits the held-out images' log
-    sharpness `values` best, each field (`fields`: one key per image) with its own level and depth;
-    lengths in the labels' unit. The width, the depth and how far the images stray from the dip's
-    shape come from every image; where the dip peaks, from those near it (peak_center). The depth is
-    the fields' mean, its spread how far a field not among them may lie from it (their standard
-    deviation times sqrt(1 + 1/fields)). None where no field has three images to compare."""
+                        fields: np.ndarray) -> tuple[float, float, float, float, float, float] | None:
+    """(width, center, spread, depth, depth spread, tail widths) of the dip that fits the held-out
+    images' log sharpness `values` best, each field (`fields`: one key per image) with its own level
+    and depth; lengths in the labels' unit. The width, the depth and how far the images stray from
+    the dip's shape, at its peak and further out (measured_tail), come from every image; where the
+    dip peaks, from those near it (peak_center). The depth is the fields' mean, its spread how far a
+    field not among them may lie from it (their standard deviation times sqrt(1 + 1/fields)). None
+    where no field has three images to compare."""
     labels, values, fields = np.asarray(labels, float), np.asarray(values, float), np.asarray(fields)
     usable = np.isfinite(values)
     groups = [(labels[chosen], values[chosen]) for key in np.unique(fields[usable])
@@ -280,12 +289,37 @@ def fit_sharpness_curve(labels: np.ndarray, values: np.ndarray,
         for center in np.linspace(-0.5, 0.5, 21) * width:
             misfit = sum(dip_fit(dip(z - center, width), v)[1] for z, v in groups)
             best = min(best, (misfit, width, center))
-    misfit, width, flank_center = best
+    _, width, flank_center = best
     freedom = sum(len(z) for z, _ in groups) - 2 * len(groups) - 2
     depths = np.array([dip_fit(dip(z - flank_center, width), v)[0] for z, v in groups])
     depth_spread = float(depths.std(ddof=1)) * math.sqrt(1 + 1 / len(depths)) if len(depths) > 1 else float(depths[0])
     center = peak_center(groups, depths, width, flank_center)
-    return float(width), center, math.sqrt(misfit / max(freedom, 1)), float(depths.mean()), depth_spread
+    residuals, widths_out = (np.concatenate(parts) for parts in zip(*[
+        (v - v.mean() - depth * (shape - shape.mean()), np.abs(z - flank_center) / width)
+        for (z, v), depth in zip(groups, depths) for shape in [dip(z - flank_center, width)]]))
+    tail = measured_tail(residuals, widths_out)
+    spread = math.sqrt(float(np.sum((residuals / tail_growth(widths_out, tail)) ** 2)) / max(freedom, 1))
+    return float(width), center, spread, float(depths.mean()), depth_spread, tail
+
+
+def tail_growth(widths_out: np.ndarray, tail_widths: float) -> np.ndarray:
+    """How many times its spread at the dip's peak a frame this many widths out strays from the dip."""
+    return 1 + (widths_out / tail_widths) ** 2
+
+
+def measured_tail(residuals: np.ndarray, widths_out: np.ndarray) -> float:
+    """The tail widths under which the held-out images' `residuals` from the dip, each `widths_out`
+    widths from its peak, are likeliest (each a normal of the spread at the peak times tail_growth).
+    Images that stray no further out than near the peak cannot tell a growth that doubles the spread
+    beyond twice their reach from none: at most that (at least TAIL_WIDTHS, what is assumed
+    unmeasured), so a frame the loop takes further out than the held-out images reached counts for less."""
+    most = max(2 * float(widths_out.max()), TAIL_WIDTHS)
+    best = (-math.inf, most)
+    for tail in np.geomspace(1.0, most, 25):
+        growth = tail_growth(widths_out, tail)
+        scale = max(float(np.sqrt(np.mean((residuals / growth) ** 2))), 1e-12)
+        best = max(best, (-len(residuals) * math.log(scale) - float(np.log(growth).sum()), float(tail)))
+    return best[1]
 
 
 def peak_center(groups: list[tuple[np.ndarray, np.ndarray]], depths: np.ndarray, width: float,

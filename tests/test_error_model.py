@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from autofocuskit.error_model import ErrorModel, fit_error_model
+from autofocuskit.sharpness import TAIL_WIDTHS
 
 MODEL = ErrorModel(floor=1.5, gain=1.0, sigma0=0.5, sigma_slope=0.05, saturation=20.0, side_max=0.95,
                    side_reach=3.0, validation_images=400, field_spread=0.4)
@@ -77,8 +78,11 @@ def test_the_sharpness_curve_is_measured_with_the_error_and_files_without_it_sti
     assert curve.center_um == pytest.approx(0.5, abs=0.4) and curve.spread >= 0.03  # never trusted below MIN_SPREAD
     assert 0.8 <= curve.depth <= 2.0 and curve.depth_spread >= 0.25 * curve.depth  # never trusted closer
     assert asdict(ErrorModel.from_metadata(fitted.to_metadata()).sharpness_curve()) == pytest.approx(asdict(curve))
+    assert curve.tail_widths > TAIL_WIDTHS  # images on the dip to five widths out: trusted further than assumed
     assert "log sharpness" in fitted.describe("um")
     without = json.loads(fitted.to_metadata())
+    del without["sharpness_tail"]  # a file from before the tail was measured assumes it
+    assert ErrorModel.from_metadata(json.dumps(without)).sharpness_curve().tail_widths == TAIL_WIDTHS
     for name in ("sharpness_width", "sharpness_center", "sharpness_spread", "sharpness_depth", "sharpness_depth_spread"):
         del without[name]
     assert ErrorModel.from_metadata(json.dumps(without)).sharpness_curve() is None

@@ -66,14 +66,34 @@ def test_the_curve_is_measured_from_fields_each_with_its_own_level_and_depth():
             labels.append(z)
             values.append(dip(z, 0.3, level, depth, width=1.6) + rng.normal(0, 0.02))
             fields.append(f"slide/field{field}")
-    width, center, spread, depth, depth_spread = fit_sharpness_curve(np.array(labels), np.array(values),
-                                                                     np.array(fields))
+    width, center, spread, depth, depth_spread, tail = fit_sharpness_curve(np.array(labels), np.array(values),
+                                                                           np.array(fields))
     assert width == pytest.approx(1.6, rel=0.15) and center == pytest.approx(0.3, abs=0.15)
     assert spread == pytest.approx(0.02, abs=0.015)
+    # images that stray no further out than near the peak: the tail as far as their reach can tell
+    assert tail >= 2 * 5 / 1.6 * 0.5
     # a field not among them may lie further from the mean depth than they spread
     assert depth == pytest.approx(depths.mean(), rel=0.15) and depth_spread > depths.std(ddof=1)
     # a field seen at fewer than three heights has nothing to fit
     assert fit_sharpness_curve(np.array([0.0, 1.0]), np.array([5.0, 4.0]), np.array(["a", "a"])) is None
+
+
+def test_how_far_out_images_stray_further_from_the_dip_is_measured():
+    """Fields whose curves part from the dip far out (residuals twice as large 1.5 widths out) give a
+    short tail, so that the loop counts a far frame for less; fields that follow the dip as far as
+    they were imaged, a tail twice their reach (a frame further out than they reached counts less)."""
+    rng = np.random.default_rng(2)
+    heights = np.linspace(-6, 6, 13)
+    for growth, expected, peak_spread in ((1.5, (1.0, 2.5), (0.02, 0.05)), (None, (10.0, 12.0), (0.015, 0.025))):
+        labels, values, fields = [], [], []
+        for field in range(8):
+            noise = 0.02 * (1 + (heights / growth) ** 2 if growth else np.ones_like(heights))
+            labels += list(heights)
+            values += list(dip(heights, 0.0, rng.uniform(2, 9), rng.uniform(1, 2)) + rng.normal(0, noise))
+            fields += [field] * len(heights)
+        *_, spread, _, _, tail = fit_sharpness_curve(np.array(labels), np.array(values), np.array(fields))
+        # the spread at the peak, not over the tail (0.34 six widths out)
+        assert expected[0] <= tail <= expected[1] and peak_spread[0] <= spread <= peak_spread[1]
 
 
 def test_only_images_near_the_peak_move_the_center_from_the_labels_focus():
@@ -138,6 +158,26 @@ def test_a_likely_depth_tells_from_two_frames_how_far_the_nearer_lies_from_focus
 
     assert near_the_frame(SharpnessCurve(1.0, spread=0.03, depth=2.0, depth_spread=0.3, measured=True)) < 0.01
     assert near_the_frame(SharpnessCurve(1.0, spread=0.03, measured=True)) > 0.1
+
+
+def test_frames_far_out_count_as_far_as_the_held_out_images_followed_the_dip_there():
+    """A loop whose first move went the wrong way: two frames far out (6 and 10 widths), then two
+    near focus, one each side. Where the held-out images were measured to follow the dip to 6
+    widths (a tail of 13), the far frames tell the field's level far out and with it how deep
+    its dip is, and the two near frames place focus within the tolerance; assumed to part from
+    the dip there (3 widths), they count for little and focus stays open."""
+    candidates = np.linspace(-8, 8, 1601)
+
+    def in_tolerance(tail_widths: float) -> float:
+        evidence = SharpnessEvidence(SharpnessCurve(1.0, spread=0.03, depth=1.3, depth_spread=0.36,
+                                                    tail_widths=tail_widths, measured=True))
+        for z in (5.8, 10.0, 1.27, -0.13):
+            evidence.add_frame(z, dip(z, 0.0, depth=1.3))
+        log_likelihood = evidence.log_likelihood(candidates)
+        weights = np.exp(log_likelihood - log_likelihood.max())
+        return weights[np.abs(candidates) <= 0.5].sum() / weights.sum()
+
+    assert in_tolerance(13.0) > 0.9 and in_tolerance(3.0) < 0.8
 
 
 def test_far_out_on_one_flank_the_sharper_frame_is_the_side_focus_lies_on():
