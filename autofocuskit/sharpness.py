@@ -141,12 +141,15 @@ class SharpnessEvidence:
         """The frames, (z relative to `end_um`, log sharpness), for the next loop on the field, the
         `most` latest: this loop's and the earlier loop's, those moved by the drift between the
         loops that the frames show (drift_shown), so that all lie about one focus. Where the
-        frames show a drift but not how far (one frame tells how far it lies from focus, not on
-        which side; two on one flank leave where focus was open), the two cannot be put about
-        one focus: this loop's frames alone, or where it took only one, the earlier loop's."""
+        frames cannot show how far focus drifted (this loop took one frame: it tells how far it
+        lies from focus, not on which side; two on one flank leave where focus was open), the two
+        cannot be put about one focus: this loop's frames alone, or where it took only one, the
+        earlier loop's (put about this loop's focus as if no drift, one frame that lies off by the
+        drift makes the set fit no focus, and the next loop's sharpness then favours one far out,
+        where the dip is flat)."""
         earlier = list(zip(self.positions[:self.seen_before], self.values[:self.seen_before]))
         latest = list(zip(self.positions[self.seen_before:], self.values[self.seen_before:]))
-        drift = self.drift_shown(candidates)
+        drift = self.drift_shown(candidates) if len(latest) >= 2 else None
         if drift is not None:
             frames = [(here + drift, value) for here, value in earlier] + latest
         else:
@@ -161,12 +164,12 @@ class SharpnessEvidence:
         DRIFT_SHOWN of it."""
         if not self.seen_before or len(self.values) == self.seen_before:
             return 0.0
-        statistics = self.statistics(candidates)
-        likely = likely_places(np.logaddexp.reduce([self.fitted(then) for _, then in statistics], axis=0),
-                               THEN_MOST)
-        one_focus = np.logaddexp.reduce([self.fitted(fit + then) for fit, then in statistics], axis=0)
+        statistics, then_prior = self.statistics(candidates), self.then_log_prior(candidates)
+        likely = likely_places(np.logaddexp.reduce([self.fitted(then) for _, then in statistics], axis=0)
+                               + then_prior, THEN_MOST)
+        one_focus = np.logaddexp.reduce([self.fitted(fit + then) for fit, then in statistics], axis=0) + then_prior
         moved = np.logaddexp.reduce([self.fitted(fit[:, None, :] + then[:, likely, None])
-                                     for fit, then in statistics], axis=0)  # (focus then, focus now)
+                                     for fit, then in statistics], axis=0) + then_prior[likely, None]  # (then, now)
         if moved.max() < one_focus.max() + DRIFT_SHOWN:
             return 0.0
         drifts = candidates[None, :] - candidates[likely, None]
@@ -229,11 +232,21 @@ class SharpnessEvidence:
         """The log likelihood over candidates of this loop's frames (statistics `now`) and an
         earlier loop's (`then`, over where focus was then), focus then summed out, weighed by the
         drift from it to each candidate. Where focus was then is summed over the places the
-        earlier frames alone leave likely (within THEN_LIKELY of the likeliest, at most THEN_MOST)."""
-        likely = likely_places(self.fitted(then), THEN_MOST)
-        joint = self.fitted(now[:, None, :] + then[:, likely, None])  # (focus then, focus now)
+        earlier frames leave likely (within THEN_LIKELY of the likeliest, at most THEN_MOST), near
+        where that loop left the stage (then_log_prior)."""
+        then_prior = self.then_log_prior(candidates)
+        likely = likely_places(self.fitted(then) + then_prior, THEN_MOST)
+        joint = self.fitted(now[:, None, :] + then[:, likely, None]) + then_prior[likely, None]  # (then, now)
         drift = (candidates[None, :] - candidates[likely, None]) / max(self.drift_sd_um, 1e-9)
         return log_sum_exp(joint + student_t_log_density(drift), axis=0)
+
+    def then_log_prior(self, candidates: np.ndarray) -> np.ndarray:
+        """Over candidates, where focus was when the earlier loop's frames were taken: near where
+        that loop left the stage, this loop's start (the Micro-Manager engine passes on the frames
+        of loops that stopped in focus only); Student's t a sharpness width wide. Two frames alone
+        can leave it anywhere (far out, where the dip is flat, as well as near): without this, the
+        places summed over could all lie far from where that loop found focus."""
+        return student_t_log_density(candidates / self.width_um)
 
     def fitted(self, statistics: np.ndarray) -> np.ndarray:
         """The log likelihood of frames summed into `statistics` (dip_statistics), the field's

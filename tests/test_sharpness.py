@@ -226,11 +226,28 @@ def test_an_earlier_loops_frames_tell_how_sharp_focus_looks_not_where_it_is_afte
     assert likeliest([(0.0, dip(0.0, 0.0))]) == pytest.approx(0.0, abs=0.1)
 
 
+def test_two_frames_of_an_earlier_loop_place_focus_then_near_where_it_stopped():
+    """An earlier loop stopped in focus after two frames 0.7 widths apart and almost as sharp (a
+    20x demo field); this loop's first frame at its start is as sharp. Two frames fit a focus far
+    out on the dip's flat tail about as well as one near them: summed over where focus was then
+    without knowing the loop stopped in focus, the evidence put it 2.6 widths away (9 % within
+    two widths) and the loop went there; near where that loop left the stage, focus stays near."""
+    curve = SharpnessCurve(1.85, spread=0.03, depth=1.91, depth_spread=0.6, tail_widths=8.5, measured=True)
+    evidence = SharpnessEvidence(curve)
+    evidence.add_frames_seen_before([(0.48, 5.89), (-0.82, 5.765)], drift_sd_um=0.8)
+    evidence.add_frame(0.0, 5.825)
+    candidates = np.linspace(-60, 60, 1201)
+    log_likelihood = evidence.log_likelihood(candidates)
+    weights = np.exp(log_likelihood - log_likelihood.max())
+    assert weights[np.abs(candidates) <= 2 * curve.width_um].sum() / weights.sum() > 0.5
+
+
 def test_an_earlier_loops_frames_are_passed_on_moved_by_the_drift_the_frames_show():
     """Frames an earlier loop took about focus at 0; focus drifted to +0.8 and this loop's frames
     at 0 and 1.6 lie either side of it; it ended at 0.8. Passed on, the earlier frames are moved
     by the drift, so that all lie about one focus at the end; without a drift, as they were. One
-    frame at 0 tells how far focus drifted, not which way: the earlier frames alone, as they were."""
+    frame at 0 tells how far focus drifted, not which way, and a drift too small to show still
+    puts it off the earlier frames' focus: the earlier frames alone, as they were."""
     candidates = np.arange(-4, 4.001, 0.05)
     curve = SharpnessCurve(1.0, spread=0.03, depth=1.5, depth_spread=0.4, measured=True)
     earlier = [(z, dip(z, 0.0)) for z in (-1.1, 0.4, 1.2)]
@@ -251,6 +268,8 @@ def test_an_earlier_loops_frames_are_passed_on_moved_by_the_drift_the_frames_sho
     assert drift == 0.0 and frames[:3] == earlier
     drift, frames = passed_on(0.8, taken_at=(0.0,), end=0.0)
     assert drift is None and frames == earlier
+    drift, frames = passed_on(0.3, taken_at=(0.0,), end=0.0)
+    assert drift == 0.0 and frames == earlier
 
 
 def test_frames_that_leave_the_drift_open_are_not_moved_by_a_guess():
