@@ -208,8 +208,8 @@ class SharpnessEvidence:
         values = np.array(self.values[self.seen_before:])
         offsets = positions[:, None] - candidates - self.curve.center_um
         shape = self.curve.depth * dip(offsets, self.width_um)
-        tail = (offsets / (self.curve.tail_widths * self.width_um)) ** 2
-        tail = tail / (1 + tail)
+        growth = tail_growth(offsets / self.width_um, self.curve.tail_widths)
+        tail = (growth - 1) / growth
         scale = math.sqrt(2) * self.curve.spread / 1.702  # a logistic as steep as the normal of that spread
         first, second = np.triu_indices(len(values), 1)  # every pair once
         fall = (shape[first] - shape[second]) * np.sign(values[first] - values[second])[:, None]
