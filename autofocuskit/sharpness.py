@@ -304,12 +304,12 @@ def fit_sharpness_curve(labels: np.ndarray, values: np.ndarray,
             best = min(best, (misfit, width, center))
     _, width, flank_center = best
     freedom = sum(len(z) for z, _ in groups) - 2 * len(groups) - 2
-    depths = np.array([dip_fit(dip(z - flank_center, width), v)[0] for z, v in groups])
+    fits = [dip_residuals(dip(z - flank_center, width), v) for z, v in groups]
+    depths = np.array([depth for depth, _ in fits])
     depth_spread = float(depths.std(ddof=1)) * math.sqrt(1 + 1 / len(depths)) if len(depths) > 1 else float(depths[0])
     center = peak_center(groups, depths, width, flank_center)
-    residuals, widths_out = (np.concatenate(parts) for parts in zip(*[
-        (v - v.mean() - depth * (shape - shape.mean()), np.abs(z - flank_center) / width)
-        for (z, v), depth in zip(groups, depths) for shape in [dip(z - flank_center, width)]]))
+    residuals = np.concatenate([field_residuals for _, field_residuals in fits])
+    widths_out = np.concatenate([np.abs(z - flank_center) / width for z, _ in groups])
     tail = measured_tail(residuals, widths_out)
     spread = math.sqrt(float(np.sum((residuals / tail_growth(widths_out, tail)) ** 2)) / max(freedom, 1))
     return float(width), center, spread, float(depths.mean()), depth_spread, tail
@@ -361,6 +361,12 @@ def peak_center(groups: list[tuple[np.ndarray, np.ndarray]], depths: np.ndarray,
 
 def dip_fit(shape: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     """(the depth, at least 0, of one field's values about their best level on `shape`; the squared residual)."""
+    depth, residuals = dip_residuals(shape, values)
+    return depth, float((residuals**2).sum())
+
+
+def dip_residuals(shape: np.ndarray, values: np.ndarray) -> tuple[float, np.ndarray]:
+    """(the depth, at least 0, of one field's values about their best level on `shape`; their residuals)."""
     shape, values = shape - shape.mean(), values - values.mean()
     depth = max(float(shape @ values) / max(float(shape @ shape), 1e-12), 0.0)
-    return depth, float(((values - depth * shape) ** 2).sum())
+    return depth, values - depth * shape
