@@ -315,7 +315,9 @@ def next_place(posterior: FocusPosterior, target: float, p_in_focus: float, conf
     floor, the next frame brackets the target for the sharpness; a target where the stage
     already is, the likeliest place beyond the tolerance, so that the next frame tells something new."""
     nearest = min(abs(target - place) for place in posterior.imaged)
-    sure = p_in_focus >= settings.confidence and nearest <= 2 * settings.tolerance_um
+    # a target ten candidate steps (tolerance_um / 5) from a frame is within twice the tolerance,
+    # whichever way the steps' sum rounds
+    sure = p_in_focus >= settings.confidence and nearest <= 2 * settings.tolerance_um * (1 + 1e-9)
     if sure and confirmation >= settings.confidence:
         return target, True
     if posterior.sharpness_decides() and (sure or posterior.near_a_frame(target)):

@@ -8,10 +8,11 @@ import pytest
 
 from autofocuskit.error_model import ErrorModel
 from autofocuskit.loop import (BRACKET_SPAN, FocusPosterior, FocusSettings, best_place, confirmation_weight,
-                               focus_candidates, focus_loop, probability_in_focus)
+                               focus_candidates, focus_loop, next_place, probability_in_focus)
 from autofocuskit.optics import VirtualMicroscope
 from autofocuskit.predictor import FocusError, FocusEstimate, FocusPredictor
 from autofocuskit.schema import depth_of_field_um
+from autofocuskit.sharpness import SharpnessCurve
 
 SHARP = ErrorModel(floor=0.3, gain=1.0, sigma0=0.3, sigma_slope=0.02, saturation=50.0, side_max=0.95,
                    side_reach=1.0, validation_images=1000, field_spread=0.1)
@@ -493,3 +494,16 @@ def test_a_stop_goes_where_the_sharpness_confirms_it_not_to_an_edge_of_where_it_
     settings = FocusSettings.of(tolerance_um=tolerance, max_images=5)
     target, p_in_focus, confirmation = best_place(posterior, posterior.in_focus(), frames[-1][0], settings)
     assert abs(target - focus) <= 0.15 * dof and min(p_in_focus, confirmation) >= 0.8
+
+
+def test_a_stop_twice_the_tolerance_from_a_frame_counts_however_the_candidates_round():
+    """The candidates lie a fifth of the tolerance apart: a target ten of them from the frame is
+    twice the tolerance away, though their sum may round a hair beyond it (20x/0.7 here: by 2e-14 um)."""
+    dof = depth_of_field_um(20, 0.7)
+    settings = FocusSettings.of(tolerance_um=0.5 * dof, max_images=5)
+    posterior = FocusPosterior(SHARP, 7 * 7.934, settings.tolerance_um, SharpnessCurve.assumed(dof))
+    frame = int(np.argmin(np.abs(posterior.candidates + 4.2 * dof)))
+    here, target = posterior.candidates[frame], posterior.candidates[frame - 10]
+    posterior.imaged.append(here)
+    assert abs(target - here) > 2 * settings.tolerance_um  # the rounding this guards against
+    assert next_place(posterior, target, 0.99, 0.99, here, settings) == (target, True)
