@@ -13,6 +13,7 @@ from autofocuskit.optics import VirtualMicroscope
 from autofocuskit.predictor import FocusError, FocusEstimate, FocusPredictor
 from autofocuskit.schema import depth_of_field_um
 from autofocuskit.sharpness import SharpnessCurve
+from focus import claims_bound
 
 SHARP = ErrorModel(floor=0.3, gain=1.0, sigma0=0.3, sigma_slope=0.02, saturation=50.0, side_max=0.95,
                    side_reach=1.0, validation_images=1000, field_spread=0.1)
@@ -243,13 +244,6 @@ def loop_trials(network, rng, trials: int = 60):
                                     max_images=5)
         rows.append((result.images, abs(end), result.converged, result.p_in_focus))
     return (np.array(column) for column in zip(*rows))
-
-
-def claims_bound(claimed: np.ndarray) -> float:
-    """The least share of the loops that stopped as in focus, claiming `claimed`, that must be
-    for their claims to hold: the mean claim less two binomial standard errors."""
-    mean = claimed.mean()
-    return mean - 2 * math.sqrt(mean * (1 - mean) / len(claimed))
 
 
 def first_network_trials(sharpness: bool):
